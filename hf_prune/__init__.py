@@ -1,0 +1,35 @@
+"""hf_prune: structured pruning of attention heads and MLP neurons for Hugging Face transformers."""
+
+__version__ = "0.1.0"
+
+from .allocation import LayerPlan, plan_pruning
+from .checkpoint import from_pretrained, save_pretrained
+from .config import PruningConfig
+from .flops import Cost, measure_cost
+from .importance import Importance, available_importances, get_importance, register_importance
+from .masks import MaskSet
+from .prune import PruningReport, apply_plan, prune
+from .recipe import Recipe, shipped_recipes
+from .structure import ModelStructure
+
+__all__ = [
+    "Cost",
+    "Importance",
+    "LayerPlan",
+    "MaskSet",
+    "ModelStructure",
+    "PruningConfig",
+    "PruningReport",
+    "Recipe",
+    "__version__",
+    "apply_plan",
+    "available_importances",
+    "from_pretrained",
+    "get_importance",
+    "measure_cost",
+    "plan_pruning",
+    "prune",
+    "register_importance",
+    "save_pretrained",
+    "shipped_recipes",
+]

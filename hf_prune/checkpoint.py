@@ -1,0 +1,216 @@
+"""Recording a pruned structure in the config, saving atomically, and loading pruned checkpoints.
+
+Two cases:
+
+- **Vanilla-loadable**: every block keeps the same counts and the config can express them (the recipe names
+  a ``head_dim_attribute`` that the modeling code reads). The global config fields are updated and plain
+  ``AutoModel*.from_pretrained`` loads the checkpoint, with no hf_prune installed.
+- **Recorded**: blocks differ, or the head size is derived from ``hidden_size / heads`` (BERT, GPT-2). The
+  global fields keep their dense values and the per-layer counts go into transformers' ``per_layer_config``
+  (one override dict per layer), next to an ``hf_prune`` block holding the recipe and head size. The model's
+  class becomes the structure-restoring subclass from :mod:`hf_prune.modeling_pruned`, whose
+  ``save_pretrained`` also writes the loader code and ``auto_map`` for ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import transformers
+from torch import nn
+
+from . import __version__
+from .modeling_pruned import pruned_class
+from .structure import ModelStructure
+from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access
+
+
+def drop_dequantized_marker(model: nn.Module) -> None:
+    """Forget the GGUF origin of a model that transformers already dequantized to plain float weights.
+
+    ``save_pretrained`` refuses GGUF-loaded models because of ``config.quantization_config``; after
+    dequantization the weights are ordinary tensors, so the pruned model is saved as a plain checkpoint.
+    """
+    configs = {id(c): c for c in (model.config, model.config.get_text_config())}
+    for config in configs.values():
+        quant = getattr(config, "quantization_config", None)
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        if str(getattr(method, "value", method)).lower() == "gguf":
+            del config.quantization_config
+            model.hf_quantizer = None
+            model.is_quantized = False
+
+
+def check_sliceable(model: nn.Module) -> None:
+    """Refuse models whose weights are quantized and cannot be sliced (bitsandbytes, GPTQ, AWQ...)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", "unknown")
+    method = str(getattr(method, "value", method))
+    if method.lower() == "gguf":
+        return
+    raise TypeError(
+        f"this model is quantized with {method}; its weights cannot be sliced. Load it in "
+        "float32/float16/bfloat16 (without a quantization_config), prune it, then quantize the pruned model."
+    )
+
+
+def record_structure(structure: ModelStructure) -> bool:
+    """Write the model's current per-layer structure into its config; returns True if vanilla-loadable."""
+    model, config, recipe = structure.model, structure.config, structure.recipe
+    shapes = structure.shapes()
+    att, mlp = recipe.attention, recipe.mlp
+    uniform = len({(s.heads, s.kv_heads, s.neurons) for s in shapes}) == 1
+    vanilla = uniform and att.head_dim_attribute is not None
+
+    if config.is_heterogeneous:
+        config.per_layer_config = None
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "hf_prune_version": __version__,
+        "recipe": structure.recipe_dict,
+        "head_dim": structure.head_dim,
+        "layers": [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes],
+        "vanilla_loadable": vanilla,
+    }
+    setattr(config, CONFIG_KEY, meta)
+    if vanilla:
+        first = shapes[0]
+        setattr(config, att.heads_attribute, first.heads)
+        if att.kv_heads_attribute:
+            setattr(config, att.kv_heads_attribute, first.kv_heads)
+        setattr(config, att.head_dim_attribute, structure.head_dim)
+        setattr(config, mlp.intermediate_attribute, first.neurons)
+        base = getattr(type(model), "_hf_prune_base", None)
+        if base is not None:
+            model.__class__ = base
+        return True
+
+    per_layer = {}
+    for i, s in enumerate(shapes):
+        overrides: dict[str, Any] = {att.heads_attribute: s.heads, mlp.intermediate_attribute: s.neurons}
+        if att.kv_heads_attribute:
+            overrides[att.kv_heads_attribute] = s.kv_heads
+        # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
+        overrides["head_dim"] = structure.head_dim
+        per_layer[i] = overrides
+    with global_config_access(config):
+        config.per_layer_config = _reloadable_overrides(config, per_layer)
+    model.__class__ = pruned_class(type(model))
+    return False
+
+
+def _reloadable_overrides(config: Any, per_layer: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Drop per-layer attributes that this config class cannot reload heterogeneously.
+
+    Some config classes validate global head counts when they are built (Gemma 3 checks
+    ``hidden_size % num_attention_heads``), which transformers refuses on a heterogeneous config. Such an
+    attribute stays global; the exact counts are in the ``hf_prune`` block, which the loader reads.
+    """
+    from transformers.integrations.heterogeneity import AmbiguousGlobalPerLayerAttributeError
+
+    per_layer = {i: dict(overrides) for i, overrides in per_layer.items()}
+    while any(per_layer.values()):
+        data = config.to_dict()
+        data.pop("allow_global_per_layer_attribute_access", None)
+        data["per_layer_config"] = per_layer
+        try:
+            type(config).from_dict(data)
+            return per_layer
+        except AmbiguousGlobalPerLayerAttributeError as err:
+            culprit = next((a for a in per_layer[0] if f"'{a}'" in str(err)), None)
+            if culprit is None:
+                raise
+            for overrides in per_layer.values():
+                overrides.pop(culprit, None)
+    return {}
+
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"'{path}' exists and is not a directory; choose another output path.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"'{path}' already exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose another "
+            "output directory. Nothing was written."
+        )
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | os.PathLike[str],
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    extra_files: dict[str, str | bytes] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Save a (pruned) model, its tokenizer and extra files atomically.
+
+    Everything is written to a temporary sibling directory that replaces ``save_directory`` in one rename,
+    so an interrupted save never leaves a half-written checkpoint (or destroys the previous one).
+    """
+    target = Path(save_directory).resolve()
+    _check_output_dir(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    drop_dequantized_marker(model)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        for name, content in (extra_files or {}).items():
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
+                handle.write(content)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, backup / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _model_class(config: Any, model_class: type | str | None) -> type:
+    if isinstance(model_class, str):
+        model_class = getattr(transformers, model_class)
+    if model_class is not None and hasattr(model_class, "_model_mapping"):
+        model_class = model_class._model_mapping[type(config)]
+    if model_class is None:
+        architectures = getattr(config, "architectures", None) or []
+        if not architectures or not hasattr(transformers, architectures[0]):
+            raise ValueError(
+                "the checkpoint's config.json names no transformers architecture; pass model_class= "
+                "(e.g. transformers.AutoModelForCausalLM)."
+            )
+        model_class = getattr(transformers, architectures[0])
+    return model_class
+
+
+def from_pretrained(path: str | os.PathLike[str], model_class: type | str | None = None, **kwargs: Any) -> nn.Module:
+    """Load a checkpoint saved by hf_prune (pruned or not) as the right transformers class.
+
+    Args:
+        path: local directory or Hub id.
+        model_class: optional class or Auto class (``AutoModelForCausalLM``...); by default the
+            checkpoint's ``architectures``.
+        **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``revision``...).
+    """
+    config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
+        path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+    )
+    cls = _model_class(config, model_class)
+    model = pruned_class(cls).from_pretrained(path, config=config, **kwargs)
+    meta = getattr(config.get_text_config(), CONFIG_KEY, None) or {}
+    if meta.get("vanilla_loadable", True):
+        model.__class__ = cls  # the config describes the model: no need for the restoring subclass
+    return model

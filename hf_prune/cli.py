@@ -1,0 +1,181 @@
+"""``hf-prune``: prune, inspect and list recipes from the command line.
+
+Every ``prune`` flag is generated from :class:`PruningConfig`, so the CLI, YAML and Python share defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import torch
+import transformers
+
+from . import __version__
+from .checkpoint import from_pretrained, save_pretrained
+from .config import PruningConfig
+from .flops import measure_cost
+from .prune import prune
+from .recipe import recipes_dir, shipped_recipes
+from .structure import ModelStructure
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_model(path: str, gguf_file: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load a model (any head, pruned or not) and its tokenizer, if it has one, from a path or Hub id."""
+    kwargs: dict[str, Any] = {}
+    if dtype:
+        kwargs["dtype"] = DTYPES[dtype]
+    if gguf_file:
+        # transformers dequantizes GGUF weights to plain tensors; hf_prune saves them as a plain checkpoint.
+        kwargs.setdefault("dtype", torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, **kwargs)
+    else:
+        model = from_pretrained(path, **kwargs)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    for spec in dataclasses.fields(PruningConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = spec.type if not isinstance(spec.type, str) else eval(spec.type, {}, {})
+        help_text = spec.metadata.get("help", "")
+        args = [a for a in get_args(kind) if a is not type(None)]
+        base = args[0] if get_origin(kind) in (Union, types.UnionType) else kind
+        if get_origin(base) is list:
+            parser.add_argument(flag, type=int, nargs="*", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {spec.default})")
+
+
+def _config_from_args(args: argparse.Namespace) -> PruningConfig:
+    base = PruningConfig.from_yaml(args.config) if args.config else PruningConfig()
+    changes = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(PruningConfig) if getattr(args, f.name) is not None
+    }
+    return base.replace(**changes)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and not args.overwrite:
+        raise SystemExit(f"error: '{output}' exists and is not empty; pass --overwrite or choose another --output.")
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
+    report = prune(model, config)
+    if args.measure_latency:
+        from .latency import measure_latency
+
+        report.extra["latency_after"] = measure_latency(model).to_dict()
+    save_pretrained(
+        model,
+        output,
+        tokenizer=tokenizer,
+        overwrite=args.overwrite,
+        extra_files={"pruning_report.json": report.to_json()},
+    )
+    print(report.summary())
+    print(f"saved to {output}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    model, _ = load_model(args.model, args.gguf_file, args.dtype)
+    structure = ModelStructure(model, args.recipe)
+    cost = measure_cost(structure)
+    shapes = structure.shapes()
+    info = {
+        "model_type": structure.config.model_type,
+        "class": type(model).__name__,
+        "recipe": structure.recipe.name,
+        "layers": len(shapes),
+        "head_dim": structure.head_dim,
+        "prunable_groups": {
+            "heads": sum(s.heads for s in shapes),
+            "kv_heads": sum(s.kv_heads for s in shapes),
+            "neurons": sum(s.neurons for s in shapes),
+        },
+        "per_layer": [dataclasses.asdict(s) for s in shapes],
+        **dataclasses.asdict(cost),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['class']} ({info['model_type']}), recipe '{info['recipe']}', head_dim {info['head_dim']}")
+    print(f"parameters {cost.parameters:,} (attention+MLP blocks {cost.block_parameters:,})")
+    print(f"FLOPs/token @ {cost.seq_len} tokens: {cost.flops_per_token:,} (blocks {cost.block_flops_per_token:,})")
+    groups = info["prunable_groups"]
+    print(f"prunable: {groups['heads']} heads, {groups['kv_heads']} KV heads, {groups['neurons']} neurons")
+    print("layer  heads  kv_heads  neurons")
+    for i, s in enumerate(shapes):
+        print(f"{i:>5}  {s.heads:>5}  {s.kv_heads:>8}  {s.neurons:>7}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    recipes = shipped_recipes()
+    if args.show:
+        if args.show not in recipes:
+            raise SystemExit(f"error: no recipe '{args.show}'; shipped: {', '.join(sorted(recipes))}")
+        print((recipes_dir() / f"{args.show}.yaml").read_text(encoding="utf-8"), end="")
+        return 0
+    width = max(len(n) for n in recipes)
+    for name, recipe in recipes.items():
+        print(f"{name:<{width}}  {', '.join(recipe.model_types):<22} {recipe.description}")
+    print(f"\n{len(recipes)} recipes in {recipes_dir()}; `hf-prune recipes --show NAME` prints one.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-prune", description="Structured pruning for transformers models.")
+    parser.add_argument("--version", action="version", version=f"hf-prune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("prune", help="remove heads and neurons from a model and save it")
+    p.add_argument("model", help="local path or Hub id")
+    p.add_argument("--output", "-o", required=True, help="directory to write the pruned model to")
+    p.add_argument("--config", help="YAML file with PruningConfig fields (flags override it)")
+    p.add_argument("--gguf-file", help="load this GGUF file from the model folder (dequantized to float32)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="load the model in this dtype")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--measure-latency", action="store_true", help="time the pruned model (batch 8, 128 tokens)")
+    _add_config_arguments(p)
+    p.set_defaults(func=cmd_prune)
+
+    p = commands.add_parser("inspect", help="show prunable groups, parameters and FLOPs")
+    p.add_argument("model")
+    p.add_argument("--recipe", default="auto")
+    p.add_argument("--gguf-file")
+    p.add_argument("--dtype", choices=sorted(DTYPES))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser("recipes", help="list the shipped recipes")
+    p.add_argument("--show", metavar="NAME", help="print one recipe's YAML")
+    p.set_defaults(func=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, AttributeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

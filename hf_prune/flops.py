@@ -1,0 +1,59 @@
+"""Parameter and FLOP counts, read from the modules that are actually there (so they hold after pruning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .structure import ModelStructure
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Size and forward cost of a model."""
+
+    parameters: int
+    block_parameters: int  # attention + MLP projections of the prunable blocks
+    flops_per_token: int  # every matmul of one forward token, at context length ``seq_len``
+    block_flops_per_token: int  # the part spent in the prunable blocks
+    seq_len: int
+
+
+def _linear_flops(module: nn.Module) -> int:
+    return 2 * module.weight.numel()
+
+
+def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
+    roles = ["o", "down"]
+    att, mlp = structure.recipe.attention, structure.recipe.mlp
+    roles += ["qkv"] if att.qkv else ["q", "k", "v"]
+    roles += ["gate_up"] if mlp.gate_up else ["up"] + (["gate"] if mlp.gate else [])
+    return [structure.module(index, role) for role in roles]
+
+
+def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
+    """Count parameters (tied weights once) and forward FLOPs per token at context length ``seq_len``.
+
+    FLOPs are 2 x multiply-accumulates of every Linear/Conv1D layer, plus attention scores and the weighted sum
+    of values (``4 * seq_len * heads * head_dim`` per block and token).
+    """
+    model = structure.model
+    parameters = sum(p.numel() for p in model.parameters())
+    linear = sum(_linear_flops(m) for m in model.modules() if isinstance(m, nn.Linear | Conv1D))
+    block_params = 0
+    block_flops = 0
+    for i in range(structure.num_layers):
+        modules = _block_modules(structure, i)
+        block_params += sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in modules)
+        attention = 4 * seq_len * structure.shape(i).heads * structure.head_dim
+        block_flops += sum(_linear_flops(m) for m in modules) + attention
+    attention_total = sum(4 * seq_len * s.heads * structure.head_dim for s in structure.shapes())
+    return Cost(
+        parameters=parameters,
+        block_parameters=block_params,
+        flops_per_token=linear + attention_total,
+        block_flops_per_token=block_flops,
+        seq_len=seq_len,
+    )

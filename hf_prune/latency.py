@@ -1,0 +1,73 @@
+"""Wall-clock latency of a forward pass: warm-up, then the median of repeated runs."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median forward latency and where it was measured."""
+
+    median_ms: float
+    runs_ms: list[float]
+    batch_size: int
+    seq_len: int
+    device: str
+    dtype: str
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device (GPU model or CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module, batch_size: int = 8, seq_len: int = 128, repeats: int = 10, warmup: int = 3, seed: int = 0
+) -> Latency:
+    """Median latency of ``model(input_ids)`` on random token ids (batch x seq_len), without a KV cache."""
+    model.eval()
+    parameter = next(model.parameters())
+    device = parameter.device
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if getattr(model.config, "use_cache", None) is not None:
+        kwargs["use_cache"] = False
+    runs = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        model(**kwargs)
+        _sync(device)
+        if i >= warmup:
+            runs.append((time.perf_counter() - start) * 1000)
+    return Latency(
+        median_ms=statistics.median(runs),
+        runs_ms=runs,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device_name(device),
+        dtype=str(parameter.dtype).replace("torch.", ""),
+        threads=torch.get_num_threads(),
+    )

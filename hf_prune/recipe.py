@@ -1,0 +1,217 @@
+"""Recipes: where an architecture keeps its heads and neurons, and what to prune by default.
+
+A recipe is a YAML file that maps one-to-one onto :class:`Recipe`. Module paths are relative to one
+transformer block; ``layers`` lists candidate paths of the block list under the base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+QUANTITIES = ("heads", "kv_heads", "kv_groups", "head_dim", "q_width", "kv_width", "neurons")
+
+
+@dataclass
+class AttentionSpec:
+    """Where a block's attention projections live and how its heads are counted."""
+
+    o: str = field(metadata={"help": "output projection (its input columns are grouped by head)"})
+    q: str | None = field(default=None, metadata={"help": "query projection"})
+    k: str | None = field(default=None, metadata={"help": "key projection"})
+    v: str | None = field(default=None, metadata={"help": "value projection"})
+    qkv: str | None = field(default=None, metadata={"help": "fused projection laid out as [q | k | v]"})
+    heads_attribute: str = field(default="num_attention_heads", metadata={"help": "config: query heads"})
+    kv_heads_attribute: str | None = field(default=None, metadata={"help": "config: KV heads (GQA/MQA)"})
+    head_dim_attribute: str | None = field(
+        default=None,
+        metadata={"help": "config attribute the modeling code reads for the head size; unset: hidden/heads"},
+    )
+    module_attributes: dict[str, dict[str, str]] = field(
+        default_factory=dict, metadata={"help": "{module path: {attribute: quantity}} to update after surgery"}
+    )
+    module_config: dict[str, dict[str, str]] = field(
+        default_factory=dict,
+        metadata={"help": "{module path: {config attribute: quantity}} for modules reading self.config at run time"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.qkv is None and not (self.q and self.k and self.v):
+            raise ValueError("attention needs either `qkv` (fused) or all of `q`, `k` and `v`.")
+        if self.qkv is not None and (self.q or self.k or self.v):
+            raise ValueError("attention: give either `qkv` or `q`/`k`/`v`, not both.")
+        _check_quantities("attention", self.module_attributes, self.module_config)
+
+
+@dataclass
+class MLPSpec:
+    """Where a block's MLP projections live."""
+
+    down: str = field(metadata={"help": "down projection (its input columns are the neurons)"})
+    up: str | None = field(default=None, metadata={"help": "up projection"})
+    gate: str | None = field(default=None, metadata={"help": "gate projection of a gated MLP"})
+    gate_up: str | None = field(default=None, metadata={"help": "fused projection laid out as [gate | up]"})
+    intermediate_attribute: str = field(
+        default="intermediate_size", metadata={"help": "config attribute holding the number of neurons"}
+    )
+    module_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    module_config: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.up is None) == (self.gate_up is None):
+            raise ValueError("mlp needs exactly one of `up` or `gate_up` (fused).")
+        if self.gate_up is not None and self.gate is not None:
+            raise ValueError("mlp: `gate` cannot be combined with the fused `gate_up`.")
+        _check_quantities("mlp", self.module_attributes, self.module_config)
+
+
+@dataclass
+class Targets:
+    """Default pruning targets: fractions of heads and neurons to remove."""
+
+    heads: float = 0.0
+    neurons: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "neurons"):
+            check_fraction(name, getattr(self, name))
+
+
+@dataclass
+class Recipe:
+    """Everything hf_prune needs to know about one architecture."""
+
+    name: str
+    model_types: list[str]
+    layers: list[str]
+    attention: AttentionSpec
+    mlp: MLPSpec
+    targets: Targets = field(default_factory=Targets)
+    protected_layers: list[int] = field(default_factory=list, metadata={"help": "blocks never pruned"})
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attention, dict):
+            self.attention = _build(AttentionSpec, self.attention, f"recipe '{self.name}' attention")
+        if isinstance(self.mlp, dict):
+            self.mlp = _build(MLPSpec, self.mlp, f"recipe '{self.name}' mlp")
+        if isinstance(self.targets, dict):
+            self.targets = _build(Targets, self.targets, f"recipe '{self.name}' targets")
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        if not self.model_types or not self.layers:
+            raise ValueError(f"recipe '{self.name}' needs non-empty `model_types` and `layers`.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        """Build a recipe from its plain-dict (YAML/JSON) form, with errors that name the bad key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}.")
+        return _build(cls, data, source)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Recipe:
+        """Load a recipe from a YAML file."""
+        path = Path(path)
+        try:
+            with path.open(encoding="utf-8") as handle:
+                data = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            raise ValueError(f"recipe file '{path}' is not valid YAML: {err}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (what ``surgery`` consumes and what is stored in ``config.json``)."""
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Raise unless ``value`` is a fraction in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`{name}` must be a fraction in [0, 1) (0.5 removes half), got {value!r}. "
+            "Removing everything would empty the layers."
+        )
+
+
+def _check_quantities(where: str, *mappings: dict[str, dict[str, str]]) -> None:
+    for mapping in mappings:
+        for attributes in mapping.values():
+            for attribute, quantity in attributes.items():
+                if quantity not in QUANTITIES:
+                    raise ValueError(
+                        f"{where}: attribute '{attribute}' maps to unknown quantity '{quantity}'; "
+                        f"choose one of {', '.join(QUANTITIES)}."
+                    )
+
+
+def _build(cls: type, data: dict[str, Any], source: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(names)}.")
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shipped recipes.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def recipes_dir() -> Path:
+    """Folder of the shipped YAML recipes (inside the wheel, or ``recipes/`` in a source checkout)."""
+    packaged = resources.files("hf_prune") / "recipes"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Recipe]:
+    """All shipped recipes by name."""
+    return {path.stem: Recipe.from_yaml(path) for path in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def recipe_for_model_type(model_type: str) -> Recipe:
+    """The shipped recipe that covers ``model_type``."""
+    recipes = shipped_recipes()
+    for recipe in recipes.values():
+        if model_type in recipe.model_types:
+            return recipe
+    raise ValueError(
+        f"no recipe for model_type '{model_type}'. Shipped recipes: {', '.join(sorted(recipes))}. "
+        "Write a YAML recipe for it (see 'Adding an architecture' in the README; "
+        "`hf-prune recipes --show llama` prints a complete example) and pass recipe='path/to/recipe.yaml'."
+    )
+
+
+def resolve_recipe(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], model_type: str | None) -> Recipe:
+    """Turn ``"auto"``, a shipped name, a YAML path, a dict or a Recipe into a :class:`Recipe`."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    text = str(recipe)
+    if text == "auto":
+        if model_type is None:
+            raise ValueError("recipe='auto' needs a model with `config.model_type`; pass a recipe explicitly.")
+        return recipe_for_model_type(model_type)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"recipe file '{text}' does not exist.")
+        return Recipe.from_yaml(text)
+    recipes = shipped_recipes()
+    if text not in recipes:
+        raise ValueError(f"unknown recipe '{text}'. Shipped recipes: {', '.join(sorted(recipes))}.")
+    return recipes[text]

@@ -1,0 +1,178 @@
+"""From a recipe and a model to prunable groups: heads, KV groups and neurons of every block."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from . import surgery
+from .recipe import Recipe, resolve_recipe
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Current counts of one transformer block."""
+
+    heads: int
+    kv_heads: int
+    neurons: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 without GQA)."""
+        return self.heads // self.kv_heads
+
+
+@dataclass
+class GroupSums:
+    """A per-element quantity summed over each prunable group of one block."""
+
+    heads: torch.Tensor  # (heads,)   over q rows and o columns of each query head
+    kv_heads: torch.Tensor  # (kv_heads,) over k and v rows of each KV head
+    neurons: torch.Tensor  # (neurons,) over up/gate rows and the down column of each neuron
+
+
+def _as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """View a weight-shaped tensor as (out, in), whatever the layer type (Conv1D stores (in, out))."""
+    return tensor.t() if isinstance(module, Conv1D) else tensor
+
+
+class ModelStructure:
+    """The prunable structure of a model, as described by its recipe.
+
+    Args:
+        model: a transformers model (any head: base, causal LM, classification...).
+        recipe: ``"auto"`` (from ``config.model_type``), a shipped recipe name, a YAML path, a dict or a Recipe.
+    """
+
+    def __init__(self, model: nn.Module, recipe: str | os.PathLike[str] | Recipe | dict[str, Any] = "auto") -> None:
+        config = getattr(model, "config", None)
+        if config is None:
+            raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}.")
+        self.model = model
+        self.config = surgery.text_config(model)
+        recorded = surgery._config_get(self.config, surgery.CONFIG_KEY)
+        if recipe == "auto" and recorded:
+            recipe = recorded["recipe"]  # a pruned checkpoint carries the recipe it was pruned with
+        self.recipe = resolve_recipe(recipe, getattr(self.config, "model_type", None))
+        self.recipe_dict = self.recipe.to_dict()
+        self.layers = surgery.find_layers(model, self.recipe_dict)
+        self.head_dim = self._head_dim(recorded)
+        self._check_modules()
+
+    # -- structure -------------------------------------------------------------------------------------
+
+    def _head_dim(self, recorded: dict[str, Any] | None) -> int:
+        if recorded:
+            return int(recorded["head_dim"])
+        att = self.recipe.attention
+        if att.head_dim_attribute and surgery._config_get(self.config, att.head_dim_attribute):
+            return int(surgery._config_get(self.config, att.head_dim_attribute))
+        heads = surgery._config_get(self.config, att.heads_attribute)
+        hidden = surgery._config_get(self.config, "hidden_size")
+        if not heads or not hidden:
+            raise ValueError(
+                f"cannot derive the head size: config has no '{att.heads_attribute}' or 'hidden_size'. "
+                "Set `head_dim_attribute` or `heads_attribute` in the recipe."
+            )
+        return int(hidden) // int(heads)
+
+    def _check_modules(self) -> None:
+        """Fail early, naming the path, if the recipe points at modules that do not exist or are quantized."""
+        att, mlp = self.recipe.attention, self.recipe.mlp
+        paths = [p for p in (att.q, att.k, att.v, att.qkv, att.o, mlp.up, mlp.gate, mlp.gate_up, mlp.down) if p]
+        layer = self.layers[0]
+        for path in paths:
+            module = surgery.get_submodule(layer, path)
+            if not isinstance(module, nn.Linear | Conv1D) or type(module) not in (nn.Linear, Conv1D):
+                raise TypeError(
+                    f"'{path}' is a {type(module).__name__}; hf_prune slices plain nn.Linear or Conv1D weights. "
+                    "Quantized layers (bitsandbytes, GPTQ, AWQ...) cannot be sliced: load the model in "
+                    "float32/float16/bfloat16, prune it, then quantize the pruned model."
+                )
+            if not module.weight.is_floating_point():
+                raise TypeError(f"'{path}' holds {module.weight.dtype} weights; load the model in a float dtype.")
+        shape = self.shape(0)
+        if shape.heads % shape.kv_heads:
+            raise ValueError(f"layer 0 has {shape.heads} query heads, not a multiple of {shape.kv_heads} KV heads.")
+
+    def shape(self, index: int) -> LayerShape:
+        """Current counts of block ``index`` (read from weight shapes)."""
+        return LayerShape(**surgery.layer_counts(self.layers[index], self.recipe_dict, self.head_dim))
+
+    def shapes(self) -> list[LayerShape]:
+        return [self.shape(i) for i in range(len(self.layers))]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def module(self, index: int, role: str) -> nn.Module:
+        """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``."""
+        spec = self.recipe.attention if role in ("q", "k", "v", "qkv", "o") else self.recipe.mlp
+        path = getattr(spec, role)
+        if path is None:
+            raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")
+        return surgery.get_submodule(self.layers[index], path)
+
+    def attention_output(self, index: int) -> nn.Module:
+        """The module whose input holds the concatenated head outputs (masks and activations hook here)."""
+        return self.module(index, "o")
+
+    def mlp_output(self, index: int) -> nn.Module:
+        """The module whose input holds the neuron activations."""
+        return self.module(index, "down")
+
+    # -- per-group reductions --------------------------------------------------------------------------
+
+    def group_sums(self, index: int, values: Callable[[nn.Module], torch.Tensor | None]) -> GroupSums:
+        """Sum ``values(module)`` (weight-shaped) over each head, KV head and neuron of block ``index``.
+
+        ``values`` returns for instance ``module.weight ** 2`` (magnitude) or ``(w * grad).abs()`` (Taylor);
+        it may return ``None`` for a module to skip it (e.g. no gradient yet).
+        """
+        shape, hd = self.shape(index), self.head_dim
+        att, mlp = self.recipe.attention, self.recipe.mlp
+
+        def rows(role: str) -> torch.Tensor | None:
+            module = self.module(index, role)
+            value = values(module)
+            return None if value is None else _as_out_in(module, value).float().sum(dim=1)
+
+        def cols(role: str) -> torch.Tensor | None:
+            module = self.module(index, role)
+            value = values(module)
+            return None if value is None else _as_out_in(module, value).float().sum(dim=0)
+
+        q_width, kv_width = shape.heads * hd, shape.kv_heads * hd
+        if att.qkv:
+            fused = rows("qkv")
+            q, k, v = (None, None, None) if fused is None else fused.split([q_width, kv_width, kv_width])
+        else:
+            q, k, v = rows("q"), rows("k"), rows("v")
+        o = cols("o")
+        head = _zero_sum(q, o, size=q_width).view(shape.heads, hd).sum(1)
+        kv = _zero_sum(k, v, size=kv_width).view(shape.kv_heads, hd).sum(1)
+        if mlp.gate_up:
+            fused = rows("gate_up")
+            up_gate = None if fused is None else fused.view(2, shape.neurons).sum(0)
+        else:
+            up_gate = _zero_sum(rows("up"), rows("gate") if mlp.gate else None, size=shape.neurons)
+        neurons = _zero_sum(up_gate, cols("down"), size=shape.neurons)
+        return GroupSums(heads=head, kv_heads=kv, neurons=neurons)
+
+
+def _zero_sum(*parts: torch.Tensor | None, size: int) -> torch.Tensor:
+    present = [p for p in parts if p is not None]
+    if not present:
+        return torch.zeros(size)
+    total = present[0].clone()
+    for p in present[1:]:
+        total = total + p.to(total.device)
+    return total.cpu()

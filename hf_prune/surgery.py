@@ -1,0 +1,348 @@
+"""Physical removal of attention heads and MLP neurons.
+
+This module is deliberately self-contained (torch, transformers and the standard library only): hf_prune
+copies it next to a saved checkpoint so that ``trust_remote_code=True`` can rebuild a pruned model without
+hf_prune installed. Everything here works on the plain-dict form of a recipe (what ``Recipe.to_dict()``
+returns and what is stored in ``config.json`` under ``hf_prune``).
+
+Vocabulary used throughout:
+- ``heads``: query heads of a layer; ``kv_heads``: key/value heads (equal to ``heads`` without GQA);
+- ``neurons``: intermediate units of the MLP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+CONFIG_KEY = "hf_prune"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Slicing primitives for nn.Linear and GPT-2's Conv1D (whose weight is stored transposed: (in, out)).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+
+
+def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
+    """Keep only the output units ``index`` of a Linear/Conv1D layer (rows of ``y``), in place."""
+    out_dim = 1 if isinstance(module, Conv1D) else 0
+    index = index.to(module.weight.device)
+    _replace_parameter(module, "weight", module.weight.detach().index_select(out_dim, index))
+    if module.bias is not None:
+        _replace_parameter(module, "bias", module.bias.detach().index_select(0, index))
+    if isinstance(module, Conv1D):
+        module.nf = len(index)
+    else:
+        module.out_features = len(index)
+
+
+def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
+    """Keep only the input features ``index`` of a Linear/Conv1D layer, in place."""
+    in_dim = 0 if isinstance(module, Conv1D) else 1
+    index = index.to(module.weight.device)
+    _replace_parameter(module, "weight", module.weight.detach().index_select(in_dim, index))
+    if not isinstance(module, Conv1D):
+        module.in_features = len(index)
+
+
+def output_size(module: nn.Module) -> int:
+    """Number of output units of a Linear/Conv1D layer."""
+    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
+
+
+def input_size(module: nn.Module) -> int:
+    """Number of input features of a Linear/Conv1D layer."""
+    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    """``root.get_submodule`` with an error that says which recipe path is wrong."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError as err:
+        raise AttributeError(
+            f"module path '{path}' does not exist under {type(root).__name__}: {err}. "
+            "Check the module names in the recipe against `print(model)`."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locating layers and reading their current structure from weight shapes (never from the config: after
+# pruning, layers differ and the weights are the only source of truth).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def find_layers(model: nn.Module, recipe: dict[str, Any]) -> nn.ModuleList:
+    """Return the transformer block list named by the recipe (paths are tried under the base model first)."""
+    roots = [getattr(model, "base_model", model), model]
+    for root in roots:
+        for path in recipe["layers"]:
+            with contextlib.suppress(AttributeError):
+                layers = root.get_submodule(path)
+                if isinstance(layers, nn.ModuleList):
+                    return layers
+    raise AttributeError(
+        f"recipe '{recipe['name']}' names the layer list {recipe['layers']}, but {type(model).__name__} has "
+        "no such nn.ModuleList. Fix `layers:` in the recipe (see `print(model)`)."
+    )
+
+
+def text_config(model: nn.Module) -> Any:
+    """The config that describes the transformer blocks (the text config of multimodal models)."""
+    return model.config.get_text_config()
+
+
+def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
+    """Current ``heads``, ``kv_heads`` and ``neurons`` of one block, read from its weight shapes."""
+    att, mlp = recipe["attention"], recipe["mlp"]
+    if att.get("qkv"):
+        q_width = input_size(get_submodule(layer, att["o"]))
+        fused = output_size(get_submodule(layer, att["qkv"]))
+        heads = q_width // head_dim
+        kv_heads = (fused - q_width) // (2 * head_dim)
+    else:
+        heads = output_size(get_submodule(layer, att["q"])) // head_dim
+        kv_heads = output_size(get_submodule(layer, att["k"])) // head_dim
+    if mlp.get("gate_up"):
+        neurons = output_size(get_submodule(layer, mlp["gate_up"])) // 2
+    else:
+        neurons = output_size(get_submodule(layer, mlp["up"]))
+    return {"heads": heads, "kv_heads": kv_heads, "neurons": neurons}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-layer config views: some modeling code reads head counts from ``self.config`` at forward time (Phi-3's
+# fused qkv split). A pruned layer then needs its own view of the config with its own counts.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class LayerConfigView:
+    """A read-through view of a config with a few per-layer overrides.
+
+    It delegates everything else to the live global config, so later changes such as
+    ``model.set_attn_implementation`` are seen by the layer too.
+    """
+
+    def __init__(self, base: Any, overrides: dict[str, Any]) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_base", "_overrides"):
+            raise AttributeError(name)
+        overrides = object.__getattribute__(self, "_overrides")
+        if name in overrides:
+            return overrides[name]
+        return getattr(object.__getattribute__(self, "_base"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_base"), name, value)
+
+
+def _quantities(counts: dict[str, int], head_dim: int) -> dict[str, int]:
+    heads, kv_heads = counts["heads"], counts["kv_heads"]
+    return {
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "kv_groups": heads // kv_heads if kv_heads else 0,
+        "head_dim": head_dim,
+        "q_width": heads * head_dim,
+        "kv_width": kv_heads * head_dim,
+        "neurons": counts["neurons"],
+    }
+
+
+def _update_module_attributes(layer: nn.Module, spec: dict[str, Any], values: dict[str, int]) -> None:
+    """Set the module attributes that forward reads (e.g. ``num_key_value_groups``) to the new counts."""
+    for module_path, attributes in (spec.get("module_attributes") or {}).items():
+        module = get_submodule(layer, module_path) if module_path else layer
+        for attribute, quantity in attributes.items():
+            setattr(module, attribute, values[quantity])
+    for module_path, attributes in (spec.get("module_config") or {}).items():
+        module = get_submodule(layer, module_path) if module_path else layer
+        base = module.config._base if isinstance(module.config, LayerConfigView) else module.config
+        module.config = LayerConfigView(base, {attr: values[q] for attr, q in attributes.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Surgery on one block.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _rows(units: Sequence[int], width: int, offset: int = 0) -> torch.Tensor:
+    """Row indices of whole units (heads of ``width`` rows each), shifted by ``offset`` rows."""
+    # Explicit CPU tensors: from_pretrained builds models under a meta default device.
+    units_t = torch.as_tensor(list(units), dtype=torch.long, device="cpu")
+    return (offset + units_t[:, None] * width + torch.arange(width, device="cpu")[None, :]).reshape(-1)
+
+
+def check_gqa_mapping(heads: int, kv_heads: int, keep_heads: Sequence[int], keep_kv: Sequence[int]) -> None:
+    """Raise unless the kept query heads map onto the kept KV heads as a valid GQA layout.
+
+    Query head ``h`` reads KV head ``h // (heads // kv_heads)``; after pruning every kept KV head must
+    serve the same number of kept query heads, and no kept query head may lose its KV head.
+    """
+    group = heads // kv_heads
+    per_kv = {kv: 0 for kv in keep_kv}
+    for h in keep_heads:
+        kv = h // group
+        if kv not in per_kv:
+            raise ValueError(
+                f"query head {h} reads KV head {kv}, which is being removed. Under GQA remove whole KV groups "
+                "(a KV head with all its query heads) or the same number of query heads from every group."
+            )
+        per_kv[kv] += 1
+    sizes = set(per_kv.values())
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"after pruning, the KV heads {sorted(per_kv)} would serve {sorted(per_kv.values())} query heads each; "
+            "GQA needs the same number (at least one) for every KV head. Remove the same number of query "
+            "heads from every group, or whole KV groups."
+        )
+
+
+def prune_attention(
+    layer: nn.Module,
+    recipe: dict[str, Any],
+    head_dim: int,
+    keep_heads: Sequence[int],
+    keep_kv_heads: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """Keep only ``keep_heads`` (query heads) and ``keep_kv_heads`` of a block's attention, in place.
+
+    Without GQA (``kv_heads == heads``) the KV heads follow the query heads and ``keep_kv_heads`` may be
+    omitted. Returns the block's new counts.
+    """
+    att = recipe["attention"]
+    counts = layer_counts(layer, recipe, head_dim)
+    heads, kv_heads = counts["heads"], counts["kv_heads"]
+    keep_heads = sorted(int(h) for h in keep_heads)
+    if keep_kv_heads is None:
+        if kv_heads != heads:
+            group = heads // kv_heads
+            keep_kv_heads = sorted({h // group for h in keep_heads})
+        else:
+            keep_kv_heads = keep_heads
+    keep_kv_heads = sorted(int(h) for h in keep_kv_heads)
+    if not keep_heads:
+        raise ValueError("refusing to remove every attention head of a layer; keep at least one head.")
+    if any(not 0 <= h < heads for h in keep_heads) or any(not 0 <= h < kv_heads for h in keep_kv_heads):
+        raise IndexError(f"head index out of range: the layer has {heads} query and {kv_heads} KV heads.")
+    if kv_heads == heads and keep_kv_heads != keep_heads:
+        raise ValueError("without GQA, the kept KV heads must be the kept query heads.")
+    check_gqa_mapping(heads, kv_heads, keep_heads, keep_kv_heads)
+
+    q_rows = _rows(keep_heads, head_dim)
+    if att.get("qkv"):
+        k_rows = _rows(keep_kv_heads, head_dim, offset=heads * head_dim)
+        v_rows = _rows(keep_kv_heads, head_dim, offset=(heads + kv_heads) * head_dim)
+        keep_outputs(get_submodule(layer, att["qkv"]), torch.cat([q_rows, k_rows, v_rows]))
+    else:
+        kv_rows = _rows(keep_kv_heads, head_dim)
+        keep_outputs(get_submodule(layer, att["q"]), q_rows)
+        keep_outputs(get_submodule(layer, att["k"]), kv_rows)
+        keep_outputs(get_submodule(layer, att["v"]), kv_rows)
+    keep_inputs(get_submodule(layer, att["o"]), q_rows)
+
+    new = {"heads": len(keep_heads), "kv_heads": len(keep_kv_heads), "neurons": counts["neurons"]}
+    _update_module_attributes(layer, att, _quantities(new, head_dim))
+    return new
+
+
+def prune_mlp(layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep_neurons: Sequence[int]) -> dict[str, int]:
+    """Keep only the intermediate units ``keep_neurons`` of a block's MLP, in place; returns new counts."""
+    mlp = recipe["mlp"]
+    counts = layer_counts(layer, recipe, head_dim)
+    keep_list = sorted(int(n) for n in keep_neurons)
+    if not keep_list:
+        raise ValueError("refusing to remove every MLP neuron of a layer; keep at least one neuron.")
+    if keep_list[-1] >= counts["neurons"] or keep_list[0] < 0:
+        raise IndexError(f"neuron index out of range: the layer has {counts['neurons']} neurons.")
+    keep = torch.as_tensor(keep_list, dtype=torch.long, device="cpu")
+    if mlp.get("gate_up"):
+        keep_outputs(get_submodule(layer, mlp["gate_up"]), torch.cat([keep, keep + counts["neurons"]]))
+    else:
+        for name in ("up", "gate"):
+            if mlp.get(name):
+                keep_outputs(get_submodule(layer, mlp[name]), keep)
+    keep_inputs(get_submodule(layer, mlp["down"]), keep)
+    new = {**counts, "neurons": len(keep)}
+    _update_module_attributes(layer, mlp, _quantities(new, head_dim))
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recording the structure in the config, and rebuilding it when a checkpoint is loaded.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def global_config_access(config: Any) -> Iterator[None]:
+    """Let code that assumes a homogeneous model read the global values of a heterogeneous config.
+
+    Model ``__init__`` reads ``config.num_attention_heads`` etc.; hf_prune builds the dense skeleton from the
+    global values and then shrinks each layer to its recorded size.
+    """
+    previous = config.__dict__.get("allow_global_per_layer_attribute_access")
+    config.__dict__["allow_global_per_layer_attribute_access"] = True
+    # transformers warns on every such read; here they are intended, so keep the user's log clean.
+    heterogeneity_logger = logging.getLogger("transformers.integrations.heterogeneity.configuration_utils")
+    level = heterogeneity_logger.level
+    heterogeneity_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        heterogeneity_logger.setLevel(level)
+        if previous is None:
+            config.__dict__.pop("allow_global_per_layer_attribute_access", None)
+        else:
+            config.__dict__["allow_global_per_layer_attribute_access"] = previous
+
+
+def _config_get(config: Any, name: str, default: Any = None) -> Any:
+    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
+    return getter(name, default) if getter else getattr(config, name, default)
+
+
+def recorded_structure(config: Any) -> list[dict[str, int]] | None:
+    """Per-layer counts recorded in a config by hf_prune, or ``None`` for an unpruned config."""
+    meta = _config_get(config, CONFIG_KEY)
+    if not meta:
+        return None
+    return [dict(layer) for layer in meta["layers"]]
+
+
+def restore_structure(model: nn.Module) -> None:
+    """Shrink a freshly built (dense-shaped) model to the structure recorded in its config.
+
+    The kept units are the first ``k`` of each layer: the weights that follow come from the checkpoint,
+    which stores the pruned layers compacted.
+    """
+    config = text_config(model)
+    structure = recorded_structure(config)
+    if structure is None:
+        return
+    meta = _config_get(config, CONFIG_KEY)
+    recipe, head_dim = meta["recipe"], meta["head_dim"]
+    layers = find_layers(model, recipe)
+    for layer, target in zip(layers, structure, strict=True):
+        counts = layer_counts(layer, recipe, head_dim)
+        if (target["heads"], target["kv_heads"]) != (counts["heads"], counts["kv_heads"]):
+            group = target["heads"] // target["kv_heads"]
+            old_group = counts["heads"] // counts["kv_heads"]
+            keep_heads = [kv * old_group + i for kv in range(target["kv_heads"]) for i in range(group)]
+            prune_attention(layer, recipe, head_dim, keep_heads, list(range(target["kv_heads"])))
+        if target["neurons"] != counts["neurons"]:
+            prune_mlp(layer, recipe, head_dim, list(range(target["neurons"])))
