@@ -3,27 +3,35 @@
 __version__ = "0.1.0"
 
 from .allocation import LayerPlan, plan_pruning
+from .callback import PruningCallback
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .flops import Cost, measure_cost
-from .importance import Importance, available_importances, get_importance, register_importance
+from .importance import Importance, available_importances, calibrate, get_importance, register_importance
 from .masks import MaskSet
 from .prune import PruningReport, apply_plan, prune
 from .recipe import Recipe, shipped_recipes
+from .schedule import Schedule
 from .structure import ModelStructure
+from .trainer import DistillationConfig, PruningTrainer
 
 __all__ = [
     "Cost",
+    "DistillationConfig",
     "Importance",
     "LayerPlan",
     "MaskSet",
     "ModelStructure",
+    "PruningCallback",
     "PruningConfig",
     "PruningReport",
+    "PruningTrainer",
     "Recipe",
+    "Schedule",
     "__version__",
     "apply_plan",
     "available_importances",
+    "calibrate",
     "from_pretrained",
     "get_importance",
     "measure_cost",

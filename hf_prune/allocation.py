@@ -12,7 +12,7 @@ keep the query-to-KV mapping valid:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -92,10 +92,16 @@ def count_to_remove(fraction: float, units: int, multiple: int = 1) -> int:
     return max(0, units - min(keep, units))
 
 
-def _normalise(scores: torch.Tensor) -> torch.Tensor:
-    """Scale a block's scores to unit L2 norm so that blocks compare under global ranking (Michel et al.)."""
-    norm = scores.float().norm()
-    return scores.float() / norm if norm > 0 else scores.float()
+def _prepare(scores: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """Normalise a block's scores to unit L2 norm, so that blocks compare under global ranking (Michel et al.
+    2019), and put already-removed groups below every live one (scores are non-negative, removed ones -1)."""
+    scores = scores.detach().float().cpu().clamp_min(0.0)
+    live = scores if masked is None else scores[~masked]
+    norm = live.norm()
+    scores = scores / norm if norm > 0 else scores
+    if masked is not None:
+        scores = torch.where(masked, torch.full_like(scores, -1.0), scores)
+    return scores
 
 
 def plan_pruning(
@@ -108,6 +114,8 @@ def plan_pruning(
     gqa_mode: str = "auto",
     neuron_multiple: int = 1,
     protected_layers: Sequence[int] = (),
+    masked_heads: Sequence[torch.Tensor] | None = None,
+    masked_neurons: Sequence[torch.Tensor] | None = None,
 ) -> list[LayerPlan]:
     """Choose the heads and neurons every block keeps.
 
@@ -121,11 +129,17 @@ def plan_pruning(
         gqa_mode: ``"auto"``, ``"kv_groups"`` or ``"query_heads"`` (see module docstring).
         neuron_multiple: kept neurons per block are rounded to a multiple of this (hardware efficiency).
         protected_layers: blocks that keep everything.
+        masked_heads / masked_neurons: per block, bool tensors of groups already removed (gradual pruning);
+            they are removed first, so a growing target never brings a group back.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
     n_layers = len(head_scores)
     protected = set(protected_layers)
+    head_scores = [_prepare(s, None if masked_heads is None else masked_heads[i]) for i, s in enumerate(head_scores)]
+    neuron_scores = [
+        _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
+    ]
     units = [head_units(s, kv, gqa_mode) for s, kv in zip(head_scores, kv_heads, strict=True)]
     n_heads_units = [len(u.scores) for u in units]
     n_neurons = [s.numel() for s in neuron_scores]
@@ -163,23 +177,27 @@ def plan_pruning(
 def _global_counts(
     scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int, sorted_scores: bool = False
 ) -> list[int]:
-    """Per-block removal counts from one global ranking of normalised scores (at least one unit kept)."""
+    """Per-block removal counts from one global ranking of (normalised) scores, at least one unit kept."""
+    del sorted_scores  # ranks within a block are recomputed below, whatever the input order
     eligible = [i for i in range(len(scores)) if i not in protected]
+    counts = [0] * len(scores)
+    if not eligible:
+        return counts
     total = sum(scores[i].numel() for i in eligible)
     budget = round(fraction * total)
-    entries = []
+    values = torch.cat([scores[i].float() for i in eligible])
+    layer = torch.cat([torch.full((scores[i].numel(),), i) for i in eligible])
+    order = torch.argsort(values, stable=True)
+    layer_sorted = layer[order]
+    # Rank of each entry within its own block, in global order; a block may give at most n - 1 units.
+    rank = torch.zeros_like(layer_sorted)
     for i in eligible:
-        normalised = _normalise(scores[i])
-        values = normalised if sorted_scores else torch.sort(normalised).values
-        entries.extend((float(v), i) for v in values)
-    entries.sort(key=lambda e: e[0])
-    counts = [0] * len(scores)
-    for _, i in entries:
-        if budget == 0:
-            break
-        if counts[i] < scores[i].numel() - 1:
-            counts[i] += 1
-            budget -= 1
+        where = layer_sorted == i
+        rank[where] = torch.arange(int(where.sum()))
+    caps = torch.tensor([scores[i].numel() - 1 for i in range(len(scores))])
+    chosen = layer_sorted[rank < caps[layer_sorted]][:budget]
+    for i, c in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
+        counts[i] = c
     if multiple > 1:
         for i in eligible:
             n = scores[i].numel()
@@ -188,3 +206,53 @@ def _global_counts(
                 kept = min(n, max(multiple, multiple * math.floor(kept / multiple + 0.5)))
                 counts[i] = n - kept
     return counts
+
+
+def plan_to_budget(
+    head_scores: Sequence[torch.Tensor],
+    kv_heads: Sequence[int],
+    neuron_scores: Sequence[torch.Tensor],
+    removed_cost: Callable[[list[LayerPlan]], float],
+    target: float,
+    heads_fraction: float | None = None,
+    **kwargs: object,
+) -> list[LayerPlan]:
+    """Plan that removes (at most, and as close as the granularity allows) ``target`` of a cost.
+
+    ``removed_cost(plans)`` returns the fraction of the cost (FLOPs or parameters of the blocks) that
+    ``plans`` remove. Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the
+    neuron fraction that lands closest below the target; of the candidates that come closest, the one whose
+    head and neuron fractions are most alike wins (no kind of group is sacrificed to spare the other).
+    """
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"a cost target must be a fraction in [0, 1), got {target!r}.")
+
+    def plan(h: float, n: float) -> list[LayerPlan]:
+        return plan_pruning(head_scores, kv_heads, neuron_scores, h, n, **kwargs)  # type: ignore[arg-type]
+
+    def largest_neurons(h: float) -> float:
+        low, high = 0.0, 0.999
+        if removed_cost(plan(h, low)) > target:
+            return -1.0  # this head fraction alone overshoots
+        for _ in range(25):  # bisection on a step function: resolves a single neuron in any realistic block
+            middle = (low + high) / 2
+            low, high = (middle, high) if removed_cost(plan(h, middle)) <= target else (low, middle)
+        return low
+
+    grid = [heads_fraction] if heads_fraction is not None else [i / 20 for i in range(20)]
+    candidates = []
+    seen: set[tuple[int, ...]] = set()
+    for h in grid:
+        key = tuple(len(p.keep_heads) for p in plan(h, 0.0))
+        if key in seen:
+            continue
+        seen.add(key)
+        n = largest_neurons(h)
+        if n >= 0.0:
+            candidates.append((removed_cost(plan(h, n)), h, n))
+    if not candidates:
+        return plan(0.0, 0.0)
+    best = max(c[0] for c in candidates)
+    close = [c for c in candidates if c[0] >= best - 0.005]
+    _, h, n = min(close, key=lambda c: abs(c[1] - c[2]))
+    return plan(h, n)

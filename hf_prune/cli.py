@@ -45,6 +45,11 @@ def load_model(path: str, gguf_file: str | None = None, dtype: str | None = None
     return model, tokenizer
 
 
+def _step_or_fraction(text: str) -> int | float:
+    """``100`` is a step, ``0.5`` a fraction of training."""
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(PruningConfig):
         flag = "--" + spec.name.replace("_", "-")
@@ -52,7 +57,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = spec.metadata.get("help", "")
         args = [a for a in get_args(kind) if a is not type(None)]
         base = args[0] if get_origin(kind) in (Union, types.UnionType) else kind
-        if get_origin(base) is list:
+        if int in args and float in args:
+            parser.add_argument(
+                flag, type=_step_or_fraction, default=None, help=f"{help_text} (default: {spec.default})"
+            )
+        elif get_origin(base) is list:
             parser.add_argument(flag, type=int, nargs="*", default=None, help=help_text)
         else:
             parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {spec.default})")

@@ -12,6 +12,7 @@ import yaml
 
 from .allocation import GQA_MODES, RANKINGS
 from .recipe import check_fraction
+from .schedule import Schedule
 
 
 @dataclass
@@ -34,13 +35,40 @@ class PruningConfig:
     protected_layers: list[int] | None = field(
         default=None, metadata={"help": "blocks never pruned; unset: the recipe's protected_layers"}
     )
+    flops: float | None = field(
+        default=None,
+        metadata={"help": "instead of fixed fractions: fraction of the blocks' FLOPs to remove, in (0, 1)"},
+    )
+    params: float | None = field(
+        default=None,
+        metadata={"help": "instead of fixed fractions: fraction of the blocks' parameters to remove, in (0, 1)"},
+    )
     flops_seq_len: int = field(default=128, metadata={"help": "context length used to count attention FLOPs"})
+    # -- gradual pruning (PruningCallback) -------------------------------------------------------------------
+    schedule: str = field(default="cubic", metadata={"help": "one_shot, linear, cubic, exponential or iterative"})
+    begin: int | float = field(default=0.0, metadata={"help": "schedule start: fraction of training, or an int step"})
+    end: int | float = field(
+        default=0.7, metadata={"help": "schedule end (structure frozen after it): fraction of training or int step"}
+    )
+    update_every: int = field(default=10, metadata={"help": "optimizer steps between mask updates"})
+    ema_beta: float = field(
+        default=0.9, metadata={"help": "moving-average factor of accumulated importance scores (taylor, fisher...)"}
+    )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons"):
+        for name in ("heads", "neurons", "flops", "params"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)
+        if self.flops is not None and self.params is not None:
+            raise ValueError("give either a `flops` or a `params` target, not both.")
+        if self.neurons is not None and (self.flops is not None or self.params is not None):
+            raise ValueError(
+                "`neurons` is solved for when a `flops`/`params` target is set; set `heads` to fix the head "
+                "fraction, or drop the cost target."
+            )
+        # Builds (and so validates) the schedule; raises with a clear message on a bad kind/begin/end.
+        self.to_schedule()
         if self.ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}.")
         if self.gqa_mode not in GQA_MODES:
@@ -62,6 +90,9 @@ class PruningConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_schedule(self) -> Schedule:
+        return Schedule(kind=self.schedule, begin=self.begin, end=self.end, every=self.update_every)
 
     def replace(self, **changes: Any) -> PruningConfig:
         """A copy with ``changes`` applied (validated)."""

@@ -57,3 +57,48 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
         block_flops_per_token=block_flops,
         seq_len=seq_len,
     )
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """What one query head, one KV head and one neuron of a block cost (FLOPs per token, or parameters)."""
+
+    head: float
+    kv_head: float
+    neuron: float
+
+    def removed(self, before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+        """Cost removed going from ``(heads, kv_heads, neurons)`` ``before`` to ``after``."""
+        return (
+            (before[0] - after[0]) * self.head
+            + (before[1] - after[1]) * self.kv_head
+            + (before[2] - after[2]) * self.neuron
+        )
+
+
+def unit_costs(structure: ModelStructure, kind: str = "flops", seq_len: int = 128) -> UnitCosts:
+    """Cost of one group in the blocks of ``structure`` (the same in every block)."""
+    if kind not in ("flops", "params"):
+        raise ValueError(f"cost kind must be 'flops' or 'params', got {kind!r}.")
+    att, mlp = structure.recipe.attention, structure.recipe.mlp
+    hd = structure.head_dim
+    o = structure.module(0, "o")
+    hidden = o.weight.shape[1] if isinstance(o, Conv1D) else o.weight.shape[0]
+    inputs = 2 if (mlp.gate or mlp.gate_up) else 1  # projections that produce a neuron (up, gate)
+
+    def has_bias(role: str) -> bool:
+        return structure.module(0, role).bias is not None
+
+    q_role, kv_role = ("qkv", "qkv") if att.qkv else ("q", "k")
+    up_role = "gate_up" if mlp.gate_up else "up"
+    if kind == "params":
+        return UnitCosts(
+            head=2 * hidden * hd + (hd if has_bias(q_role) else 0),
+            kv_head=2 * hidden * hd + (2 * hd if has_bias(kv_role) else 0),
+            neuron=(inputs + 1) * hidden + (inputs if has_bias(up_role) else 0),
+        )
+    return UnitCosts(
+        head=2 * 2 * hidden * hd + 4 * seq_len * hd,
+        kv_head=2 * 2 * hidden * hd,
+        neuron=2 * (inputs + 1) * hidden,
+    )

@@ -6,7 +6,7 @@ Criteria register themselves by name, so ``PruningConfig(importance="taylor")`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -110,3 +110,224 @@ class RandomImportance(Importance):
             [torch.rand(s.heads, generator=self.generator) for s in shapes],
             [torch.rand(s.neurons, generator=self.generator) for s in shapes],
         )
+
+
+class _Accumulating(Importance):
+    """Shared machinery of criteria that fold one statistic per group into an exponential moving average."""
+
+    accumulates = True
+    #: False when forward passes alone are enough (no backward needed during calibration).
+    needs_gradients = True
+
+    def __init__(self, beta: float | None = 0.9) -> None:
+        if beta is not None and not 0.0 <= beta < 1.0:
+            raise ValueError(f"the moving-average beta must be in [0, 1) (or None for a plain mean), got {beta!r}.")
+        self.beta = beta
+        self.heads: list[torch.Tensor] | None = None
+        self.neurons: list[torch.Tensor] | None = None
+        self.updates = 0
+
+    def _fold(self, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> None:
+        if self.heads is None or self.neurons is None or _shapes(self.heads) != _shapes(heads):
+            self.heads, self.neurons = [h.clone() for h in heads], [n.clone() for n in neurons]
+        else:
+            # beta=None: plain running mean (calibration); otherwise an exponential moving average (training).
+            b = self.updates / (self.updates + 1) if self.beta is None else self.beta
+            self.heads = [b * old + (1 - b) * new for old, new in zip(self.heads, heads, strict=True)]
+            self.neurons = [b * old + (1 - b) * new for old, new in zip(self.neurons, neurons, strict=True)]
+        self.updates += 1
+
+    def scores(self, structure: ModelStructure) -> Scores:
+        if self.heads is None or self.neurons is None:
+            raise RuntimeError(
+                f"importance '{self.name}' has no statistics yet: it needs at least one training or calibration "
+                "step (forward and backward) before it can score."
+            )
+        return Scores([h.clone() for h in self.heads], [n.clone() for n in self.neurons])
+
+    def state_dict(self) -> dict:
+        if self.heads is None or self.neurons is None:
+            return {"updates": 0}
+        return {
+            "updates": self.updates,
+            "heads": [h.tolist() for h in self.heads],
+            "neurons": [n.tolist() for n in self.neurons],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state.get("updates", 0))
+        if "heads" in state:
+            self.heads = [torch.tensor(h, dtype=torch.float32) for h in state["heads"]]
+            self.neurons = [torch.tensor(n, dtype=torch.float32) for n in state["neurons"]]
+
+
+def _shapes(tensors: list[torch.Tensor]) -> list[int]:
+    return [t.numel() for t in tensors]
+
+
+@register_importance("taylor")
+class TaylorImportance(_Accumulating):
+    """First-order Taylor estimate of the loss change when a group is removed (Molchanov et al. 2019):
+    ``sum |w * dL/dw|`` over the group's weights, averaged over steps with an exponential moving average."""
+
+    def accumulate(self, structure: ModelStructure) -> None:
+        def values(module: torch.nn.Module) -> torch.Tensor | None:
+            grad = module.weight.grad
+            return None if grad is None else (module.weight.detach() * grad).abs()
+
+        heads, neurons = [], []
+        with torch.no_grad():
+            for i in range(structure.num_layers):
+                sums = structure.group_sums(i, values)
+                heads.append(combine_head_scores(structure, i, sums.heads, sums.kv_heads))
+                neurons.append(sums.neurons)
+        self._fold(heads, neurons)
+
+
+class _GateHooks:
+    """Multiply the input of every attention output / down projection by a gate of ones, per head and per
+    neuron. The gates change nothing in the forward pass; their gradients are the mask gradients
+    ``dL/dm`` of Michel et al. (2019) and Kwon et al. (2022), and the hooks also see activations."""
+
+    def __init__(self, structure: ModelStructure, track_gradients: bool) -> None:
+        self.structure = structure
+        self.track_gradients = track_gradients
+        self.gates: dict[tuple[str, int], torch.Tensor] = {}
+        self.activations: dict[tuple[str, int], torch.Tensor] = {}
+        self.handles: list = []
+        for i in range(structure.num_layers):
+            self.handles.append(structure.attention_output(i).register_forward_pre_hook(self._hook("heads", i)))
+            self.handles.append(structure.mlp_output(i).register_forward_pre_hook(self._hook("neurons", i)))
+
+    def _hook(self, kind: str, index: int):
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+            hidden = args[0]
+            if not torch.is_grad_enabled():
+                return None  # evaluation (no_grad/inference_mode) does not count
+            groups = self.structure.shape(index).heads if kind == "heads" else hidden.shape[-1]
+            width = hidden.shape[-1] // groups
+            with torch.no_grad():
+                grouped = hidden.detach().float().reshape(-1, groups, width)
+                magnitude = grouped.norm(dim=-1).mean(0).cpu()  # mean activation norm per group
+            key = (kind, index)
+            self.activations[key] = self.activations.get(key, 0) + magnitude
+            if not (self.track_gradients and torch.is_grad_enabled() and hidden.requires_grad):
+                return None
+            gate = self.gates.get(key)
+            if gate is None or gate.numel() != groups or gate.device != hidden.device:
+                gate = torch.ones(groups, device=hidden.device, dtype=hidden.dtype, requires_grad=True)
+                self.gates[key] = gate
+            return (
+                (hidden.reshape(*hidden.shape[:-1], groups, width) * gate[:, None]).reshape(hidden.shape),
+                *args[1:],
+            )
+
+        return hook
+
+    def pop_gradients(self) -> dict[tuple[str, int], torch.Tensor]:
+        grads = {}
+        for key, gate in self.gates.items():
+            if gate.grad is not None:
+                grads[key] = gate.grad.detach().float().cpu()
+                gate.grad = None
+        return grads
+
+    def pop_activations(self) -> dict[tuple[str, int], torch.Tensor]:
+        activations, self.activations = self.activations, {}
+        return activations
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class _HookedImportance(_Accumulating):
+    track_gradients = True
+
+    def __init__(self, beta: float | None = 0.9) -> None:
+        super().__init__(beta)
+        self.hooks: _GateHooks | None = None
+
+    def attach(self, structure: ModelStructure) -> None:
+        if self.hooks is None:
+            self.hooks = _GateHooks(structure, self.track_gradients)
+
+    def detach(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
+
+    def _collect(self, structure: ModelStructure, values: dict[tuple[str, int], torch.Tensor]) -> None:
+        shapes = structure.shapes()
+        if not values:
+            return
+        heads = [values.get(("heads", i), torch.zeros(s.heads)) for i, s in enumerate(shapes)]
+        neurons = [values.get(("neurons", i), torch.zeros(s.neurons)) for i, s in enumerate(shapes)]
+        self._fold(heads, neurons)
+
+
+@register_importance("fisher")
+class FisherImportance(_HookedImportance):
+    """Empirical Fisher information of a per-group mask: ``(dL/dm)^2`` with ``m`` a gate of ones on each head's
+    output and each neuron (Kwon et al. 2022; Michel et al. 2019 use ``|dL/dm|``), averaged over steps."""
+
+    def accumulate(self, structure: ModelStructure) -> None:
+        if self.hooks is None:
+            raise RuntimeError("call attach(structure) before training so the mask gates are in the graph.")
+        self.hooks.pop_activations()
+        self._collect(structure, {k: g**2 for k, g in self.hooks.pop_gradients().items()})
+
+
+@register_importance("activation")
+class ActivationImportance(_HookedImportance):
+    """Mean L2 norm of each head's output and each neuron's activation, from forward hooks."""
+
+    track_gradients = False
+    needs_gradients = False
+
+    def accumulate(self, structure: ModelStructure) -> None:
+        if self.hooks is None:
+            raise RuntimeError("call attach(structure) before running batches so activations are recorded.")
+        self._collect(structure, self.hooks.pop_activations())
+
+
+def calibrate(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    importance: str | Importance = "fisher",
+    recipe: str = "auto",
+    max_batches: int | None = None,
+) -> Importance:
+    """Fit an accumulating criterion on calibration batches, for one-shot pruning without training
+    (the post-training setting of Kwon et al. 2022). Batches are model inputs; those for a loss need labels.
+
+    Example::
+
+        fisher = hf_prune.calibrate(model, batches, "fisher")
+        hf_prune.prune(model, heads=0.3, neurons=0.3, importance=fisher, ranking="global")
+    """
+    criterion = get_importance(importance, beta=None) if isinstance(importance, str) else importance
+    if not criterion.accumulates:
+        return criterion
+    structure = ModelStructure(model, recipe)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout: scores of the model as it will be used
+    criterion.attach(structure)
+    try:
+        for count, batch in enumerate(batches):
+            if max_batches is not None and count >= max_batches:
+                break
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            output = model(**batch)
+            if getattr(criterion, "needs_gradients", True):
+                if output.loss is None:
+                    raise ValueError(f"importance '{criterion.name}' needs a loss: give the batches labels.")
+                output.loss.backward()
+            criterion.accumulate(structure)
+            model.zero_grad(set_to_none=True)
+    finally:
+        criterion.detach()
+        model.train(was_training)
+    return criterion

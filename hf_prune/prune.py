@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, plan_pruning
+from .allocation import LayerPlan, plan_pruning, plan_to_budget
 from .checkpoint import check_sliceable, drop_dequantized_marker, record_structure
 from .config import PruningConfig
-from .flops import Cost, measure_cost
-from .importance import Importance, get_importance
+from .flops import Cost, measure_cost, unit_costs
+from .importance import Importance, Scores, get_importance
 from .structure import LayerShape, ModelStructure
 from .surgery import prune_attention, prune_mlp
 
@@ -111,6 +112,53 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     return heads, neurons, list(protected)
 
 
+def plan_for(
+    structure: ModelStructure,
+    scores: Scores,
+    config: PruningConfig,
+    progress: float = 1.0,
+    masked_heads: Sequence[torch.Tensor] | None = None,
+    masked_neurons: Sequence[torch.Tensor] | None = None,
+) -> list[LayerPlan]:
+    """The plan that reaches ``progress`` (0..1) of the config's target on ``structure``'s current blocks.
+
+    The target is either fractions of heads and neurons, or a fraction of the blocks' FLOPs or parameters
+    (``config.flops`` / ``config.params``), which the allocator meets as closely as the granularity allows.
+    """
+    heads, neurons, protected = resolve_targets(config, structure)
+    shapes = structure.shapes()
+    common = dict(
+        ranking=config.ranking,
+        gqa_mode=config.gqa_mode,
+        neuron_multiple=config.neuron_multiple,
+        protected_layers=protected,
+        masked_heads=masked_heads,
+        masked_neurons=masked_neurons,
+    )
+    kv_heads = [s.kv_heads for s in shapes]
+    cost_target = config.flops if config.flops is not None else config.params
+    if cost_target is None:
+        return plan_pruning(scores.heads, kv_heads, scores.neurons, heads * progress, neurons * progress, **common)
+
+    kind = "flops" if config.flops is not None else "params"
+    costs = unit_costs(structure, kind, config.flops_seq_len)
+    cost = measure_cost(structure, config.flops_seq_len)
+    total = cost.block_flops_per_token if kind == "flops" else cost.block_parameters
+    before = [(s.heads, s.kv_heads, s.neurons) for s in shapes]
+
+    def removed_fraction(plans: list[LayerPlan]) -> float:
+        removed = sum(
+            costs.removed(b, (len(p.keep_heads), len(p.keep_kv_heads), len(p.keep_neurons)))
+            for b, p in zip(before, plans, strict=True)
+        )
+        return removed / total
+
+    fixed_heads = None if config.heads is None else config.heads * progress
+    return plan_to_budget(
+        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target * progress, fixed_heads, **common
+    )
+
+
 def prune(
     model: nn.Module,
     config: PruningConfig | None = None,
@@ -151,18 +199,7 @@ def prune(
                 f"importance '{config.importance}' needs gradients or activations: pass an instance fitted on "
                 "calibration data (see hf_prune.calibrate), or use PruningCallback during training."
             )
-    scores = criterion.scores(structure)
-    plans = plan_pruning(
-        scores.heads,
-        [s.kv_heads for s in before_shapes],
-        scores.neurons,
-        heads,
-        neurons,
-        ranking=config.ranking,
-        gqa_mode=config.gqa_mode,
-        neuron_multiple=config.neuron_multiple,
-        protected_layers=protected,
-    )
+    plans = plan_for(structure, criterion.scores(structure), config)
     vanilla = apply_plan(structure, plans)
     report = PruningReport(
         model_type=structure.config.model_type,

@@ -1,0 +1,280 @@
+"""PruningCallback: gradual structured pruning inside any ``transformers.Trainer`` run.
+
+During training it scores heads and neurons, masks the least important ones as the schedule advances (masked
+groups stay masked), and at the end removes them physically, so ``trainer.save_model()`` writes the small
+model. Its state (masks, accumulated scores) survives ``resume_from_checkpoint`` through the Trainer state.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
+from transformers.utils import logging
+
+from .config import PruningConfig
+from .flops import measure_cost, unit_costs
+from .importance import Importance, Scores, get_importance
+from .masks import MaskSet
+from .modeling_pruned import atomic_write_text
+from .prune import PruningReport, apply_plan, plan_for, resolve_targets
+from .structure import ModelStructure
+
+logger = logging.get_logger(__name__)
+
+REPORT_NAME = "pruning_report.json"
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DDP/FSDP/compile wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+def _reduce_scores(scores: Scores) -> Scores:
+    """Average scores over processes so that every rank masks the same groups."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return scores
+    parts = scores.heads + scores.neurons
+    flat = torch.cat([p.float().flatten() for p in parts])
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flat = flat.to(device)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat = (flat / dist.get_world_size()).cpu()
+    sizes = [p.numel() for p in parts]
+    chunks = list(flat.split(sizes))
+    return Scores(chunks[: len(scores.heads)], chunks[len(scores.heads) :])
+
+
+class PruningCallback(TrainerCallback, ExportableState):
+    """Prune attention heads and MLP neurons gradually during ``Trainer.train()``.
+
+    Example::
+
+        config = hf_prune.PruningConfig(flops=0.4, importance="taylor", schedule="cubic", end=0.7)
+        trainer = Trainer(model=model, args=args, train_dataset=ds, callbacks=[hf_prune.PruningCallback(config)])
+        trainer.train()
+        trainer.save_model()  # the physically pruned model
+
+    Args:
+        config: a :class:`PruningConfig` (or its dict form); keyword ``overrides`` replace fields.
+    """
+
+    def __init__(self, config: PruningConfig | dict[str, Any] | None = None, **overrides: Any) -> None:
+        if isinstance(config, dict):
+            config = PruningConfig.from_dict(config)
+        self.config = (config or PruningConfig()).replace(**overrides)
+        importance = get_importance(self.config.importance)  # fail fast on an unknown name
+        del importance
+        self.structure: ModelStructure | None = None
+        self.masks: MaskSet | None = None
+        self.importance: Importance | None = None
+        self.report: PruningReport | None = None
+        self._resume: dict[str, Any] | None = None  # set by Trainer when restoring callback states
+        self._max_steps: int | None = None
+        self._progress = 0.0
+        self._last_update = -1
+        self._warned_no_scores = False
+
+    # -- ExportableState: what a checkpoint needs to resume exactly where this run was -----------------
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"config": self.config.to_dict()}, "attributes": {"_resume": self._snapshot()}}
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        if self.masks is None or self.importance is None:
+            return self._resume
+        return {
+            "masks": self.masks.state_dict(),
+            "importance": self.importance.state_dict(),
+            "progress": self._progress,
+            "last_update": self._last_update,
+        }
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        assert self.masks is not None and self.importance is not None
+        self.masks.load_state_dict(snapshot["masks"])
+        self.importance.load_state_dict(snapshot["importance"])
+        self._progress = float(snapshot.get("progress", 0.0))
+        self._last_update = int(snapshot.get("last_update", -1))
+        logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
+
+    @staticmethod
+    def _snapshot_in(state: TrainerState) -> dict[str, Any] | None:
+        stored = (state.stateful_callbacks or {}).get(PruningCallback.__name__)
+        if isinstance(stored, list):
+            stored = stored[0] if stored else None
+        if not isinstance(stored, dict):
+            return None
+        return stored.get("attributes", {}).get("_resume")
+
+    # -- set-up --------------------------------------------------------------------------------------------
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        if model is None:
+            raise ValueError("PruningCallback needs the Trainer's model; use it with transformers.Trainer.")
+        model = _unwrap(model)
+        self.structure = ModelStructure(model, self.config.recipe)
+        heads, neurons, _ = resolve_targets(self.config, self.structure)
+        if self.config.flops is None and self.config.params is None and heads == 0 and neurons == 0:
+            raise ValueError(
+                "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons (fractions in "
+                "(0, 1)) or a flops/params target."
+            )
+        self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
+        self.schedule = self.config.to_schedule()
+        self.schedule.steps(self._max_steps)  # validates the schedule against the length of training
+        self.masks = MaskSet(self.structure)
+        self.importance = get_importance(self.config.importance, **self._importance_kwargs())
+        self._before_shapes = self.structure.shapes()
+        self._before_cost = measure_cost(self.structure, self.config.flops_seq_len)
+        self._flops_costs = unit_costs(self.structure, "flops", self.config.flops_seq_len)
+
+        snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
+        if snapshot:
+            self._restore(snapshot)
+        self.masks.attach()
+        self.importance.attach(self.structure)
+        if not snapshot and self.schedule.is_update_step(state.global_step, self._max_steps):
+            self._update(state.global_step)
+
+    def _importance_kwargs(self) -> dict[str, Any]:
+        criterion = get_importance(self.config.importance)
+        return {"beta": self.config.ema_beta} if criterion.accumulates else {}
+
+    # -- during training -----------------------------------------------------------------------------------
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.importance is None or not self.importance.accumulates:
+            return
+        _, end = self.schedule.steps(self._max_steps)
+        if state.global_step < end:  # after the schedule the structure is frozen: no need to score
+            self.importance.accumulate(self.structure)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.schedule.is_update_step(state.global_step, self._max_steps):
+            self._update(state.global_step)
+
+    def _target(self) -> float:
+        config = self.config
+        if config.flops is not None or config.params is not None:
+            return config.flops if config.flops is not None else config.params
+        heads, neurons, _ = resolve_targets(config, self.structure)
+        return max(heads, neurons)
+
+    def _update(self, step: int) -> None:
+        assert self.structure is not None and self.masks is not None and self.importance is not None
+        if self.importance.accumulates and self.importance.state_dict().get("updates", 0) == 0:
+            if not self._warned_no_scores:
+                logger.warning(
+                    "importance '%s' has no statistics yet at step %d; pruning waits", self.importance.name, step
+                )
+                self._warned_no_scores = True
+            return
+        progress = self.schedule.progress(step, self._max_steps, self._target())
+        scores = _reduce_scores(self.importance.scores(self.structure))
+        plans = plan_for(
+            self.structure,
+            scores,
+            self.config,
+            progress,
+            masked_heads=[~m for m in self.masks.heads],
+            masked_neurons=[~m for m in self.masks.neurons],
+        )
+        self.masks.set_from_plan(plans)
+        self._progress, self._last_update = progress, step
+
+    # -- visibility ----------------------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        """The callback's state as log values: progress, fractions of heads/neurons/block FLOPs kept."""
+        if self.masks is None:
+            return {}
+        before = self._before_shapes
+        kept_heads, kept_neurons = self.masks.kept_heads, self.masks.kept_neurons
+        kept_kv = [len(p.keep_kv_heads) for p in self.masks.to_plan()]
+        removed = sum(
+            self._flops_costs.removed((b.heads, b.kv_heads, b.neurons), (h, kv, n))
+            for b, h, kv, n in zip(before, kept_heads, kept_kv, kept_neurons, strict=True)
+        )
+        return {
+            "pruning/progress": round(self._progress, 4),
+            "pruning/heads_kept": sum(kept_heads) / sum(b.heads for b in before),
+            "pruning/neurons_kept": sum(kept_neurons) / sum(b.neurons for b in before),
+            "pruning/block_flops_kept": 1.0 - removed / self._before_cost.block_flops_per_token,
+        }
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        values = self.metrics()
+        if logs is not None:
+            logs.update(values)  # later callbacks (progress bar, and TensorBoard/W&B if this one runs first)
+        if state.log_history:
+            state.log_history[-1].update(values)  # trainer_state.json
+
+    # -- the end: remove for good --------------------------------------------------------------------------
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        if self.structure is None or self.masks is None or self.importance is None:
+            return
+        if self._progress < 1.0:
+            warnings.warn(
+                f"training ended at {self._progress:.0%} of the pruning schedule: the model is pruned less than the "
+                "target. Make the schedule end before training does.",
+                stacklevel=2,
+            )
+        self.masks.detach()
+        self.importance.detach()
+        plans = self.masks.to_plan()
+        vanilla = apply_plan(self.structure, plans)
+        from dataclasses import asdict
+
+        self.report = PruningReport(
+            model_type=self.structure.config.model_type,
+            recipe=self.structure.recipe.name,
+            config=self.config.to_dict(),
+            head_dim=self.structure.head_dim,
+            layers_before=[asdict(s) for s in self._before_shapes],
+            layers_after=[asdict(s) for s in self.structure.shapes()],
+            before=self._before_cost,
+            after=measure_cost(self.structure, self.config.flops_seq_len),
+            vanilla_loadable=vanilla,
+            kept=[asdict(plan) for plan in plans],
+            extra={
+                "schedule": {
+                    "kind": self.config.schedule,
+                    "begin": self.config.begin,
+                    "end": self.config.end,
+                    "update_every": self.config.update_every,
+                    "max_steps": self._max_steps,
+                    "progress_reached": self._progress,
+                },
+                "importance": self.config.importance,
+                "training_steps": state.global_step,
+            },
+        )
+        self.structure.model.hf_prune_report = self.report
+        if state.is_world_process_zero:
+            output = Path(args.output_dir)
+            output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output / REPORT_NAME, self.report.to_json())
+        logger.info("pruning finished: %s", json.dumps(self.metrics()))

@@ -1,0 +1,119 @@
+"""PruningTrainer: ``transformers.Trainer`` plus pruning and recovery by distillation from the unpruned model.
+
+``Trainer``'s ``compute_loss_func`` never sees the inputs, so the teacher cannot be run there; a small
+subclass that overrides ``compute_loss`` is the least surprising place (CoFi, Xia et al. 2022, distils the
+same way: logits with a temperature, optionally hidden states layer by layer).
+
+    trainer = PruningTrainer(model=model, args=args, train_dataset=ds,          # was: Trainer(...)
+                             pruning=PruningConfig(flops=0.4), distillation=DistillationConfig())
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from .callback import PruningCallback
+from .config import PruningConfig
+
+
+@dataclass
+class DistillationConfig:
+    """Knowledge distillation from the unpruned model during pruning."""
+
+    alpha: float = field(default=0.5, metadata={"help": "weight of the distillation loss; the task loss gets 1-alpha"})
+    temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the logit distillation"})
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "weight of the layer-by-layer hidden-state MSE (0 disables it)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distillation alpha must be in [0, 1], got {self.alpha!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"distillation temperature must be positive, got {self.temperature!r}.")
+        if self.hidden_weight < 0:
+            raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight!r}.")
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``T^2 * KL(teacher || student)`` on temperature-softened logits, averaged over positions in ``mask``."""
+    vocab = student_logits.shape[-1]
+    student = F.log_softmax(student_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().reshape(-1, vocab) / temperature, dim=-1)
+    per_position = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+    if mask is not None and mask.numel() == per_position.numel():
+        weights = mask.reshape(-1).to(per_position.dtype)
+        return (per_position * weights).sum() / weights.sum().clamp_min(1.0) * temperature**2
+    return per_position.mean() * temperature**2
+
+
+class PruningTrainer(Trainer):
+    """A ``Trainer`` that prunes with :class:`PruningCallback` and can distil from the unpruned model.
+
+    Args:
+        pruning: a :class:`PruningConfig` or a ready :class:`PruningCallback`. The callback is put first in the
+            callback list so that its log values reach TensorBoard, W&B and the progress bar.
+        distillation: a :class:`DistillationConfig` (or ``True`` for the defaults) to distil from ``teacher``.
+        teacher: the teacher model; by default a frozen copy of ``model`` as it is when the trainer is built.
+        *args, **kwargs: everything ``transformers.Trainer`` takes.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        pruning: PruningConfig | PruningCallback | None = None,
+        distillation: DistillationConfig | bool | None = None,
+        teacher: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        if distillation and teacher is None:
+            teacher = copy.deepcopy(model)  # before any mask hook is attached: the dense model
+        super().__init__(*args, **kwargs)
+        self.pruning_callback: PruningCallback | None = None
+        if pruning is not None:
+            callback = pruning if isinstance(pruning, PruningCallback) else PruningCallback(pruning)
+            self.callback_handler.callbacks.insert(0, callback)
+            self.pruning_callback = callback
+        self.distillation = DistillationConfig() if distillation is True else (distillation or None)
+        self.teacher = None
+        if self.distillation is not None:
+            self.teacher = teacher.to(self.args.device).eval()
+            for parameter in self.teacher.parameters():
+                parameter.requires_grad_(False)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if self.teacher is None or self.distillation is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        config = self.distillation
+        hidden = config.hidden_weight > 0
+        student_inputs = {**inputs, "output_hidden_states": True} if hidden else inputs
+        task_loss, outputs = super().compute_loss(model, student_inputs, True, num_items_in_batch)
+        teacher_inputs = {k: v for k, v in student_inputs.items() if k != "labels"}
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**teacher_inputs)
+        mask = inputs.get("attention_mask")
+        loss = (1.0 - config.alpha) * task_loss + config.alpha * distillation_loss(
+            outputs.logits, teacher_outputs.logits, config.temperature, mask
+        )
+        if hidden:
+            pairs = zip(outputs.hidden_states, teacher_outputs.hidden_states, strict=True)
+            loss = loss + config.hidden_weight * torch.stack([F.mse_loss(s, t) for s, t in pairs]).mean()
+        return (loss, outputs) if return_outputs else loss
