@@ -4,9 +4,11 @@ __version__ = "0.1.0"
 
 from .allocation import LayerPlan, plan_pruning
 from .callback import PruningCallback
+from .card import build_model_card, write_card
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .flops import Cost, measure_cost
+from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
 from .masks import MaskSet
 from .prune import PruningReport, apply_plan, prune
@@ -31,13 +33,16 @@ __all__ = [
     "__version__",
     "apply_plan",
     "available_importances",
+    "build_model_card",
     "calibrate",
     "from_pretrained",
     "get_importance",
     "measure_cost",
     "plan_pruning",
     "prune",
+    "push_to_hub",
     "register_importance",
     "save_pretrained",
     "shipped_recipes",
+    "write_card",
 ]

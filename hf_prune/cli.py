@@ -17,9 +17,11 @@ import torch
 import transformers
 
 from . import __version__
+from .card import card_files, source_license
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .flops import measure_cost
+from .hub import check_repo_id, check_token, push_to_hub
 from .prune import prune
 from .recipe import recipes_dir, shipped_recipes
 from .structure import ModelStructure
@@ -80,6 +82,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         raise SystemExit(f"error: '{output}' exists and is not empty; pass --overwrite or choose another --output.")
+    if args.push_to_hub:  # fail now rather than after loading and pruning
+        check_repo_id(args.push_to_hub)
+        check_token()
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
     report = prune(model, config)
@@ -87,15 +92,45 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from .latency import measure_latency
 
         report.extra["latency_after"] = measure_latency(model).to_dict()
+    card = card_files(
+        report,
+        config=model.config,
+        model_class_name=type(model).__name__,
+        repo_id=args.push_to_hub,
+        **source_license(args.model),
+    )
     save_pretrained(
         model,
         output,
         tokenizer=tokenizer,
         overwrite=args.overwrite,
-        extra_files={"pruning_report.json": report.to_json()},
+        extra_files={"pruning_report.json": report.to_json(), **card},
     )
     print(report.summary())
-    print(f"saved to {output}")
+    print(f"saved to {output} (model card: {output / 'README.md'})")
+    if args.push_to_hub:
+        _print_pushed(push_to_hub(output, args.push_to_hub))
+    return 0
+
+
+def _print_pushed(info: Any) -> None:
+    if info.pr_url:
+        print(f"opened pull request {info.pr_url}")
+    else:
+        print(f"pushed: {info.commit_url}")
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    info = push_to_hub(
+        args.folder,
+        args.repo_id,
+        private=True if args.private else None,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+        token=args.token,
+    )
+    _print_pushed(info)
     return 0
 
 
@@ -159,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="load the model in this dtype")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument("--measure-latency", action="store_true", help="time the pruned model (batch 8, 128 tokens)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, push the output folder to this Hub repo")
     _add_config_arguments(p)
     p.set_defaults(func=cmd_prune)
 
@@ -169,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser("push", help="push a pruned folder (with its model card) to the Hub in one commit")
+    p.add_argument("folder", metavar="DIR", help="folder written by `hf-prune prune` or hf_prune.save_pretrained")
+    p.add_argument("repo_id", metavar="REPO_ID", help="namespace/name; created if it does not exist")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo is unchanged)")
+    p.add_argument("--revision", help="existing branch to push to (default: main)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--commit-message", help="commit title")
+    p.add_argument("--token", help="Hub token with write access (default: the one from `hf auth login` / HF_TOKEN)")
+    p.set_defaults(func=cmd_push)
 
     p = commands.add_parser("recipes", help="list the shipped recipes")
     p.add_argument("--show", metavar="NAME", help="print one recipe's YAML")

@@ -307,7 +307,11 @@ def calibrate(
         fisher = hf_prune.calibrate(model, batches, "fisher")
         hf_prune.prune(model, heads=0.3, neurons=0.3, importance=fisher, ranking="global")
     """
-    criterion = get_importance(importance, beta=None) if isinstance(importance, str) else importance
+    if isinstance(importance, str):
+        accumulating = get_importance(importance).accumulates
+        criterion = get_importance(importance, **({"beta": None} if accumulating else {}))  # plain mean
+    else:
+        criterion = importance
     if not criterion.accumulates:
         return criterion
     structure = ModelStructure(model, recipe)

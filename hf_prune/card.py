@@ -1,0 +1,534 @@
+"""The model card of a pruned checkpoint: Hub metadata, and a body that states only what was measured.
+
+Every figure comes from the :class:`PruningReport` or from what the caller passes in. A fact that is not known
+(the base model of a model loaded from a local folder, a latency nobody measured) is left out, never estimated.
+The card is built with ``huggingface_hub``'s :class:`ModelCard` / :class:`ModelCardData`, so its metadata is the
+Hub's own format and parses back with ``ModelCard.load``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers.utils import logging
+
+from .prune import PruningReport
+
+logger = logging.get_logger(__name__)
+
+CARD_NAME = "README.md"
+PICTURE_NAME = "pruning_structure.png"
+TAGS = ["pruned", "structured-pruning", "hf-prune"]
+# Written in the loading snippet when the repo is not known yet; `push_to_hub` fills in the repo id.
+REPO_PLACEHOLDER = "<repo_id>"
+
+# (Auto class, transformers mapping of class names, class-name suffix, pipeline tag), most specific first. A class
+# is looked up in transformers' own auto mappings (GPT2LMHeadModel is a causal LM), then by its suffix.
+_TASKS = (
+    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "ForCausalLM", "text-generation"),
+    (
+        "AutoModelForSequenceClassification",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+        "ForSequenceClassification",
+        "text-classification",
+    ),
+    (
+        "AutoModelForTokenClassification",
+        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+        "ForTokenClassification",
+        "token-classification",
+    ),
+    (
+        "AutoModelForQuestionAnswering",
+        "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+        "ForQuestionAnswering",
+        "question-answering",
+    ),
+    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "ForMaskedLM", "fill-mask"),
+    ("AutoModel", "MODEL_MAPPING_NAMES", None, "feature-extraction"),
+)
+# Trainer.evaluate() keys that describe the evaluation run, not the model's quality.
+_RUN_KEYS = ("epoch", "runtime")
+_RUN_SUFFIXES = ("_runtime", "_per_second")
+
+
+def auto_class(class_name: str | None) -> tuple[str | None, str | None]:
+    """``(Auto class, pipeline tag)`` of a transformers model class name; ``(None, None)`` when neither is known."""
+    if not class_name:
+        return None, None
+    from transformers.models.auto import modeling_auto
+
+    for auto_name, mapping_name, _, tag in _TASKS:
+        for names in getattr(modeling_auto, mapping_name, {}).values():
+            if class_name == names or (isinstance(names, list | tuple) and class_name in names):
+                return auto_name, tag
+    for auto_name, _, suffix, tag in _TASKS:
+        if suffix and class_name.endswith(suffix):
+            return auto_name, tag
+    return None, None
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """``name`` if it reads as a Hub model id, ``None`` for a local path (or nothing): a card never names a path."""
+    if not name or os.path.exists(name) or name.startswith((".", "~")) or "\\" in name:
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def source_license(source: str | os.PathLike[str] | None) -> dict[str, str]:
+    """The ``license`` (and ``license_name`` / ``license_link``) of the card next to a source model, if any.
+
+    ``source`` is a local folder or a Hub id; a card that cannot be read (offline, no README) gives ``{}``.
+    """
+    if not source:
+        return {}
+    try:
+        path = Path(source) / CARD_NAME
+        card = ModelCard.load(path if path.is_file() else str(source), ignore_metadata_errors=True)
+    except Exception as err:  # any failure (network, missing file, bad YAML) only means "license unknown"
+        logger.info("no license carried over from %s: %s", source, err)
+        return {}
+    return {key: str(card.data.get(key)) for key in ("license", "license_name", "license_link") if card.data.get(key)}
+
+
+# -- evaluation results ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _EvalRow:
+    metric: str
+    dataset: str | None
+    before: Any = None
+    after: Any = None
+
+
+def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Quality metrics of a ``Trainer.evaluate()``-style dict, without the ``eval_`` prefix and the run timings."""
+    out = {}
+    for key, value in metrics.items():
+        name = key.removeprefix("eval_")
+        if name in _RUN_KEYS or name.endswith(_RUN_SUFFIXES) or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float | str):
+            out[name] = value
+    return out
+
+
+def _stage_results(values: Any, dataset: Mapping[str, Any], task_type: str | None) -> list[tuple[Any, ...]]:
+    """``(metric, dataset label, value, EvalResult or None)`` for the results of one stage (before or after)."""
+    if values is None:
+        return []
+    if isinstance(values, Mapping):
+        # Plain {metric: value}: a model-index entry needs the dataset and task, which only the caller knows.
+        dataset_type = dataset.get("type")
+        rows = []
+        for metric, value in _plain_metrics(values).items():
+            result = None
+            if dataset_type and task_type:
+                result = EvalResult(
+                    task_type=task_type,
+                    dataset_type=dataset_type,
+                    dataset_name=dataset.get("name") or dataset_type,
+                    metric_type=metric,
+                    metric_value=value,
+                    dataset_config=dataset.get("config"),
+                    dataset_split=dataset.get("split"),
+                    dataset_revision=dataset.get("revision"),
+                )
+            rows.append((metric, _dataset_label(dataset), value, result))
+        return rows
+    if isinstance(values, EvalResult):
+        values = [values]
+    results = [item if isinstance(item, EvalResult) else EvalResult(**item) for item in values]
+    return [(r.metric_name or r.metric_type, _dataset_label(r), r.metric_value, r) for r in results]
+
+
+def _dataset_label(dataset: Mapping[str, Any] | EvalResult) -> str | None:
+    if isinstance(dataset, EvalResult):
+        name, extra = dataset.dataset_name, [dataset.dataset_config, dataset.dataset_split]
+    else:
+        name, extra = dataset.get("name") or dataset.get("type"), [dataset.get("config"), dataset.get("split")]
+    if not name:
+        return None
+    details = ", ".join(str(e) for e in extra if e)
+    return f"{name} ({details})" if details else str(name)
+
+
+def evaluation(eval_results: Any, task_type: str | None) -> tuple[list[_EvalRow], list[EvalResult]]:
+    """Rows for the card body (before and after pruning) and the pruned model's results for ``model-index``.
+
+    ``eval_results`` is either a list of :class:`EvalResult` (results of the pruned model), or a mapping
+    ``{"before": ..., "after": ..., "dataset": {"type", "name", "config", "split", "revision"}, "task_type": ...}``
+    whose stages are ``{metric: value}`` dicts (``Trainer.evaluate()``'s output) or lists of :class:`EvalResult`
+    (or of their fields as dicts). Only the *after* results go into ``model-index``: it describes this model, and the
+    dense model's scores are not this model's. Plain metrics reach ``model-index`` only when the dataset is named.
+    """
+    if eval_results is None:
+        return [], []
+    if isinstance(eval_results, Mapping):
+        unknown = sorted(set(eval_results) - {"before", "after", "dataset", "task_type"})
+        if unknown:
+            raise ValueError(
+                f"unknown evaluation key(s) {unknown}; expected 'before', 'after', 'dataset' and 'task_type'."
+            )
+        stages = {"before": eval_results.get("before"), "after": eval_results.get("after")}
+        dataset = eval_results.get("dataset") or {}
+        task_type = eval_results.get("task_type") or task_type
+    else:
+        stages, dataset = {"before": None, "after": eval_results}, {}
+    rows: dict[tuple[str, str | None], _EvalRow] = {}
+    model_index: list[EvalResult] = []
+    for stage, values in stages.items():
+        for metric, label, value, result in _stage_results(values, dataset, task_type):
+            row = rows.setdefault((metric, label), _EvalRow(metric, label))
+            setattr(row, stage, value)
+            if stage == "after" and result is not None:
+                model_index.append(result)
+    return list(rows.values()), model_index
+
+
+# -- body sections --------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _ratio(after: float, before: float) -> str:
+    return f"{after / before:.1%}" if before else "—"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _structure_table(report: PruningReport) -> str:
+    gqa = any(b["kv_heads"] != b["heads"] for b in report.layers_before)
+    header = ["Layer", "Heads kept"] + (["KV heads kept"] if gqa else []) + ["Neurons kept"]
+    keys = ["heads"] + (["kv_heads"] if gqa else []) + ["neurons"]
+    rows = []
+    for i, (before, after) in enumerate(zip(report.layers_before, report.layers_after, strict=True)):
+        rows.append([str(i)] + [f"{after[k]} / {before[k]}" for k in keys])
+    totals = {k: (sum(a[k] for a in report.layers_after), sum(b[k] for b in report.layers_before)) for k in keys}
+    rows.append(["**all**"] + [f"**{a} / {b}** ({_ratio(a, b)})" for a, b in totals.values()])
+    return _table(header, rows, "l" + "r" * len(keys))
+
+
+def _cost_table(report: PruningReport) -> str:
+    before, after = report.before, report.after
+    figures = [
+        ("Parameters", before.parameters, after.parameters),
+        ("Parameters in the pruned blocks (attention + MLP)", before.block_parameters, after.block_parameters),
+        (f"FLOPs per token (context of {after.seq_len} tokens)", before.flops_per_token, after.flops_per_token),
+        ("FLOPs per token in the pruned blocks", before.block_flops_per_token, after.block_flops_per_token),
+    ]
+    rows = [[name, f"{b:,}", f"{a:,}", _ratio(a, b)] for name, b, a in figures]
+    return _table(["", "Before", "After", "After / before"], rows, "lrrr")
+
+
+def _latency_section(extra: Mapping[str, Any]) -> str | None:
+    measured = [(label, extra.get(key)) for label, key in (("Before", "latency_before"), ("After", "latency_after"))]
+    measured = [(label, lat) for label, lat in measured if isinstance(lat, Mapping) and "median_ms" in lat]
+    if not measured:
+        return None
+    rows = []
+    for label, lat in measured:
+        runs = lat.get("runs_ms") or []
+        rows.append(
+            [
+                label + " pruning",
+                f"{lat['median_ms']:.2f} ms" + (f" (median of {len(runs)} runs)" if runs else ""),
+                _fmt(lat.get("batch_size")),
+                _fmt(lat.get("seq_len")),
+                _fmt(lat.get("device")),
+                _fmt(lat.get("dtype")),
+            ]
+        )
+    lines = [
+        "## Measured latency",
+        "",
+        "Forward pass on random token ids, without a KV cache.",
+        "",
+        _table(["", "Latency", "Batch", "Sequence length", "Device", "dtype"], rows, "lrrrll"),
+    ]
+    setting = ("batch_size", "seq_len", "device", "dtype")
+    if len(measured) == 2 and all(measured[0][1].get(k) == measured[1][1].get(k) for k in setting):
+        speedup = measured[0][1]["median_ms"] / measured[1][1]["median_ms"]
+        lines += ["", f"Measured speedup under the same setting: x{speedup:.2f}."]
+    return "\n".join(lines)
+
+
+def _yaml_block(data: Any) -> str:
+    return "```yaml\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip() + "\n```"
+
+
+def _method_section(report: PruningReport) -> str:
+    importance = report.extra.get("importance") or report.config.get("importance")
+    lines = [
+        "## How it was pruned",
+        "",
+        f"- Recipe: `{report.recipe}` (model type `{report.model_type}`), head size {report.head_dim}.",
+    ]
+    if isinstance(importance, str):
+        lines.append(f"- Importance criterion: `{importance}`.")
+    schedule = report.extra.get("schedule")
+    if isinstance(schedule, str):
+        lines.append(f"- Schedule: `{schedule}`.")
+    steps = report.extra.get("training_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        lines.append(f"- Training steps: {steps:,}.")
+    if isinstance(importance, Mapping):
+        lines += ["", "Importance criterion:", "", _yaml_block(dict(importance))]
+    if isinstance(schedule, Mapping):
+        lines += ["", "Schedule:", "", _yaml_block(dict(schedule))]
+    lines += ["", "`PruningConfig` used:", "", _yaml_block(report.config)]
+    return "\n".join(lines)
+
+
+def _eval_section(rows: Sequence[_EvalRow]) -> str | None:
+    if not rows:
+        return None
+    has_before = any(r.before is not None for r in rows)
+    has_dataset = any(r.dataset for r in rows)
+    header = ["Metric"] + (["Dataset"] if has_dataset else []) + (["Before pruning"] if has_before else [])
+    header.append("After pruning")
+    body = []
+    for r in rows:
+        cells = [r.metric] + ([_fmt(r.dataset)] if has_dataset else []) + ([_fmt(r.before)] if has_before else [])
+        body.append([*cells, _fmt(r.after)])
+    align = "l" * (1 + has_dataset) + "r" * (1 + has_before)
+    return "## Evaluation\n\n" + _table(header, body, align)
+
+
+def _loading_section(report: PruningReport, class_name: str | None, repo: str) -> str:
+    auto_name, _ = auto_class(class_name)
+    loader = auto_name or class_name
+    if report.vanilla_loadable and loader:
+        return (
+            "## How to load it\n\nEvery layer keeps the same number of heads and neurons, so plain transformers "
+            "loads it (hf_prune is not needed):\n\n"
+            f'```python\nfrom transformers import {loader}\n\nmodel = {loader}.from_pretrained("{repo}")\n```'
+        )
+    lines = ["## How to load it", ""]
+    if report.vanilla_loadable:  # the class is unknown: hf_prune reads it from config.json
+        lines += ["With hf_prune (it reads the model class from `config.json`):", ""]
+    else:
+        lines += [
+            "Layers keep different numbers of heads or neurons, which the config records per layer. Load it with "
+            "hf_prune:",
+            "",
+        ]
+    lines.append(f'```python\nimport hf_prune\n\nmodel = hf_prune.from_pretrained("{repo}")\n```')
+    if not report.vanilla_loadable and auto_name:
+        lines += [
+            "",
+            "or with transformers alone, which runs the loader code shipped in this repository (`modeling_pruned.py`, "
+            "`surgery.py`; read it first):",
+            "",
+            f"```python\nfrom transformers import {auto_name}\n\n"
+            f'model = {auto_name}.from_pretrained("{repo}", trust_remote_code=True)\n```',
+        ]
+    return "\n".join(lines)
+
+
+def _summary(report: PruningReport, base_model: str | None) -> str:
+    heads = (sum(a["heads"] for a in report.layers_after), sum(b["heads"] for b in report.layers_before))
+    neurons = (sum(a["neurons"] for a in report.layers_after), sum(b["neurons"] for b in report.layers_before))
+    origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a transformers model"
+    return (
+        f"This model is {origin} with attention heads and MLP neurons physically removed (structured pruning "
+        f"with hf_prune). It keeps {heads[0]} of {heads[1]} attention heads and {neurons[0]:,} of {neurons[1]:,} "
+        f"MLP neurons: {report.after.parameters:,} parameters instead of {report.before.parameters:,} "
+        f"({report.parameter_ratio:.1%}), and a theoretical speedup of x{report.flops_ratio:.2f} in FLOPs per token."
+    )
+
+
+# -- picture --------------------------------------------------------------------------------------------------------
+
+
+def _kept_masks(report: PruningReport) -> tuple[list[list[float]], list[list[float]]] | None:
+    """Kept (1) / removed (0) per original head and neuron of each layer; None if ``report.kept`` does not say."""
+    if len(report.kept) != len(report.layers_after):
+        return None
+    heads, neurons = [], []
+    width_h = max(b["heads"] for b in report.layers_before)
+    width_n = max(b["neurons"] for b in report.layers_before)
+    for kept, before, after in zip(report.kept, report.layers_before, report.layers_after, strict=True):
+        keep_h, keep_n = set(kept.get("keep_heads", [])), set(kept.get("keep_neurons", []))
+        if len(keep_h) != after["heads"] or len(keep_n) != after["neurons"]:
+            return None  # indices that disagree with the counts would draw a wrong picture
+        heads.append([float(j in keep_h) if j < before["heads"] else math.nan for j in range(width_h)])
+        neurons.append([float(j in keep_n) if j < before["neurons"] else math.nan for j in range(width_n)])
+    return heads, neurons
+
+
+def structure_png(report: PruningReport) -> bytes:
+    """A heat map of the heads and neurons each layer keeps (PNG bytes), drawn with matplotlib's Agg backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    layers = len(report.layers_after)
+    figure = Figure(figsize=(10, min(12.0, 1.6 + 0.3 * layers)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    masks = _kept_masks(report)
+    if masks is not None:
+        colors = ListedColormap(["#e5e7eb", "#15803d"])
+        colors.set_bad("white")
+        head_axes, neuron_axes = figure.subplots(1, 2, width_ratios=[1, 3])
+        for axes, mask, what, interpolation in (
+            (head_axes, masks[0], "attention heads", "nearest"),
+            (neuron_axes, masks[1], "MLP neurons", "antialiased"),
+        ):
+            axes.imshow(mask, cmap=colors, vmin=0, vmax=1, aspect="auto", interpolation=interpolation)
+            axes.set_title(f"Kept {what} (green)")
+            axes.set_xlabel("index before pruning")
+            axes.set_ylabel("layer")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:  # only the counts are known: the fraction each layer keeps
+        keys = ["heads", "kv_heads", "neurons"]
+        pairs = zip(report.layers_after, report.layers_before, strict=True)
+        fractions = [[a[k] / b[k] if b[k] else math.nan for k in keys] for a, b in pairs]
+        axes = figure.subplots()
+        image = axes.imshow(fractions, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        axes.set_xticks(range(len(keys)), ["heads", "KV heads", "neurons"])
+        axes.set_ylabel("layer")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title("Fraction kept per layer")
+        figure.colorbar(image, ax=axes)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# -- public API -----------------------------------------------------------------------------------------------------
+
+
+def build_model_card(
+    report: PruningReport,
+    *,
+    base_model: str | None = None,
+    license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
+    eval_results: Any = None,
+    model_class_name: str | None = None,
+    config: Any = None,
+    repo_id: str | None = None,
+    model_name: str | None = None,
+) -> ModelCard:
+    """The model card of a pruned model, from its :class:`PruningReport`.
+
+    Args:
+        report: what the pruning run did. ``report.extra`` may hold ``"schedule"``, ``"importance"``, ``"eval"``,
+            ``"latency_before"`` / ``"latency_after"`` (:meth:`Latency.to_dict`); each is shown only when present.
+        base_model: Hub id of the model that was pruned; by default ``config._name_or_path`` when it is a Hub id.
+        license: license id (``apache-2.0``...), with ``license_name`` / ``license_link`` for ``license: other``.
+        eval_results: see :func:`evaluation`; by default ``report.extra["eval"]``.
+        model_class_name: transformers class (``LlamaForCausalLM``), for ``pipeline_tag`` and the loading code; by
+            default ``config.architectures[0]``.
+        config: the model's config, read for the two defaults above.
+        repo_id: Hub repo the card will live in, for the loading code (else a ``<repo_id>`` placeholder, which
+            :func:`hf_prune.push_to_hub` fills in).
+        model_name: name in ``model-index`` (only used with evaluation results).
+    """
+    if config is not None:
+        base_model = base_model or hub_model_id(getattr(config, "_name_or_path", None))
+        model_class_name = model_class_name or next(iter(getattr(config, "architectures", None) or []), None)
+    if base_model is not None:
+        validate_repo_id(base_model)
+    _, pipeline_tag = auto_class(model_class_name)
+    rows, model_index = evaluation(eval_results if eval_results is not None else report.extra.get("eval"), pipeline_tag)
+    if model_index and not model_name:
+        model_name = repo_id.split("/")[-1] if repo_id else f"{(base_model or report.model_type).split('/')[-1]}-pruned"
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="transformers",
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        pipeline_tag=pipeline_tag,
+        tags=list(TAGS),
+        eval_results=model_index or None,
+        model_name=model_name if model_index else None,
+    )
+    title = repo_id.split("/")[-1] if repo_id else (f"{base_model.split('/')[-1]} (pruned)" if base_model else None)
+    sections = [
+        f"# {title or 'Pruned ' + report.model_type + ' model'}",
+        _summary(report, base_model),
+        _loading_section(report, model_class_name, repo_id or REPO_PLACEHOLDER),
+        "## What was removed\n\n" + _structure_table(report),
+        f"![Kept attention heads and MLP neurons per layer]({PICTURE_NAME})",
+        "## Size and compute\n\n"
+        + _cost_table(report)
+        + "\n\nCounted by hf_prune on the model itself: FLOPs are 2 x the multiply-accumulates of every linear "
+        f"layer, plus attention scores over a context of {report.after.seq_len} tokens. "
+        f"Theoretical speedup (FLOPs before / after): x{report.flops_ratio:.2f}.",
+        _latency_section(report.extra),
+        _eval_section(rows),
+        _method_section(report),
+    ]
+    body = "\n\n".join(s for s in sections if s) + "\n"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def card_files(report: PruningReport, **card_args: Any) -> dict[str, str | bytes]:
+    """``README.md`` (the card) and the picture it shows, as ``{file name: content}`` (see ``save_pretrained``'s
+    ``extra_files``); ``card_args`` are those of :func:`build_model_card`."""
+    return {PICTURE_NAME: structure_png(report), CARD_NAME: str(build_model_card(report, **card_args))}
+
+
+def _atomic_write(path: Path, content: str | bytes) -> None:
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_card(folder: str | os.PathLike[str], report: PruningReport, **card_args: Any) -> Path:
+    """Write ``README.md`` and ``pruning_structure.png`` into a saved checkpoint folder; returns the card's path.
+
+    Each file is written to a temporary file and renamed over the old one, the picture first, so a reader never
+    sees half a file or a card that shows a missing picture. ``card_args`` are those of :func:`build_model_card`;
+    by default the model class is read from the folder's ``config.json``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"'{folder}' is not a directory; save the model first (hf_prune.save_pretrained).")
+    if not card_args.get("model_class_name") and card_args.get("config") is None:
+        config_path = folder / "config.json"
+        if config_path.is_file():
+            architectures = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
+            card_args["model_class_name"] = next(iter(architectures), None)
+    files = card_files(report, **card_args)
+    for name in (PICTURE_NAME, CARD_NAME):
+        _atomic_write(folder / name, files[name])
+    return folder / CARD_NAME

@@ -1,0 +1,80 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
+
+Every rank records, at each mask update, the scores it planned from (after the cross-rank reduction) and the
+masks it chose; rank 0 saves the final model. Fisher scores come from each rank's own batches, so without the
+reduction the ranks would disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import transformers as T
+from datasets import Dataset
+
+import hf_prune
+from hf_prune import callback as callback_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.architectures import CASES_BY_NAME
+
+
+def main(output: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    ids = torch.randint(3, 96, (128, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = T.TrainingArguments(
+        output_dir=str(output),
+        max_steps=16,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        ddp_backend="gloo",
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=4,
+    )
+    config = hf_prune.PruningConfig(
+        heads=0.5, neurons=0.5, importance="fisher", ranking="global", end=0.75, update_every=3, neuron_multiple=1
+    )
+    callback = hf_prune.PruningCallback(config)
+    records: list[dict] = []
+    reduce = callback_module._reduce_scores
+
+    def recording_reduce(scores: hf_prune.importance.Scores) -> hf_prune.importance.Scores:
+        reduced = reduce(scores)
+        records.append(
+            {
+                "local_heads": [s.tolist() for s in scores.heads],
+                "heads": [s.tolist() for s in reduced.heads],
+                "neurons": [s.tolist() for s in reduced.neurons],
+            }
+        )
+        return reduced
+
+    callback_module._reduce_scores = recording_reduce
+    original_update = callback._update
+
+    def update(step: int) -> None:
+        original_update(step)
+        if records and "masks" not in records[-1]:
+            records[-1]["step"] = step
+            records[-1]["masks"] = callback.masks.state_dict()
+
+    callback._update = update
+    trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    trainer.train()
+    rank = trainer.args.process_index
+    (output / f"rank{rank}.json").write_text(
+        json.dumps({"world_size": trainer.args.world_size, "records": records, "kept": callback.report.kept})
+    )
+    trainer.save_model(str(output / "final"))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,233 @@
+"""PruningCallback inside a real Trainer run on a tiny model: structure, logs, saved model, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import transformers as T
+from datasets import Dataset
+
+import hf_prune
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME
+
+MAX_STEPS = 24
+
+
+def _dataset(decoder: bool = True) -> Dataset:
+    ids = torch.randint(3, 96, (96, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.tolist() if decoder else (ids[:, 0] % 3).tolist()
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels})
+
+
+def _args(output: Path, **overrides: object) -> T.TrainingArguments:
+    settings = dict(
+        output_dir=str(output),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return T.TrainingArguments(**settings)
+
+
+def _config(**overrides: object) -> hf_prune.PruningConfig:
+    settings = dict(heads=0.5, neurons=0.5, importance="taylor", end=0.75, update_every=3, neuron_multiple=8)
+    settings.update(overrides)
+    return hf_prune.PruningConfig(**settings)
+
+
+def test_trainer_run_ends_pruned_logged_and_loadable(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config())
+    trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+    trainer.train()
+
+    shapes = ModelStructure(model).shapes()
+    assert [(s.heads, s.kv_heads, s.neurons) for s in shapes] == [(4, 1, 48)] * 3
+    logged = [h for h in trainer.state.log_history if "pruning/heads_kept" in h]
+    assert logged, "the callback's fields must be in the Trainer's logs"
+    assert logged[-1]["pruning/heads_kept"] == 0.5 and logged[-1]["pruning/neurons_kept"] == 0.5
+    progress = [h["pruning/progress"] for h in logged]
+    assert progress == sorted(progress) and progress[-1] == 1.0 and progress[0] < 1.0
+
+    report = json.loads((tmp_path / "pruning_report.json").read_text())
+    assert report["layers_after"] == [{"heads": 4, "kv_heads": 1, "neurons": 48}] * 3
+    assert report["extra"]["schedule"]["kind"] == "cubic"
+
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "final")  # uniform llama: plain transformers
+    inputs = torch.randint(3, 96, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs).logits, model.eval()(inputs).logits, atol=1e-5, rtol=0)
+
+
+def test_masked_groups_stay_masked_and_do_not_affect_outputs(tmp_path: Path) -> None:
+    """Once a group is masked it never comes back, whatever its gradients do."""
+    model = CASES_BY_NAME["bert"].build()
+    callback = hf_prune.PruningCallback(_config(importance="fisher", schedule="linear"))
+    seen: list[list[torch.Tensor]] = []
+    original = callback._update
+
+    def record(step: int) -> None:
+        original(step)
+        seen.append([m.clone() for m in callback.masks.neurons])
+
+    with mock.patch.object(callback, "_update", side_effect=record):
+        trainer = T.Trainer(
+            model=model, args=_args(tmp_path), train_dataset=_dataset(decoder=False), callbacks=[callback]
+        )
+        trainer.train()
+    assert len(seen) >= 3
+    for earlier, later in zip(seen, seen[1:], strict=False):
+        for a, b in zip(earlier, later, strict=True):
+            assert not (b & ~a).any(), "a masked neuron was revived"
+
+
+def test_flops_target_is_met_within_one_group(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(
+        _config(heads=None, neurons=None, flops=0.4, ranking="global", neuron_multiple=1)
+    )
+    T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    report = callback.report
+    removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
+    costs = hf_prune.flops.unit_costs(ModelStructure(model), "flops")
+    one_neuron = costs.neuron / report.before.block_flops_per_token
+    assert 0.4 - one_neuron <= removed <= 0.4
+
+
+def test_schedule_steps_the_callback_updates_at(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance="magnitude", schedule="iterative", begin=4, end=16))
+    with mock.patch.object(callback, "_update", wraps=callback._update) as update:
+        T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    assert [c.args[0] for c in update.call_args_list] == [4, 7, 10, 13, 16]
+
+
+def test_distillation_trainer_prunes_and_distils(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["bert"].build()
+    trainer = hf_prune.PruningTrainer(
+        model=model,
+        args=_args(tmp_path),
+        train_dataset=_dataset(decoder=False),
+        pruning=_config(importance="fisher"),
+        distillation=hf_prune.DistillationConfig(alpha=0.7, hidden_weight=0.5),
+    )
+    assert trainer.callback_handler.callbacks[0] is trainer.pruning_callback
+    teacher_params = sum(p.numel() for p in trainer.teacher.parameters())
+    trainer.train()
+    assert sum(p.numel() for p in model.parameters()) < teacher_params
+    assert sum(p.numel() for p in trainer.teacher.parameters()) == teacher_params  # the teacher stays dense
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise() -> None:
+    logits = torch.randn(2, 5, 11)
+    assert float(hf_prune.trainer.distillation_loss(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(hf_prune.trainer.distillation_loss(logits, logits.flip(-1), 2.0)) > 0.0
+
+
+# -- resume ------------------------------------------------------------------------------------------------
+
+
+class _StopAt(T.TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def _kept(output: Path, resume: str | None = None, stop_at: int | None = None) -> list[dict[str, list[int]]]:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance="taylor"))
+    callbacks: list[T.TrainerCallback] = [callback] + ([_StopAt(stop_at)] if stop_at else [])
+    args = _args(output, save_strategy="steps", save_steps=4)
+    trainer = T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=callbacks)
+    with pytest.warns(UserWarning, match="pruned less than the target") if stop_at and stop_at < 18 else _nothing():
+        trainer.train(resume_from_checkpoint=resume)
+    return callback.report.kept
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("interrupt_at", [4, 12, 20])
+def test_resume_at_any_point_of_the_schedule_ends_with_the_same_structure(tmp_path: Path, interrupt_at: int) -> None:
+    """Interrupted before, during and after the schedule (it ends at step 18), resumed from the checkpoint."""
+    uninterrupted = _kept(tmp_path / "full")
+    _kept(tmp_path / "interrupted", stop_at=interrupt_at)
+    checkpoint = tmp_path / "interrupted" / f"checkpoint-{interrupt_at}"
+    assert checkpoint.is_dir()
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert "_resume" in state["stateful_callbacks"]["PruningCallback"]["attributes"]
+    resumed = _kept(tmp_path / "interrupted", resume=str(checkpoint))
+    assert resumed == uninterrupted
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_schedule_ending_after_training_is_refused(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(end=100))
+    trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+    with pytest.raises(ValueError, match="training stops at step 24"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("field", ["heads", "neurons", "flops", "params"])
+@pytest.mark.parametrize("value", [1.0, 1.5, -0.2])
+def test_targets_outside_zero_one_are_refused(field: str, value: float) -> None:
+    extra = {"neurons": None} if field in ("flops", "params") else {}
+    with pytest.raises(ValueError, match=f"`{field}` must be a fraction in \\[0, 1\\)"):
+        hf_prune.PruningCallback(_config(**extra), **{field: value})
+
+
+def test_zero_target_is_refused(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(heads=0.0, neurons=0.0))
+    trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+    with pytest.raises(ValueError, match="target of 0"):
+        trainer.train()
+
+
+def test_unknown_importance_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="unknown importance 'snip'. Available: activation, fisher"):
+        hf_prune.PruningCallback(importance="snip")
+
+
+def test_model_without_recipe_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = T.OPTConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4)
+    model = T.OPTForCausalLM(config)
+    trainer = T.Trainer(
+        model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[hf_prune.PruningCallback(_config())]
+    )
+    with pytest.raises(ValueError, match="no recipe for model_type 'opt'. Shipped recipes: bert"):
+        trainer.train()
+
+
+def test_fractional_schedule_without_known_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="number of training steps is unknown"):
+        _config().to_schedule().steps(None)

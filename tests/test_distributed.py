@@ -1,0 +1,77 @@
+"""Two-process CPU training (torchrun, gloo): every rank masks the same groups and the saved model matches."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import hf_prune
+from hf_prune.importance import Scores
+from hf_prune.prune import plan_for
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME
+
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(WORKER),
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent.parent)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    first, second = ranks[0]["records"], ranks[1]["records"]
+    assert len(first) == len(second) >= 3
+    assert any(a["local_heads"] != b["local_heads"] for a, b in zip(first, second, strict=True)), (
+        "each rank should see different batches, so local scores differ"
+    )
+    for a, b in zip(first, second, strict=True):
+        assert a["step"] == b["step"]
+        assert a["masks"] == b["masks"], f"ranks disagree at step {a['step']}"
+    assert ranks[0]["kept"] == ranks[1]["kept"]
+
+    # The last plan is what a single process would choose from the same (reduced) scores.
+    last = first[-1]
+    structure = ModelStructure(CASES_BY_NAME["llama"].build())
+    previous = first[-2]["masks"]
+    plans = plan_for(
+        structure,
+        Scores([torch.tensor(h) for h in last["heads"]], [torch.tensor(n) for n in last["neurons"]]),
+        hf_prune.PruningConfig(
+            heads=0.5, neurons=0.5, importance="fisher", ranking="global", end=0.75, update_every=3, neuron_multiple=1
+        ),
+        progress=1.0,
+        masked_heads=[~torch.tensor(m) for m in previous["heads"]],
+        masked_neurons=[~torch.tensor(m) for m in previous["neurons"]],
+    )
+    assert [p.keep_heads for p in plans] == [k["keep_heads"] for k in ranks[0]["kept"]]
+    assert [p.keep_neurons for p in plans] == [k["keep_neurons"] for k in ranks[0]["kept"]]
+
+    saved = hf_prune.from_pretrained(tmp_path / "final")
+    assert [s.heads for s in ModelStructure(saved).shapes()] == [len(k["keep_heads"]) for k in ranks[0]["kept"]]
+    assert [s.neurons for s in ModelStructure(saved).shapes()] == [len(k["keep_neurons"]) for k in ranks[0]["kept"]]
+    assert len(list(tmp_path.glob("pruning_report.json"))) == 1

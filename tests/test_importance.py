@@ -1,0 +1,102 @@
+"""Every importance criterion ranks a planted dead head and a planted dead neuron last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hf_prune
+from hf_prune.importance import get_importance
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME
+
+LAYER, HEAD, NEURON = 1, 5, 7
+
+
+def _planted_bert() -> torch.nn.Module:
+    """A tiny BERT in which head 5 and neuron 7 of layer 1 are dead (all their weights and biases zero)."""
+    model = CASES_BY_NAME["bert"].build()
+    structure = ModelStructure(model)
+    hd = structure.head_dim
+    rows = slice(HEAD * hd, (HEAD + 1) * hd)
+    with torch.no_grad():
+        for role in ("q", "k", "v"):
+            module = structure.module(LAYER, role)
+            module.weight[rows] = 0
+            module.bias[rows] = 0
+        structure.module(LAYER, "o").weight[:, rows] = 0
+        up = structure.module(LAYER, "up")
+        up.weight[NEURON] = 0
+        up.bias[NEURON] = 0
+        structure.module(LAYER, "down").weight[:, NEURON] = 0
+    return model
+
+
+def _batches(n: int = 4) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        {
+            "input_ids": torch.randint(3, 96, (4, 12), generator=generator),
+            "labels": torch.randint(0, 3, (4,), generator=generator),
+        }
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("name", ["magnitude", "taylor", "fisher", "activation"])
+def test_planted_dead_groups_rank_last(name: str) -> None:
+    model = _planted_bert()
+    criterion = hf_prune.calibrate(model, _batches(), name)
+    scores = criterion.scores(ModelStructure(model))
+    assert int(torch.argmin(scores.heads[LAYER])) == HEAD
+    assert int(torch.argmin(scores.neurons[LAYER])) == NEURON
+    assert float(scores.heads[LAYER][HEAD]) <= 1e-6 * float(scores.heads[LAYER].max())
+    assert float(scores.neurons[LAYER][NEURON]) <= 1e-6 * float(scores.neurons[LAYER].max())
+    # One-shot pruning with the fitted criterion removes the dead groups first.
+    report = hf_prune.prune(model, heads=0.125, neurons=0.1, importance=criterion, neuron_multiple=1)
+    assert HEAD not in report.kept[LAYER]["keep_heads"]
+    assert NEURON not in report.kept[LAYER]["keep_neurons"]
+
+
+def test_random_baseline_is_seeded_and_not_the_planted_order() -> None:
+    structure = ModelStructure(_planted_bert())
+    first = get_importance("random").scores(structure)
+    again = get_importance("random").scores(structure)
+    other = get_importance("random", seed=1).scores(structure)
+    assert all(torch.equal(a, b) for a, b in zip(first.heads, again.heads, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first.heads, other.heads, strict=True))
+
+
+def test_accumulating_state_round_trips() -> None:
+    model = _planted_bert()
+    criterion = hf_prune.calibrate(model, _batches(2), "taylor")
+    restored = get_importance("taylor")
+    restored.load_state_dict(criterion.state_dict())
+    structure = ModelStructure(model)
+    for a, b in zip(criterion.scores(structure).neurons, restored.scores(structure).neurons, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unknown_importance_lists_the_available_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown importance 'hessian'.*fisher.*magnitude.*taylor"):
+        get_importance("hessian")
+
+
+def test_accumulating_criterion_needs_statistics() -> None:
+    model = CASES_BY_NAME["bert"].build()
+    with pytest.raises(ValueError, match="needs gradients or activations"):
+        hf_prune.prune(model, heads=0.5, importance="fisher")
+    with pytest.raises(RuntimeError, match="no statistics yet"):
+        get_importance("taylor").scores(ModelStructure(model))
+
+
+def test_global_ranking_normalises_each_layer() -> None:
+    """A layer whose weights are 100x larger must not keep everything under global ranking."""
+    model = CASES_BY_NAME["llama"].build()
+    structure = ModelStructure(model)
+    with torch.no_grad():
+        for role in ("q", "k", "v", "o", "up", "gate", "down"):
+            structure.module(0, role).weight.mul_(100)
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking="global", neuron_multiple=1)
+    assert report.layers_after[0]["neurons"] < report.layers_before[0]["neurons"]
