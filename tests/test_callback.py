@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from unittest import mock
@@ -91,7 +92,7 @@ def test_masked_groups_stay_masked_and_do_not_affect_outputs(tmp_path: Path) -> 
         )
         trainer.train()
     assert len(seen) >= 3
-    for earlier, later in zip(seen, seen[1:], strict=False):
+    for earlier, later in itertools.pairwise(seen):
         for a, b in zip(earlier, later, strict=True):
             assert not (b & ~a).any(), "a masked neuron was revived"
 
@@ -213,7 +214,7 @@ def test_zero_target_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_importance_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="unknown importance 'snip'. Available: activation, fisher"):
+    with pytest.raises(ValueError, match=r"unknown importance 'snip'\. Available: activation, fisher"):
         hf_prune.PruningCallback(importance="snip")
 
 
@@ -224,7 +225,7 @@ def test_model_without_recipe_is_refused(tmp_path: Path) -> None:
     trainer = T.Trainer(
         model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[hf_prune.PruningCallback(_config())]
     )
-    with pytest.raises(ValueError, match="no recipe for model_type 'opt'. Shipped recipes: bert"):
+    with pytest.raises(ValueError, match=r"no recipe for model_type 'opt'\. Shipped recipes: bert"):
         trainer.train()
 
 
