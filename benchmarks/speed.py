@@ -13,7 +13,6 @@ import argparse
 import copy
 import json
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -25,26 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assets import MODELS
 
 import hf_prune
-from hf_prune.latency import device_name, measure_latency
+from hf_prune.latency import compare_latency, device_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def interleaved_medians(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, seq_len: int, repeats: int):
-    """Median latencies of both models, measured in alternating rounds after a shared warm-up.
-
-    Alternating keeps slow drifts of the machine (frequency, other load, allocator warm-up) from
-    favouring whichever model happens to run second.
-    """
-    measure_latency(dense, batch, seq_len, repeats=1, warmup=2)
-    measure_latency(pruned, batch, seq_len, repeats=1, warmup=2)
-    dense_runs: list[float] = []
-    pruned_runs: list[float] = []
-    rounds = max(1, repeats // 2)
-    for _ in range(rounds):
-        dense_runs += measure_latency(dense, batch, seq_len, repeats=2, warmup=0).runs_ms
-        pruned_runs += measure_latency(pruned, batch, seq_len, repeats=2, warmup=0).runs_ms
-    return statistics.median(dense_runs), statistics.median(pruned_runs)
 
 
 def run(model_name: str, fraction: float, batch_sizes: list[int], seq_len: int, repeats: int, device: str) -> dict:
@@ -57,7 +39,8 @@ def run(model_name: str, fraction: float, batch_sizes: list[int], seq_len: int, 
         pruned = hf_prune.from_pretrained(Path(tmp) / "pruned").to(device).eval()
     rows = []
     for batch in batch_sizes:
-        dense_ms, pruned_ms = interleaved_medians(dense, pruned, batch, seq_len, repeats)
+        dense_latency, pruned_latency = compare_latency(dense, pruned, batch, seq_len, repeats)
+        dense_ms, pruned_ms = dense_latency.median_ms, pruned_latency.median_ms
         speedup = dense_ms / pruned_ms
         rows.append(
             {

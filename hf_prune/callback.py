@@ -277,4 +277,27 @@ class PruningCallback(TrainerCallback, ExportableState):
             output = Path(args.output_dir)
             output.mkdir(parents=True, exist_ok=True)
             atomic_write_text(output / REPORT_NAME, self.report.to_json())
+            if args.push_to_hub:
+                self._push(args, kwargs.get("processing_class"))
         logger.info("pruning finished: %s", json.dumps(self.metrics()))
+
+    def _push(self, args: TrainingArguments, processing_class: Any) -> None:
+        """``TrainingArguments(push_to_hub=True)``: upload the compact model and its card, not the masked one."""
+        from .card import write_card
+        from .hub import push_to_hub
+
+        assert self.structure is not None and self.report is not None
+        model, output = self.structure.model, Path(args.output_dir)
+        model.save_pretrained(output)
+        if processing_class is not None:
+            processing_class.save_pretrained(output)
+        write_card(output, self.report, config=model.config, model_class_name=type(model).__name__)
+        repo_id = args.hub_model_id or output.name
+        push_to_hub(
+            output,
+            repo_id,
+            private=args.hub_private_repo,
+            revision=args.hub_revision,
+            token=args.hub_token,
+            commit_message="Pruned with hf_prune",
+        )

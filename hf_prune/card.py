@@ -97,9 +97,15 @@ def source_license(source: str | os.PathLike[str] | None) -> dict[str, str]:
     """
     if not source:
         return {}
+    local = Path(source).expanduser()
+    if local.exists():
+        location: str | Path | None = local / CARD_NAME if (local / CARD_NAME).is_file() else None
+    else:
+        location = hub_model_id(str(source))
+    if location is None:
+        return {}
     try:
-        path = Path(source) / CARD_NAME
-        card = ModelCard.load(path if path.is_file() else str(source), ignore_metadata_errors=True)
+        card = ModelCard.load(location, ignore_metadata_errors=True)
     except Exception as err:  # any failure (network, missing file, bad YAML) only means "license unknown"
         logger.info("no license carried over from %s: %s", source, err)
         return {}
@@ -356,11 +362,13 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
     heads = (sum(a["heads"] for a in report.layers_after), sum(b["heads"] for b in report.layers_before))
     neurons = (sum(a["neurons"] for a in report.layers_after), sum(b["neurons"] for b in report.layers_before))
     origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a transformers model"
+    removed = [what for what, (kept, total) in (("attention heads", heads), ("MLP neurons", neurons)) if kept < total]
+    how = f"with {' and '.join(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
     return (
-        f"This model is {origin} with attention heads and MLP neurons physically removed (structured pruning "
-        f"with hf_prune). It keeps {heads[0]} of {heads[1]} attention heads and {neurons[0]:,} of {neurons[1]:,} "
-        f"MLP neurons: {report.after.parameters:,} parameters instead of {report.before.parameters:,} "
-        f"({report.parameter_ratio:.1%}), and a theoretical speedup of x{report.flops_ratio:.2f} in FLOPs per token."
+        f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {heads[0]} of {heads[1]} "
+        f"attention heads and {neurons[0]:,} of {neurons[1]:,} MLP neurons: {report.after.parameters:,} parameters "
+        f"instead of {report.before.parameters:,} ({report.parameter_ratio:.1%}), and a theoretical speedup of "
+        f"x{report.flops_ratio:.2f} in FLOPs per token."
     )
 
 
@@ -395,8 +403,7 @@ def structure_png(report: PruningReport) -> bytes:
     FigureCanvasAgg(figure)
     masks = _kept_masks(report)
     if masks is not None:
-        colors = ListedColormap(["#e5e7eb", "#15803d"])
-        colors.set_bad("white")
+        colors = ListedColormap(["#e5e7eb", "#15803d"]).with_extremes(bad="white")
         head_axes, neuron_axes = figure.subplots(1, 2, width_ratios=[1, 3])
         for axes, mask, what, interpolation in (
             (head_axes, masks[0], "attention heads", "nearest"),
@@ -434,7 +441,7 @@ def build_model_card(
     license: str | None = None,
     license_name: str | None = None,
     license_link: str | None = None,
-    eval_results: Any = None,
+    eval_results: Sequence[EvalResult] | Mapping[str, Any] | None = None,
     model_class_name: str | None = None,
     config: Any = None,
     repo_id: str | None = None,

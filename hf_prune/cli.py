@@ -6,6 +6,7 @@ Every ``prune`` flag is generated from :class:`PruningConfig`, so the CLI, YAML 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -81,17 +82,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise SystemExit(f"error: '{output}' exists and is not empty; pass --overwrite or choose another --output.")
+        raise FileExistsError(f"'{output}' exists and is not empty; pass --overwrite or choose another --output.")
     if args.push_to_hub:  # fail now rather than after loading and pruning
         check_repo_id(args.push_to_hub)
         check_token()
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
+    dense = copy.deepcopy(model) if args.measure_latency else None
     report = prune(model, config)
-    if args.measure_latency:
-        from .latency import measure_latency
+    if dense is not None:
+        from .latency import compare_latency
 
-        report.extra["latency_after"] = measure_latency(model).to_dict()
+        before, after = compare_latency(dense, model)
+        report.extra["latency_before"], report.extra["latency_after"] = before.to_dict(), after.to_dict()
+        del dense
     card = card_files(
         report,
         config=model.config,
@@ -114,10 +118,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _print_pushed(info: Any) -> None:
-    if info.pr_url:
-        print(f"opened pull request {info.pr_url}")
-    else:
-        print(f"pushed: {info.commit_url}")
+    # An unchanged folder makes no commit (huggingface_hub says so): the URL is then the current head's.
+    print(f"pull request: {info.pr_url}" if info.pr_url else f"commit: {info.commit_url}")
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -171,7 +173,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     recipes = shipped_recipes()
     if args.show:
         if args.show not in recipes:
-            raise SystemExit(f"error: no recipe '{args.show}'; shipped: {', '.join(sorted(recipes))}")
+            raise ValueError(f"no recipe '{args.show}'; shipped: {', '.join(sorted(recipes))}")
         print((recipes_dir() / f"{args.show}.yaml").read_text(encoding="utf-8"), end="")
         return 0
     width = max(len(n) for n in recipes)
@@ -193,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-file", help="load this GGUF file from the model folder (dequantized to float32)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="load the model in this dtype")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--measure-latency", action="store_true", help="time the pruned model (batch 8, 128 tokens)")
+    p.add_argument(
+        "--measure-latency", action="store_true", help="time the model before and after (batch 8, 128 tokens)"
+    )
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, push the output folder to this Hub repo")
     _add_config_arguments(p)
     p.set_defaults(func=cmd_prune)

@@ -86,10 +86,11 @@ def check_checkpoint(folder: Path) -> None:
 
 
 def _stage(folder: Path, staging: Path) -> None:
-    """Link every file of ``folder`` into ``staging`` (copies where links are impossible); hidden and temp files
-    (an interrupted atomic write) are left out."""
+    """Link every file of ``folder`` into ``staging`` (copies where links are impossible). Left out: hidden and
+    temporary files (an interrupted atomic write) and Trainer checkpoints (``checkpoint-*/``) of an output dir."""
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        top = Path(root) == folder
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not (top and d.startswith("checkpoint-"))]
         target = staging / Path(root).relative_to(folder)
         target.mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -102,21 +103,30 @@ def _stage(folder: Path, staging: Path) -> None:
                 shutil.copy2(source, target / name)
 
 
-def _card(staging: Path, repo_id: str, report: PruningReport | None, card_args: dict[str, Any]) -> None:
-    """Put the card to push in ``staging``: built from ``report`` if given (or if the folder has no card but a
-    ``pruning_report.json``), else the folder's own card with the repo id filled in."""
+def _card(staging: Path, folder: Path, repo_id: str, report: PruningReport | None, card_args: dict[str, Any]) -> None:
+    """Put the card to push into ``staging``.
+
+    It is built from ``report`` (by default the folder's ``pruning_report.json``) when a report or card arguments
+    are given, or when the folder has no card; otherwise the folder's own card is pushed, with the ``<repo_id>``
+    placeholder of an hf_prune card filled in. Files in ``staging`` are links: they are replaced, never written.
+    """
     card_path = staging / CARD_NAME
-    if report is None and not card_path.exists() and (staging / REPORT_NAME).is_file():
+    if report is None and (card_args or not card_path.exists()) and (staging / REPORT_NAME).is_file():
         report = PruningReport.from_dict(json.loads((staging / REPORT_NAME).read_text(encoding="utf-8")))
     if report is not None:
         config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         card_args.setdefault("model_class_name", next(iter(config.get("architectures") or []), None))
         for name, content in card_files(report, repo_id=repo_id, **card_args).items():
-            (staging / name).unlink(missing_ok=True)  # a link: never write through it into the user's folder
+            (staging / name).unlink(missing_ok=True)
             (staging / name).write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
         return
+    if card_args:
+        raise ValueError(
+            f"{', '.join(sorted(card_args))} describe the model card, but '{folder}' has no {REPORT_NAME} to build "
+            "it from: pass report=..."
+        )
     if not card_path.exists():
-        logger.warning("%s has no model card (README.md) and no %s: pushing it without a card.", staging, REPORT_NAME)
+        logger.warning("'%s' has no model card (README.md) and no %s: pushing it without a card.", folder, REPORT_NAME)
         return
     text = card_path.read_text(encoding="utf-8")
     if REPO_PLACEHOLDER in text and set(TAGS) <= set(ModelCard(text, ignore_metadata_errors=True).data.tags or []):
@@ -193,16 +203,17 @@ def push_to_hub(
 
     Args:
         folder_or_model: a folder saved by :func:`hf_prune.save_pretrained` (weights, config, tokenizer, card,
-            picture, ``pruning_report.json``, loader code: everything in it is pushed), or a model, which is saved
-            to a temporary folder first (then ``report`` is required, for the card).
+            picture, ``pruning_report.json``, loader code: everything in it is pushed, except hidden files and
+            Trainer ``checkpoint-*/`` folders), or a model, which is saved to a temporary folder first (then
+            ``report`` is required, for the card).
         repo_id: ``namespace/name``; the repo is created if needed (``private`` applies then).
         revision: an existing branch to push to (default ``main``). ``create_pr`` opens a pull request instead.
         token: a Hub token with write access; by default the logged-in one (``hf auth login``, ``HF_TOKEN``).
         tokenizer: saved with a model (for a folder, save it into the folder instead).
-        report: rebuild the card from this report; by default the folder's ``README.md`` is pushed as it is (its
-            ``<repo_id>`` placeholders filled in), or built from its ``pruning_report.json`` if it has no card.
-        **card_args: passed to :func:`hf_prune.build_model_card` when a card is built (``base_model``,
-            ``license``, ``eval_results``...).
+        report: build the card from this report. By default the folder's ``README.md`` is pushed as it is (with
+            the repo id in its loading code), or built from its ``pruning_report.json`` if it has no card.
+        **card_args: arguments of :func:`hf_prune.build_model_card` (``base_model``, ``license``,
+            ``eval_results``...); with them the card is built, from ``report`` or ``pruning_report.json``.
 
     Returns:
         The commit's :class:`~huggingface_hub.CommitInfo` (``commit_url``, ``oid``, ``pr_url``).
@@ -215,10 +226,10 @@ def push_to_hub(
     """
     check_repo_id(repo_id)
     is_model = isinstance(folder_or_model, nn.Module)
-    if is_model and report is None:
+    folder = None if is_model else Path(folder_or_model)
+    if folder is None and report is None:
         raise ValueError("pushing a model needs its PruningReport (report=...), for the model card.")
-    if not is_model:
-        folder = Path(folder_or_model)
+    if folder is not None:
         check_checkpoint(folder)
         if tokenizer is not None:
             raise ValueError("tokenizer= applies when pushing a model; save the tokenizer into the folder instead.")
@@ -227,14 +238,14 @@ def push_to_hub(
 
     with tempfile.TemporaryDirectory(prefix="hf_prune_push_") as tmp:
         staging = Path(tmp) / "checkpoint"
-        if is_model:
+        if folder is None:
             card_args.setdefault("config", folder_or_model.config)
             card_args.setdefault("model_class_name", type(folder_or_model).__name__)
             files = {REPORT_NAME: report.to_json(), **card_files(report, repo_id=repo_id, **card_args)}
             save_pretrained(folder_or_model, staging, tokenizer=tokenizer, extra_files=files)
         else:
             _stage(folder.resolve(), staging)
-            _card(staging, repo_id, report, card_args)
+            _card(staging, folder, repo_id, report, card_args)
 
         try:
             repo_id = _create_repo(api, repo_id, private)
@@ -246,7 +257,7 @@ def push_to_hub(
             ) from err
         except HfHubHTTPError as err:
             raise HubPushError(f"could not create or read '{repo_id}': {err}. Nothing was committed.") from err
-        logger.info("pushing %s to %s", "the model" if is_model else folder, repo_id)
+        logger.info("pushing %s to %s", folder or "the model", repo_id)
         try:
             info = api.upload_folder(
                 repo_id=repo_id,

@@ -71,3 +71,25 @@ def measure_latency(
         dtype=str(parameter.dtype).replace("torch.", ""),
         threads=torch.get_num_threads(),
     )
+
+
+def compare_latency(
+    dense: nn.Module, pruned: nn.Module, batch_size: int = 8, seq_len: int = 128, repeats: int = 10
+) -> tuple[Latency, Latency]:
+    """Latency of two models measured in alternating rounds after a shared warm-up.
+
+    Alternating keeps slow drifts of the machine (clock frequency, other load, allocator warm-up) from
+    favouring whichever model happens to be timed second.
+    """
+    measure_latency(dense, batch_size, seq_len, repeats=1, warmup=2)
+    measure_latency(pruned, batch_size, seq_len, repeats=1, warmup=2)
+    runs: tuple[list[Latency], list[Latency]] = ([], [])
+    for _ in range(max(1, repeats // 2)):
+        for model, bucket in ((dense, runs[0]), (pruned, runs[1])):
+            bucket.append(measure_latency(model, batch_size, seq_len, repeats=2, warmup=0))
+
+    def merge(parts: list[Latency]) -> Latency:
+        all_runs = [r for part in parts for r in part.runs_ms]
+        return Latency(**{**parts[0].to_dict(), "median_ms": statistics.median(all_runs), "runs_ms": all_runs})
+
+    return merge(runs[0]), merge(runs[1])

@@ -21,6 +21,9 @@ from .surgery import prune_attention, prune_mlp
 
 logger = logging.get_logger(__name__)
 
+# PruningConfig fields that only the gradual callback uses: a one-shot report must not claim a schedule.
+GRADUAL_FIELDS = ("schedule", "begin", "end", "update_every", "ema_beta")
+
 
 @dataclass
 class PruningReport:
@@ -204,7 +207,12 @@ def prune(
     report = PruningReport(
         model_type=structure.config.model_type,
         recipe=structure.recipe.name,
-        config={**config.to_dict(), "heads": heads, "neurons": neurons, "protected_layers": protected},
+        config={
+            **{k: v for k, v in config.to_dict().items() if k not in GRADUAL_FIELDS},
+            "heads": heads,
+            "neurons": neurons,
+            "protected_layers": protected,
+        },
         head_dim=structure.head_dim,
         layers_before=_shape_dicts(before_shapes),
         layers_after=_shape_dicts(structure.shapes()),

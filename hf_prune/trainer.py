@@ -93,6 +93,18 @@ class PruningTrainer(Trainer):
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """After pruning, the card is hf_prune's (what was removed, what it cost and gained, how to load it)."""
+        report = self.pruning_callback.report if self.pruning_callback is not None else None
+        if report is None:
+            return super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            from .card import write_card
+
+            model = self.model
+            write_card(self.args.output_dir, report, config=model.config, model_class_name=type(model).__name__)
+        return None
+
     def compute_loss(
         self,
         model: torch.nn.Module,
