@@ -124,8 +124,9 @@ def plan_pruning(
         kv_heads: per block, its number of KV heads.
         neuron_scores: per block, one score per neuron.
         heads_fraction / neurons_fraction: fraction of head units / neurons to remove, in [0, 1).
-        ranking: ``"uniform"`` removes the fraction from every block; ``"global"`` ranks normalised scores
-            across blocks, so unimportant blocks lose more.
+        ranking: ``"uniform"`` removes the fraction from every block; ``"global"`` ranks scores across blocks
+            after scaling each block's scores to unit L2 norm (Michel et al. 2019), so a block whose importance
+            is concentrated in a few groups loses more of the others, whatever the block's overall scale.
         gqa_mode: ``"auto"``, ``"kv_groups"`` or ``"query_heads"`` (see module docstring).
         neuron_multiple: kept neurons per block are rounded to a multiple of this (hardware efficiency).
         protected_layers: blocks that keep everything.
@@ -140,7 +141,12 @@ def plan_pruning(
     neuron_scores = [
         _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
     ]
-    units = [head_units(s, kv, gqa_mode) for s, kv in zip(head_scores, kv_heads, strict=True)]
+    prune_heads = heads_fraction > 0 or masked_heads is not None
+    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine).
+    units = [
+        head_units(s, kv, gqa_mode) if prune_heads else HeadUnits([], [], [])
+        for s, kv in zip(head_scores, kv_heads, strict=True)
+    ]
     n_heads_units = [len(u.scores) for u in units]
     n_neurons = [s.numel() for s in neuron_scores]
 

@@ -170,7 +170,12 @@ def save_pretrained(
         if target.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, backup / target.name)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(backup / target.name, target)  # put the previous checkpoint back
+                shutil.rmtree(backup, ignore_errors=True)
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(staging, target)

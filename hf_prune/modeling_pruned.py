@@ -38,6 +38,11 @@ def pruned_class(base: type) -> type:
                 base.__init__(self, config, *args, **kwargs)
             restore_structure(self)
 
+        def initialize_weights(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # Weight init may rebuild buffers from the config (rotary embeddings of configs without head_dim).
+            with global_config_access(self.config.get_text_config()):
+                return base.initialize_weights(self, *args, **kwargs)
+
         def save_pretrained(self: Any, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
             # Some configs validate global head counts on save (Gemma 3); the global values are the dense ones.
             with global_config_access(self.config.get_text_config()):
@@ -51,6 +56,7 @@ def pruned_class(base: type) -> type:
             (base,),
             {
                 "__init__": __init__,
+                "initialize_weights": initialize_weights,
                 "save_pretrained": save_pretrained,
                 "__module__": __name__,
                 "__qualname__": base.__qualname__,

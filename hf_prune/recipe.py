@@ -137,10 +137,8 @@ class Recipe:
 def check_fraction(name: str, value: float) -> None:
     """Raise unless ``value`` is a fraction in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`{name}` must be a fraction in [0, 1) (0.5 removes half), got {value!r}. "
-            "Removing everything would empty the layers."
-        )
+        why = " Removing everything would empty the layers." if isinstance(value, int | float) and value >= 1 else ""
+        raise ValueError(f"`{name}` must be a fraction in [0, 1) (0.5 removes half), got {value!r}.{why}")
 
 
 def _check_quantities(where: str, *mappings: dict[str, dict[str, str]]) -> None:

@@ -84,23 +84,45 @@ class ModelStructure:
         return int(hidden) // int(heads)
 
     def _check_modules(self) -> None:
-        """Fail early, naming the path, if the recipe points at modules that do not exist or are quantized."""
+        """Fail before any surgery, naming the path, if the recipe points at modules or attributes that do not
+        exist in some block, or at weights that cannot be sliced (quantized layers)."""
         att, mlp = self.recipe.attention, self.recipe.mlp
         paths = [p for p in (att.q, att.k, att.v, att.qkv, att.o, mlp.up, mlp.gate, mlp.gate_up, mlp.down) if p]
-        layer = self.layers[0]
-        for path in paths:
-            module = surgery.get_submodule(layer, path)
-            if not isinstance(module, nn.Linear | Conv1D) or type(module) not in (nn.Linear, Conv1D):
-                raise TypeError(
-                    f"'{path}' is a {type(module).__name__}; hf_prune slices plain nn.Linear or Conv1D weights. "
-                    "Quantized layers (bitsandbytes, GPTQ, AWQ...) cannot be sliced: load the model in "
-                    "float32/float16/bfloat16, prune it, then quantize the pruned model."
+        for index, layer in enumerate(self.layers):
+            for path in paths:
+                module = surgery.get_submodule(layer, path)
+                if type(module) not in (nn.Linear, Conv1D):
+                    raise TypeError(
+                        f"layer {index}: '{path}' is a {type(module).__name__}; hf_prune slices plain nn.Linear or "
+                        "Conv1D weights. Quantized layers (bitsandbytes, GPTQ, AWQ...) cannot be sliced: load the "
+                        "model in float32/float16/bfloat16, prune it, then quantize the pruned model."
+                    )
+                if not module.weight.is_floating_point():
+                    raise TypeError(
+                        f"layer {index}: '{path}' holds {module.weight.dtype} weights; load the model in a float dtype."
+                    )
+            for spec in (att, mlp):
+                # A misspelt attribute would otherwise be created silently, leaving the real one stale.
+                for module_path, attributes in spec.module_attributes.items():
+                    module = surgery.get_submodule(layer, module_path) if module_path else layer
+                    missing = [a for a in attributes if not hasattr(module, a)]
+                    if missing:
+                        raise AttributeError(
+                            f"layer {index}: '{module_path}' ({type(module).__name__}) has no attribute(s) {missing} "
+                            f"to update; fix `module_attributes` in recipe '{self.recipe.name}'."
+                        )
+                for module_path in spec.module_config:
+                    module = surgery.get_submodule(layer, module_path) if module_path else layer
+                    if getattr(module, "config", None) is None:
+                        raise AttributeError(
+                            f"layer {index}: '{module_path}' ({type(module).__name__}) has no `config` to give a "
+                            f"per-layer view; fix `module_config` in recipe '{self.recipe.name}'."
+                        )
+            shape = self.shape(index)
+            if shape.heads % shape.kv_heads:
+                raise ValueError(
+                    f"layer {index} has {shape.heads} query heads, not a multiple of {shape.kv_heads} KV heads."
                 )
-            if not module.weight.is_floating_point():
-                raise TypeError(f"'{path}' holds {module.weight.dtype} weights; load the model in a float dtype.")
-        shape = self.shape(0)
-        if shape.heads % shape.kv_heads:
-            raise ValueError(f"layer 0 has {shape.heads} query heads, not a multiple of {shape.kv_heads} KV heads.")
 
     def shape(self, index: int) -> LayerShape:
         """Current counts of block ``index`` (read from weight shapes)."""

@@ -207,7 +207,8 @@ def check_gqa_mapping(heads: int, kv_heads: int, keep_heads: Sequence[int], keep
     sizes = set(per_kv.values())
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(
-            f"after pruning, the KV heads {sorted(per_kv)} would serve {sorted(per_kv.values())} query heads each; "
+            f"after pruning, the KV heads {sorted(per_kv)} would serve {[per_kv[kv] for kv in sorted(per_kv)]} query "
+            "heads respectively; "
             "GQA needs the same number (at least one) for every KV head. Remove the same number of query "
             "heads from every group, or whole KV groups."
         )

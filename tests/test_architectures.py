@@ -46,8 +46,11 @@ def _plan(model: torch.nn.Module, ranking: str, importance: str = "random") -> l
     )
 
 
-def _masked_and_pruned(case: Case, ranking: str) -> tuple[torch.nn.Module, torch.nn.Module, list[hf_prune.LayerPlan]]:
+def _masked_and_pruned(
+    case: Case, ranking: str, attn: str = "sdpa"
+) -> tuple[torch.nn.Module, torch.nn.Module, list[hf_prune.LayerPlan]]:
     pruned = case.build()
+    pruned.set_attn_implementation(attn)
     masked = copy.deepcopy(pruned)
     plans = _plan(pruned, ranking)
     masks = hf_prune.MaskSet(ModelStructure(masked))
@@ -57,12 +60,15 @@ def _masked_and_pruned(case: Case, ranking: str) -> tuple[torch.nn.Module, torch
     return masked, pruned, plans
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # eager reads num_key_value_groups: checks the recipes
 @pytest.mark.parametrize("ranking", ["uniform", "global"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_masked_model_equals_pruned_model(case: Case, ranking: str) -> None:
-    masked, pruned, plans = _masked_and_pruned(case, ranking)
+def test_masked_model_equals_pruned_model(case: Case, ranking: str, attn: str) -> None:
+    masked, pruned, plans = _masked_and_pruned(case, ranking, attn)
+    dense = case.build()
     inputs = _inputs(case)
     torch.testing.assert_close(_logits(pruned, inputs), _logits(masked, inputs), atol=ATOL, rtol=0)
+    assert not torch.allclose(_logits(dense, inputs), _logits(masked, inputs), atol=1e-3), "masks must matter"
     shapes = ModelStructure(pruned).shapes()
     assert [s.heads for s in shapes] == [len(p.keep_heads) for p in plans]
     assert [s.neurons for s in shapes] == [len(p.keep_neurons) for p in plans]

@@ -1,0 +1,226 @@
+"""Allocation is pure: scores and targets in, kept heads and neurons out (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_prune.allocation import count_to_remove, head_units, plan_pruning, resolve_gqa_mode
+from hf_prune.surgery import check_gqa_mapping
+
+
+def _rand(*sizes: int, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(n, generator=generator) for n in sizes]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# count_to_remove
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fraction", "units", "multiple", "expected"),
+    [
+        (0.0, 8, 1, 0),
+        (0.5, 8, 1, 4),
+        (0.25, 8, 1, 2),
+        (0.99, 8, 1, 7),  # at least one unit stays
+        (0.5, 3, 1, 1),  # ties keep more: half of 3 KV groups removes 1, not 2
+        (0.1, 3, 1, 0),  # 0.3 of a unit rounds to nothing
+        (0.5, 2, 1, 1),
+        (0.5, 1, 1, 0),  # a single unit is never removed
+        (0.9, 1, 1, 0),
+        (0.5, 96, 8, 48),
+        (0.3, 96, 8, 32),  # keeps 64 = 8 x 8 (67.2 rounded to the multiple)
+        (0.99, 96, 8, 88),  # keeps one multiple
+        (0.5, 100, 8, 52),  # keeps 48, a multiple of 8
+        (0.5, 6, 8, 3),  # fewer units than the multiple: plain rounding, at least one kept
+        (0.99, 6, 8, 5),
+    ],
+)
+def test_count_to_remove_values(fraction: float, units: int, multiple: int, expected: int) -> None:
+    assert count_to_remove(fraction, units, multiple) == expected
+
+
+@pytest.mark.parametrize("multiple", [1, 4, 8])
+def test_count_to_remove_properties(multiple: int) -> None:
+    fractions = [i / 40 for i in range(40)]
+    for units in range(1, 70):
+        previous = 0
+        for fraction in fractions:
+            removed = count_to_remove(fraction, units, multiple)
+            assert 0 <= removed <= units - 1, "never empties a block"
+            assert removed >= previous, "monotone in the fraction"
+            previous = removed
+            if units > multiple:
+                assert removed == 0 or (units - removed) % multiple == 0, "kept count is a multiple"
+                assert abs(removed - fraction * units) <= multiple / 2 + 1e-9 or removed == units - multiple
+            else:
+                assert abs(removed - fraction * units) <= 0.5 + 1e-9 or removed == units - 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# head_units
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_head_units_without_gqa_are_single_heads_least_important_first() -> None:
+    units = head_units(torch.tensor([0.3, 0.1, 0.2, 0.4]), kv_heads=4, mode="auto")
+    assert units.heads == [[1], [2], [0], [3]]
+    assert units.kv_heads == [[1], [2], [0], [3]]  # without GQA a head takes its K/V with it
+    assert units.scores == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_head_units_kv_groups_remove_a_kv_head_with_all_its_query_heads() -> None:
+    # Group 0 = heads 0-3 (total 2.2), group 1 = heads 4-7 (total 1.0): group 1 goes first.
+    scores = torch.tensor([0.9, 0.1, 0.9, 0.3, 0.25, 0.25, 0.25, 0.25])
+    for mode in ("auto", "kv_groups"):
+        units = head_units(scores, kv_heads=2, mode=mode)
+        assert units.heads == [[4, 5, 6, 7], [0, 1, 2, 3]]
+        assert units.kv_heads == [[1], [0]]
+        assert units.scores == pytest.approx([1.0, 2.2])
+
+
+def test_head_units_query_heads_take_the_rth_weakest_head_of_every_group() -> None:
+    scores = torch.tensor([0.4, 0.1, 0.3, 0.2, 0.5, 0.8, 0.6, 0.7])
+    units = head_units(scores, kv_heads=2, mode="query_heads")
+    assert units.heads == [[1, 4], [3, 6], [2, 7], [0, 5]]
+    assert units.kv_heads == [[], [], [], []]  # every KV head keeps serving its group
+    assert units.scores == pytest.approx([0.6, 0.8, 1.0, 1.2])
+
+
+def test_head_units_auto_uses_query_heads_under_mqa() -> None:
+    units = head_units(torch.tensor([0.4, 0.1, 0.3, 0.2]), kv_heads=1, mode="auto")
+    assert units.heads == [[1], [3], [2], [0]]
+    assert units.kv_heads == [[], [], [], []]
+
+
+def test_resolve_gqa_mode() -> None:
+    assert resolve_gqa_mode("kv_groups", 8, 8) == "heads"
+    assert resolve_gqa_mode("auto", 8, 2) == "kv_groups"
+    assert resolve_gqa_mode("auto", 8, 1) == "query_heads"
+    assert resolve_gqa_mode("query_heads", 8, 2) == "query_heads"
+    with pytest.raises(ValueError, match="single KV head"):
+        resolve_gqa_mode("kv_groups", 8, 1)
+    with pytest.raises(ValueError, match="gqa_mode must be one of"):
+        resolve_gqa_mode("groups", 8, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plan_pruning
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_uniform_removes_the_same_count_from_every_block_lowest_scores_first() -> None:
+    heads = _rand(8, 8, 8, seed=1)
+    neurons = _rand(40, 40, 40, seed=2)
+    plans = plan_pruning(heads, [8, 8, 8], neurons, 0.5, 0.25, ranking="uniform")
+    for plan, h, n in zip(plans, heads, neurons, strict=True):
+        assert plan.keep_heads == sorted(torch.argsort(h, descending=True)[:4].tolist())
+        assert plan.keep_kv_heads == plan.keep_heads
+        assert plan.keep_neurons == sorted(torch.argsort(n, descending=True)[:30].tolist())
+
+
+def test_global_removes_more_from_a_block_whose_scores_are_low() -> None:
+    # Block 0: every neuron about equally important. Block 1: one neuron carries the block, the rest are
+    # near zero *relative to it*. Global ranking compares scores normalised per block, so block 1 loses more.
+    flat = torch.ones(32)
+    peaked = torch.cat([torch.tensor([10.0]), torch.full((31,), 0.05)])
+    heads = [torch.ones(4), torch.tensor([5.0, 0.1, 0.1, 0.1])]
+    uniform = plan_pruning(heads, [4, 4], [flat, peaked], 0.5, 0.5, ranking="uniform")
+    glob = plan_pruning(heads, [4, 4], [flat, peaked], 0.5, 0.5, ranking="global")
+    assert [len(p.keep_neurons) for p in uniform] == [16, 16]
+    assert [len(p.keep_heads) for p in uniform] == [2, 2]
+    assert len(glob[1].keep_neurons) < len(glob[0].keep_neurons)
+    assert len(glob[1].keep_heads) < len(glob[0].keep_heads)
+    assert 0 in glob[1].keep_neurons and 0 in glob[1].keep_heads  # the dominant unit survives
+    # Same overall budget as uniform.
+    assert sum(len(p.keep_neurons) for p in glob) == sum(len(p.keep_neurons) for p in uniform)
+    assert sum(len(p.keep_heads) for p in glob) == sum(len(p.keep_heads) for p in uniform)
+
+
+def test_global_is_invariant_to_a_blocks_score_scale() -> None:
+    """Scores are normalised per block: a block whose scores are uniformly 1000x smaller is not pruned more."""
+    heads = _rand(8, 8, 8, seed=3)
+    neurons = _rand(48, 48, 48, seed=4)
+    base = plan_pruning(heads, [8] * 3, neurons, 0.5, 0.5, ranking="global")
+    scaled = plan_pruning(
+        [heads[0] * 1e-3, *heads[1:]], [8] * 3, [neurons[0] * 1e-3, *neurons[1:]], 0.5, 0.5, ranking="global"
+    )
+    assert scaled == base
+
+
+@pytest.mark.parametrize("ranking", ["uniform", "global"])
+def test_protected_layers_stay_whole(ranking: str) -> None:
+    heads = _rand(8, 8, 8, 8, seed=5)
+    neurons = _rand(64, 64, 64, 64, seed=6)
+    heads[1] = heads[1] * 0  # the least important block of all: still protected
+    neurons[1] = neurons[1] * 0
+    plans = plan_pruning(heads, [2] * 4, neurons, 0.5, 0.5, ranking=ranking, protected_layers=[1, 3])
+    for i in (1, 3):
+        assert plans[i].keep_heads == list(range(8))
+        assert plans[i].keep_kv_heads == [0, 1]
+        assert plans[i].keep_neurons == list(range(64))
+    for i in (0, 2):
+        assert len(plans[i].keep_heads) < 8 and len(plans[i].keep_neurons) < 64
+
+
+@pytest.mark.parametrize("ranking", ["uniform", "global"])
+@pytest.mark.parametrize("multiple", [4, 8, 16])
+def test_neuron_multiple_is_respected(ranking: str, multiple: int) -> None:
+    sizes = (96, 100, 64, 40)
+    for fraction in (0.1, 0.3, 0.5, 0.77, 0.95):
+        plans = plan_pruning(
+            _rand(4, 4, 4, 4), [4] * 4, _rand(*sizes, seed=7), 0.0, fraction, ranking, "auto", multiple
+        )
+        for plan, size in zip(plans, sizes, strict=True):
+            kept = len(plan.keep_neurons)
+            assert 1 <= kept <= size
+            if size > multiple and kept < size:
+                assert kept % multiple == 0, f"{kept} neurons kept of {size} (multiple {multiple}, {ranking})"
+
+
+def test_nothing_is_removed_at_zero() -> None:
+    for ranking in ("uniform", "global"):
+        plans = plan_pruning(_rand(8, 8), [2, 2], _rand(16, 16), 0.0, 0.0, ranking=ranking)
+        assert all(p.keep_heads == list(range(8)) and p.keep_neurons == list(range(16)) for p in plans)
+
+
+# kv_groups under MQA (one KV head) is refused with a clear error instead: see tests/test_errors.py.
+LAYOUTS = [
+    (heads, kv_heads, mode)
+    for heads, kv_heads in [(8, 2), (12, 4), (9, 3), (16, 8), (8, 1), (8, 8)]
+    for mode in ("auto", "kv_groups", "query_heads")
+    if not (mode == "kv_groups" and kv_heads == 1)
+]
+
+
+@pytest.mark.parametrize("ranking", ["uniform", "global"])
+@pytest.mark.parametrize(("heads", "kv_heads", "gqa_mode"), LAYOUTS)
+def test_gqa_plans_are_always_valid(ranking: str, gqa_mode: str, heads: int, kv_heads: int) -> None:
+    group = heads // kv_heads
+    for seed in range(3):
+        for fraction in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99):
+            head_scores = _rand(heads, heads, heads, seed=seed)
+            plans = plan_pruning(
+                head_scores, [kv_heads] * 3, _rand(8, 8, 8), fraction, 0.0, ranking=ranking, gqa_mode=gqa_mode
+            )
+            for plan in plans:
+                check_gqa_mapping(heads, kv_heads, plan.keep_heads, plan.keep_kv_heads)
+                if kv_heads == heads:
+                    assert plan.keep_kv_heads == plan.keep_heads
+                elif resolve_gqa_mode(gqa_mode, heads, kv_heads) == "kv_groups":
+                    assert len(plan.keep_heads) == group * len(plan.keep_kv_heads), "whole groups go"
+                else:
+                    assert plan.keep_kv_heads == list(range(kv_heads)), "every KV head stays under query_heads"
+
+
+def test_already_masked_groups_are_removed_first() -> None:
+    heads, neurons = _rand(8, 8, seed=8), _rand(32, 32, seed=9)
+    masked_neurons = [torch.zeros(32, dtype=torch.bool), torch.zeros(32, dtype=torch.bool)]
+    masked_neurons[0][[0, 5, 31]] = True
+    neurons[0][[0, 5, 31]] = 10.0  # high scores must not bring removed neurons back
+    for ranking in ("uniform", "global"):
+        plans = plan_pruning(heads, [8, 8], neurons, 0.0, 0.25, ranking=ranking, masked_neurons=masked_neurons)
+        assert not {0, 5, 31} & set(plans[0].keep_neurons)
