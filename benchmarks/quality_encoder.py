@@ -1,0 +1,154 @@
+"""MiniLM-L6 on Rotten Tomatoes: accuracy after one-shot pruning (no retraining), per importance criterion.
+
+    python benchmarks/quality_encoder.py            # needs outputs/minilm-dense (benchmarks/gradual_minilm.sh)
+    python benchmarks/quality_encoder.py --smoke           # tiny random BERT, seconds (CI)
+
+The dense model is the fine-tuned one from the gradual benchmark (same seed, same 1,000 held-out reviews).
+Each criterion prunes a copy to 25/40/50/60% fewer attention+MLP FLOPs, ranked globally, calibrated on 32
+training batches where it needs data; the gradual results (with recovery) are read from
+benchmarks/results/minilm_gradual.jsonl when present, and Torch-Pruning's from peer_torch_pruning.py when
+installed. Writes benchmarks/results/quality_encoder.json and quality_encoder.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from assets import minilm_dir, rotten_tomatoes
+
+import hf_prune
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CRITERIA = ["magnitude", "taylor", "fisher", "activation", "random"]
+
+
+@torch.inference_mode()
+def accuracy(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    model.eval()
+    correct = total = 0
+    for batch in batches:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        total += len(batch["labels"])
+    return correct / total
+
+
+def batches_of(dataset: Any, tokenizer: Any, size: int, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+    collator = transformers.DataCollatorWithPadding(tokenizer)
+    rows = [dataset[i] for i in range(len(dataset) if limit is None else min(limit * size, len(dataset)))]
+    return [collator(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
+def one_shot(dense: torch.nn.Module, criterion: str, flops: float, calibration: list) -> tuple[Any, Any]:
+    model = copy.deepcopy(dense)
+    importance = hf_prune.calibrate(model, calibration, criterion)
+    report = hf_prune.prune(model, flops=flops, importance=importance, ranking="global", neuron_multiple=1)
+    return model, report
+
+
+def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float]) -> dict:
+    """Torch-Pruning at the same per-layer head and neuron counts as hf_prune's uniform plan for each target."""
+    from peer_torch_pruning import prune_minilm_tp
+
+    curves: dict[str, list] = {}
+    for importance in ("magnitude", "taylor"):
+        points = []
+        for flops in targets:
+            _, report = hf_prune_uniform(dense, flops)
+            model = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)
+            removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
+            points.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
+            print(f"Torch-Pruning {importance}, {removed:.0%} FLOPs removed: {points[-1]['accuracy']:.1%}")
+        curves[f"Torch-Pruning {importance}, one-shot"] = points
+    return curves
+
+
+def hf_prune_uniform(dense: torch.nn.Module, flops: float) -> tuple[Any, Any]:
+    model = copy.deepcopy(dense)
+    return model, hf_prune.prune(model, flops=flops, neuron_multiple=1)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axhline(data["dense_accuracy"], color="k", linestyle="--", label="dense (fine-tuned)")
+    for name, points in data["curves"].items():
+        xs, ys = zip(*sorted((p["flops_removed"], p["accuracy"]) for p in points), strict=True)
+        style = "o-" if name.startswith("hf_prune") else "s:"
+        ax.plot(xs, ys, style, label=name)
+    ax.set_xlabel("fraction of attention+MLP FLOPs removed")
+    ax.set_ylabel("accuracy (1,000 held-out reviews)")
+    ax.set_title("MiniLM-L6, Rotten Tomatoes", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dense-dir", type=Path, default=Path("outputs/minilm-dense"))
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.25, 0.4, 0.5, 0.6])
+    parser.add_argument("--criteria", nargs="+", default=CRITERIA)
+    parser.add_argument("--calibration-batches", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+
+    if args.smoke:
+        config = transformers.BertConfig(
+            vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+        )
+        dense = transformers.BertForSequenceClassification(config)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+        args.targets, args.calibration_batches = [0.4], 2
+    else:
+        dense = transformers.AutoModelForSequenceClassification.from_pretrained(args.dense_dir)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.dense_dir)
+    train, test = rotten_tomatoes(tokenizer, args.seed, 64 if args.smoke else None)
+    calibration = batches_of(train.shuffle(seed=args.seed), tokenizer, 32, args.calibration_batches)
+    evaluation = batches_of(test, tokenizer, 64)
+    data: dict[str, Any] = {"dense_accuracy": accuracy(dense, evaluation), "curves": {}}
+
+    for criterion in args.criteria:
+        points = []
+        for flops in args.targets:
+            model, report = one_shot(dense, criterion, flops, calibration)
+            removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
+            points.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
+            print(f"{criterion:>10} one-shot, {removed:.0%} FLOPs removed: {points[-1]['accuracy']:.1%}")
+        data["curves"][f"hf_prune {criterion}, one-shot"] = points
+
+    gradual = RESULTS / "minilm_gradual.jsonl"
+    if gradual.is_file() and not args.smoke:
+        for line in gradual.read_text().splitlines():
+            run = json.loads(line)
+            name = f"hf_prune {run['importance']}, gradual{' + distillation' if run['distill'] else ''}"
+            point = {"target": run["flops_target"], "flops_removed": run["block_flops_removed"]}
+            data["curves"].setdefault(name, []).append({**point, "accuracy": run["pruned_accuracy"]})
+
+    data["curves"].update(peer_curves(dense, calibration, evaluation, args.targets))
+
+    data["meta"] = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "smoke": args.smoke}
+    name = "quality_encoder-smoke" if args.smoke else "quality_encoder"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not args.smoke:
+        plot(data, RESULTS / f"{name}.png")
+    print(f"dense accuracy {data['dense_accuracy']:.1%}; wrote {RESULTS / name}.json")
+
+
+if __name__ == "__main__":
+    main()
