@@ -32,7 +32,7 @@ import hf_prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERIA = ["magnitude", "taylor", "fisher", "activation", "random"]
-CALIBRATION_PLAYS = ["macbeth_gut.txt", "othello_gut.txt", "kinglear_gut.txt", "tempest_gut.txt"]
+CALIBRATION_PLAYS = ["macbeth_gut.txt", "othello_gut.txt", "lear_gut.txt", "tempest_gut.txt"]
 EVALUATION_PLAY = "hamlet_gut.txt"
 
 
@@ -99,7 +99,7 @@ def main() -> None:
     if args.smoke:
         config = transformers.LlamaConfig(
             vocab_size=49152,
-            hidden_size=64,
+            hidden_size=96,
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=6,

@@ -1,0 +1,99 @@
+"""The benchmark scripts' --smoke paths, in-process, on tiny random models (seconds)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+TP_INSTALL = "pip install -c constraints.txt torch-pruning==1.6.1"
+
+
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_smoke(tmp_path: Path) -> None:
+    if importlib.util.find_spec("torch_pruning") is None:
+        pytest.fail(f"Torch-Pruning is not installed (the dev extra pins it): `{TP_INSTALL}`.", pytrace=False)
+    peer = _load_script("peer_torch_pruning")
+    output = tmp_path / "peer.json"
+    peer.main(["--smoke", "--output", str(output)])
+    data = json.loads(output.read_text())
+
+    assert set(data) == {"meta", "probes", "results"}
+    meta = data["meta"]
+    for key in ("machine", "device", "torch", "transformers", "torch_pruning", "hf_prune", "command", "setup"):
+        assert meta[key], key
+    assert meta["torch_pruning"] == "1.6.1" and meta["smoke"] is True
+    assert {"terminated", "max_channel_index_reached"} <= set(data["probes"]["llama_rope_trace"])
+    assert "error" in data["probes"]["llama_sdpa_gqa"]
+
+    results = data["results"]
+    assert [(r["model"], r["target"]) for r in results] == [
+        ("tiny-bert", {"heads": f, "neurons": f}) for f in (0.25, 0.5, 0.75)
+    ] + [("tiny-llama", {"params": f}) for f in (0.1, 0.2, 0.3)]
+    for r in results:
+        hfp, tp = r["hf_prune"], r["torch_pruning"]
+        where = f"{r['model']} {r['target']}"
+        # Torch-Pruning built exactly what it was asked for, with Taylor scores too, and removed whole units.
+        assert tp["matches_request"] and not tp["consistency_problems"], where
+        assert tp["taylor"]["matches_request"], where
+        assert tp["equivalent_to_masked_dense"]["ok"], where
+        assert hfp["layers_after"] != r["layers_before"], f"{where}: nothing was pruned"
+        for result in (hfp, tp):
+            assert result["latency"]["dense_ms"] > 0 and result["latency"]["pruned_ms"] > 0
+        assert "ok" in tp["reload"] and (tp["reload"]["ok"] or tp["reload"]["error"]), where
+        if r["model"] == "tiny-bert":
+            assert tp["matches_hf_prune"] and tp["parameters"] == hfp["parameters"], where
+        else:
+            # GQA: TP keeps every KV head; the query heads and neurons are hf_prune's.
+            for got, want in zip(tp["layers_after"], hfp["layers_after"], strict=True):
+                assert (got["heads"], got["neurons"]) == (want["heads"], want["neurons"]), where
+                assert got["kv_heads"] == r["layers_before"][0]["kv_heads"], where
+    # hf_prune removes whole KV groups at -30% (6q/2kv); TP's nearest keeps 3 KV heads and says so.
+    last = results[-1]["torch_pruning"]
+    assert not last["matches_hf_prune"] and last["request_notes"] and last["differences_from_hf_prune"]
+
+
+@pytest.mark.parametrize(
+    ("script", "result"),
+    [
+        ("speed.py", "speed-smoke.json"),
+        ("quality_encoder.py", "quality_encoder-smoke.json"),
+        ("quality_decoder.py", "quality_decoder-smoke.json"),
+    ],
+)
+def test_benchmark_scripts_smoke(script: str, result: str) -> None:
+    """Each benchmark script runs end to end on tiny random models and writes its JSON."""
+    import subprocess
+
+    path = BENCHMARKS / "results" / result
+    path.unlink(missing_ok=True)
+    extra = ["--criteria", "magnitude", "taylor"] if script.startswith("quality") else []
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke", *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads(path.read_text())
+    assert data["meta"]["smoke"] is True
+    if script == "speed.py":
+        assert {r["model"] for r in data["results"]} == {"minilm", "smollm2"}
+        assert all(row["forward_speedup"] > 0 for r in data["results"] for row in r["rows"])
+    else:
+        curves = data["curves"]
+        assert "hf_prune taylor, one-shot" in curves and "Torch-Pruning magnitude, one-shot" in curves
