@@ -602,12 +602,12 @@ class Case:
     gqa: bool
 
 
-def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_case(case: Case, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """One result row per target, as soon as it is measured."""
     dense = case.dense().eval()
     taylor_dense = case.taylor_model().eval() if args.calib_batches > 0 else None
     calib = case.calib_batches() if taylor_dense is not None else []
     layers_before, _ = measure_layers(dense)
-    rows = []
     for target in case.targets:
         hfp = copy.deepcopy(dense)
         report = hf_prune.prune(hfp, **target)
@@ -643,7 +643,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
         tp_result["latency"] = _latency(dense, tp_model, args)
         tp_result["reload"] = reload_check(tp_model, case.auto_class)
         hfp_latency = _latency(dense, hfp, args)
-        rows.append(
+        yield (
             {
                 "model": case.name,
                 "target": target,
@@ -659,7 +659,6 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
             }
         )
         del hfp, tp_model
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -878,16 +877,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cases = (smoke_cases if args.smoke else real_cases)(args.calib_batches)
     if args.models:
         cases = [c for c in cases if c.name in args.models]
-    load_before = os.getloadavg()  # the latency figures are only as good as the machine was quiet
-    probes = {"llama_rope_trace": probe_rope_trace(), "llama_sdpa_gqa": probe_sdpa_gqa()}
-    results = [row for case in cases for row in run_case(case, args)]
-
     meta = {
         "machine": platform.platform(),
         "device": device_name(torch.device("cpu")),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
+        # The latency figures are only as good as the machine was quiet.
+        "load_average_1_5_15min": {"before": os.getloadavg(), "after": None},
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -915,8 +911,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     output = args.output or RESULTS / ("peer_torch_pruning-smoke.json" if args.smoke else "peer_torch_pruning.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    data = {"meta": meta, "probes": probes, "results": results}
+    probes = {"llama_rope_trace": probe_rope_trace(), "llama_sdpa_gqa": probe_sdpa_gqa()}
+    data: dict[str, Any] = {"meta": {**meta, "complete": False}, "probes": probes, "results": []}
+    for case in cases:
+        for row in run_case(case, args):
+            data["results"].append(row)
+            output.write_text(json.dumps(data, indent=2) + "\n")  # a run cut short keeps what it measured
+            print(table([row]).splitlines()[-1], flush=True)
+    meta["load_average_1_5_15min"]["after"] = os.getloadavg()
+    data["meta"] = {**meta, "complete": True}
     output.write_text(json.dumps(data, indent=2) + "\n")
+    results = data["results"]
     print(
         f"{meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}, "
         f"torch-pruning {meta['torch_pruning']}, batch {args.batch_size} x {args.seq_len}"

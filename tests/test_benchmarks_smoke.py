@@ -35,7 +35,7 @@ def test_peer_smoke(tmp_path: Path) -> None:
     meta = data["meta"]
     for key in ("machine", "device", "torch", "transformers", "torch_pruning", "hf_prune", "command", "setup"):
         assert meta[key], key
-    assert meta["torch_pruning"] == "1.6.1" and meta["smoke"] is True
+    assert meta["torch_pruning"] == "1.6.1" and meta["smoke"] is True and meta["complete"] is True
     assert {"terminated", "max_channel_index_reached"} <= set(data["probes"]["llama_rope_trace"])
     assert "error" in data["probes"]["llama_sdpa_gqa"]
 
