@@ -54,6 +54,7 @@ from torch import nn
 
 import hf_prune
 from hf_prune.latency import compare_latency, device_name
+from hf_prune.structure import ModelStructure
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
@@ -129,6 +130,18 @@ def measure_layers(model: nn.Module) -> tuple[list[dict[str, int]], list[str]]:
 
 def parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # tied weights once, as hf_prune's report counts them
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> int | None:
+    """Forward FLOPs per token as hf_prune counts them (read from the weight shapes), None if it cannot read them."""
+    try:
+        return hf_prune.measure_cost(ModelStructure(model), seq_len).flops_per_token
+    except Exception:
+        return None
+
+
+def _ratio(dense: int | None, pruned: int | None) -> float | None:
+    return dense / pruned if dense and pruned else None
 
 
 def describe(layers: Sequence[Mapping[str, int]]) -> str:
@@ -608,6 +621,7 @@ def run_case(case: Case, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     taylor_dense = case.taylor_model().eval() if args.calib_batches > 0 else None
     calib = case.calib_batches() if taylor_dense is not None else []
     layers_before, _ = measure_layers(dense)
+    dense_flops = flops_per_token(dense, args.seq_len)
     for target in case.targets:
         hfp = copy.deepcopy(dense)
         report = hf_prune.prune(hfp, **target)
@@ -628,6 +642,7 @@ def run_case(case: Case, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
             "matches_hf_prune": tp_layers == layers_after,
             "differences_from_hf_prune": differences(tp_layers, layers_after),
             "parameters": parameters(tp_model),
+            "flops_ratio": _ratio(dense_flops, flops_per_token(tp_model, args.seq_len)),
             "equivalent_to_masked_dense": masked_equivalence(dense, tp_model),
         }
         if taylor_dense is not None:
@@ -653,6 +668,7 @@ def run_case(case: Case, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                     "layers_after": layers_after,
                     "parameters": parameters(hfp),
                     "vanilla_loadable": report.vanilla_loadable,
+                    "flops_ratio": _ratio(dense_flops, flops_per_token(hfp, args.seq_len)),
                     "latency": hfp_latency,
                 },
                 "torch_pruning": tp_result,
@@ -839,9 +855,14 @@ def _reload_text(reload: Mapping[str, Any]) -> str:
 def table(results: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "| model | target | hf_prune per layer (heads, neurons) | TP per layer | params dense → hf_prune / TP | "
-        "ms dense → hf_prune | ms dense → TP | speedup hf_prune / TP | TP = hf_prune | TP reload |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "FLOPs ratio hf_prune / TP | ms dense → hf_prune | ms dense → TP | speedup hf_prune / TP | TP = hf_prune | "
+        "TP reload |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
     for r in results:
         hfp, tp = r["hf_prune"], r["torch_pruning"]
         hl, tl = hfp["latency"], tp["latency"]
@@ -849,7 +870,8 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} | {_target_text(r['target'])} | {describe(hfp['layers_after'])} | "
             f"{describe(tp['layers_after'])} | {r['dense_parameters'] / 1e6:.1f}M → {hfp['parameters'] / 1e6:.1f}M"
-            f" / {tp['parameters'] / 1e6:.1f}M | {hl['dense_ms']:.1f} → {hl['pruned_ms']:.1f} | "
+            f" / {tp['parameters'] / 1e6:.1f}M | {ratio(hfp.get('flops_ratio'))} / {ratio(tp.get('flops_ratio'))} | "
+            f"{hl['dense_ms']:.1f} → {hl['pruned_ms']:.1f} | "
             f"{tl['dense_ms']:.1f} → {tl['pruned_ms']:.1f} | {hl['speedup']:.2f} / {tl['speedup']:.2f} | {same} | "
             f"{_reload_text(tp['reload'])} |"
         )
@@ -917,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for row in run_case(case, args):
             data["results"].append(row)
             output.write_text(json.dumps(data, indent=2) + "\n")  # a run cut short keeps what it measured
-            print(table([row]).splitlines()[-1], flush=True)
+            print("measured:", table([row]).splitlines()[-1], flush=True)
     meta["load_average_1_5_15min"]["after"] = os.getloadavg()
     data["meta"] = {**meta, "complete": True}
     output.write_text(json.dumps(data, indent=2) + "\n")

@@ -54,8 +54,10 @@ def test_peer_smoke(tmp_path: Path) -> None:
         for result in (hfp, tp):
             assert result["latency"]["dense_ms"] > 0 and result["latency"]["pruned_ms"] > 0
         assert "ok" in tp["reload"] and (tp["reload"]["ok"] or tp["reload"]["error"]), where
+        assert tp["flops_ratio"] > 1 and hfp["flops_ratio"] > 1, where
         if r["model"] == "tiny-bert":
             assert tp["matches_hf_prune"] and tp["parameters"] == hfp["parameters"], where
+            assert tp["flops_ratio"] == hfp["flops_ratio"], where
         else:
             # GQA: TP keeps every KV head; the query heads and neurons are hf_prune's.
             for got, want in zip(tp["layers_after"], hfp["layers_after"], strict=True):
