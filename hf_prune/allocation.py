@@ -159,9 +159,7 @@ def plan_pruning(
             for i, n in enumerate(n_neurons)
         ]
     else:
-        remove_units = _global_counts(
-            [torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1, sorted_scores=True
-        )
+        remove_units = _global_counts([torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1)
         remove_neurons = _global_counts(list(neuron_scores), neurons_fraction, protected, multiple=neuron_multiple)
 
     plans = []
@@ -180,11 +178,8 @@ def plan_pruning(
     return plans
 
 
-def _global_counts(
-    scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int, sorted_scores: bool = False
-) -> list[int]:
+def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int) -> list[int]:
     """Per-block removal counts from one global ranking of (normalised) scores, at least one unit kept."""
-    del sorted_scores  # ranks within a block are recomputed below, whatever the input order
     eligible = [i for i in range(len(scores)) if i not in protected]
     counts = [0] * len(scores)
     if not eligible:

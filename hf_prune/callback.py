@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None
-        if self.importance.accumulates and self.importance.state_dict().get("updates", 0) == 0:
+        if self.importance.accumulates and getattr(self.importance, "updates", 0) == 0:
             if not self._warned_no_scores:
                 logger.warning(
                     "importance '%s' has no statistics yet at step %d; pruning waits", self.importance.name, step
@@ -246,8 +247,6 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.importance.detach()
         plans = self.masks.to_plan()
         vanilla = apply_plan(self.structure, plans)
-        from dataclasses import asdict
-
         self.report = PruningReport(
             model_type=self.structure.config.model_type,
             recipe=self.structure.recipe.name,
