@@ -17,27 +17,16 @@ from hf_prune.importance import get_importance
 from hf_prune.recipe import Recipe, shipped_recipes
 from hf_prune.structure import ModelStructure
 
+from .architectures import _llama_like
+
 ATOL = 1e-5
 RECIPE = str(Path(__file__).resolve().parent.parent / "examples" / "custom_recipe" / "arcee.yaml")
 
 
-def _build() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = T.ArceeConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-        attention_bias=True,  # exercises bias slicing (AFM itself has none)
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return T.ArceeForCausalLM(config).eval()
+# The matrix's tiny GQA config (tests/architectures.py), with biases to exercise bias slicing (AFM has none).
+_build = _llama_like(
+    T.ArceeConfig, T.ArceeForCausalLM, attention_bias=True, pad_token_id=0, bos_token_id=1, eos_token_id=2
+)
 
 
 def _inputs() -> torch.Tensor:
