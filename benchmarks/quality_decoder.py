@@ -27,6 +27,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assets import SMOLLM2_GGUF, load_smollm2, package_dir
+from reporting import plot_curves, run_meta
 
 import hf_prune
 
@@ -127,7 +128,7 @@ def main() -> None:
             print(
                 f"{criterion:>10} one-shot, {removed:.0%} block parameters removed: ppl {points[-1]['perplexity']:.2f}"
             )
-        data["curves"][f"hf_prune {criterion}, one-shot"] = points
+        data["curves"][f"hf_prune {criterion}, one-shot, global"] = points
 
     recovery_target = 0.2 if 0.2 in args.targets else args.targets[0]
     for criterion in ("taylor",):
@@ -139,24 +140,31 @@ def main() -> None:
         print(f"{criterion} + recovery, {removed:.0%} removed: ppl {point['perplexity']:.2f}")
 
     data["curves"].update(peer_curves(dense, calibration, evaluation, args.targets))
-    data["meta"] = {
-        "command": "python " + " ".join(sys.argv),
+    data["meta"] = run_meta(args.smoke) | {
         "calibration": CALIBRATION_PLAYS,
         "evaluation": EVALUATION_PLAY,
         "window": args.window,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "smoke": args.smoke,
+        "calibration_windows": args.calibration_windows,
+        "eval_windows": args.eval_windows,
     }
     name = "quality_decoder-smoke" if args.smoke else "quality_decoder"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    if not args.smoke:
-        plot(data, RESULTS / f"{name}.png")
+    plot_curves(
+        data,
+        RESULTS / f"{name}.png",
+        x="params_removed",
+        y="perplexity",
+        xlabel="fraction of attention+MLP parameters removed",
+        ylabel=f"perplexity on {EVALUATION_PLAY} (log scale)",
+        title="SmolLM2-135M, one-shot pruning (global ranking) and a short recovery run",
+        log_y=True,
+    )
 
 
 def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float]) -> dict:
-    """Torch-Pruning at the same per-layer head and neuron counts as hf_prune's magnitude plan for each target."""
+    """Torch-Pruning at the per-layer counts of hf_prune's global magnitude plan for each target, as near as it
+    can build them (it keeps every KV head: see peer_torch_pruning.nearest_gqa_request)."""
     from peer_torch_pruning import prune_smollm2_tp
 
     curves: dict[str, list] = {}
@@ -167,31 +175,14 @@ def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, tar
             report = hf_prune.prune(reference, params=params, ranking="global")
             del reference
             model = prune_smollm2_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)
-            removed = 1 - report.after.block_parameters / report.before.block_parameters
+            # TP keeps every KV head, so it removes fewer parameters than the plan: measure what it built.
+            removed = 1 - hf_prune.measure_cost(hf_prune.ModelStructure(model)).block_parameters / (
+                report.before.block_parameters
+            )
             points.append({"target": params, "params_removed": removed, "perplexity": perplexity(model, evaluation)})
             print(f"Torch-Pruning {importance}, {removed:.0%} removed: ppl {points[-1]['perplexity']:.2f}")
         curves[f"Torch-Pruning {importance}, one-shot"] = points
     return curves
-
-
-def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.axhline(data["dense_perplexity"], color="k", linestyle="--", label="dense")
-    for name, points in data["curves"].items():
-        xs, ys = zip(*sorted((p["params_removed"], p["perplexity"]) for p in points), strict=True)
-        ax.plot(xs, ys, "o-" if name.startswith("hf_prune") else "s:", label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("fraction of attention+MLP parameters removed")
-    ax.set_ylabel(f"perplexity on {EVALUATION_PLAY} (log scale)")
-    ax.set_title("SmolLM2-135M, one-shot pruning", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

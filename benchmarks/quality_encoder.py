@@ -6,8 +6,9 @@
 The dense model is the fine-tuned one from the gradual benchmark (same seed, same 1,000 held-out reviews).
 Each criterion prunes a copy to 25/40/50/60% fewer attention+MLP FLOPs, ranked globally, calibrated on 32
 training batches where it needs data; the gradual results (with recovery) are read from
-benchmarks/results/minilm_gradual.jsonl when present, and Torch-Pruning's from peer_torch_pruning.py when
-installed. Writes benchmarks/results/quality_encoder.json and quality_encoder.png.
+benchmarks/results/minilm_gradual.jsonl when present. Torch-Pruning prunes to the per-layer counts of hf_prune's
+uniform plan with its own magnitude and Taylor criteria, next to hf_prune at exactly those counts.
+Writes benchmarks/results/quality_encoder.json and quality_encoder.png.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assets import minilm_dir, rotten_tomatoes
+from reporting import plot_curves, run_meta
 
 import hf_prune
 
@@ -56,45 +58,29 @@ def one_shot(dense: torch.nn.Module, criterion: str, flops: float, calibration: 
 
 
 def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float]) -> dict:
-    """Torch-Pruning at the same per-layer head and neuron counts as hf_prune's uniform plan for each target."""
+    """Torch-Pruning and hf_prune at the same per-layer head and neuron counts (hf_prune's uniform plan for each
+    target), each with its own magnitude and Taylor criteria: the comparison isolates which heads and neurons
+    each tool keeps."""
     from peer_torch_pruning import prune_minilm_tp
 
     curves: dict[str, list] = {}
     for importance in ("magnitude", "taylor"):
-        points = []
+        ours, theirs = [], []
         for flops in targets:
-            _, report = hf_prune_uniform(dense, flops)
-            model = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)
+            model = copy.deepcopy(dense)
+            scores = hf_prune.calibrate(model, calibration, importance)
+            report = hf_prune.prune(model, flops=flops, importance=scores, neuron_multiple=1)
             removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
-            points.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
-            print(f"Torch-Pruning {importance}, {removed:.0%} FLOPs removed: {points[-1]['accuracy']:.1%}")
-        curves[f"Torch-Pruning {importance}, one-shot"] = points
+            ours.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
+            model = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)
+            theirs.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
+            print(
+                f"same counts, {importance}, {removed:.0%} FLOPs removed: hf_prune {ours[-1]['accuracy']:.1%}, "
+                f"Torch-Pruning {theirs[-1]['accuracy']:.1%}"
+            )
+        curves[f"hf_prune {importance}, one-shot, uniform"] = ours
+        curves[f"Torch-Pruning {importance}, one-shot, uniform"] = theirs
     return curves
-
-
-def hf_prune_uniform(dense: torch.nn.Module, flops: float) -> tuple[Any, Any]:
-    model = copy.deepcopy(dense)
-    return model, hf_prune.prune(model, flops=flops, neuron_multiple=1)
-
-
-def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.axhline(data["dense_accuracy"], color="k", linestyle="--", label="dense (fine-tuned)")
-    for name, points in data["curves"].items():
-        xs, ys = zip(*sorted((p["flops_removed"], p["accuracy"]) for p in points), strict=True)
-        style = "o-" if name.startswith("hf_prune") else "s:"
-        ax.plot(xs, ys, style, label=name)
-    ax.set_xlabel("fraction of attention+MLP FLOPs removed")
-    ax.set_ylabel("accuracy (1,000 held-out reviews)")
-    ax.set_title("MiniLM-L6, Rotten Tomatoes", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -129,7 +115,7 @@ def main() -> None:
             removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
             points.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
             print(f"{criterion:>10} one-shot, {removed:.0%} FLOPs removed: {points[-1]['accuracy']:.1%}")
-        data["curves"][f"hf_prune {criterion}, one-shot"] = points
+        data["curves"][f"hf_prune {criterion}, one-shot, global"] = points
 
     gradual = RESULTS / "minilm_gradual.jsonl"
     if gradual.is_file() and not args.smoke:
@@ -141,12 +127,19 @@ def main() -> None:
 
     data["curves"].update(peer_curves(dense, calibration, evaluation, args.targets))
 
-    data["meta"] = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "smoke": args.smoke}
+    data["meta"] = run_meta(args.smoke) | {"calibration_batches": args.calibration_batches, "seed": args.seed}
     name = "quality_encoder-smoke" if args.smoke else "quality_encoder"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    if not args.smoke:
-        plot(data, RESULTS / f"{name}.png")
+    plot_curves(
+        data,
+        RESULTS / f"{name}.png",
+        x="flops_removed",
+        y="accuracy",
+        xlabel="fraction of attention+MLP FLOPs removed",
+        ylabel="accuracy (1,000 held-out reviews)",
+        title="MiniLM-L6 fine-tuned on Rotten Tomatoes: one-shot (global/uniform ranking) and gradual",
+    )
     print(f"dense accuracy {data['dense_accuracy']:.1%}; wrote {RESULTS / name}.json")
 
 

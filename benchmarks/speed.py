@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -26,9 +25,10 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from assets import MODELS
+from reporting import run_meta
 
 import hf_prune
-from hf_prune.latency import compare_latency, device_name, measure_decode_latency
+from hf_prune.latency import compare_latency, measure_decode_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,6 +73,8 @@ def run(loader, name: str, fraction: float, batch_sizes: list[int], seq_len: int
             "forward_dense_ms": dense_latency.median_ms,
             "forward_pruned_ms": pruned_latency.median_ms,
             "forward_speedup": dense_latency.median_ms / pruned_latency.median_ms,
+            "forward_dense_tokens_per_s": batch * seq_len / dense_latency.median_ms * 1000,
+            "forward_pruned_tokens_per_s": batch * seq_len / pruned_latency.median_ms * 1000,
         }
         if decoder:
             dense_step = measure_decode_latency(dense, batch, seq_len, repeats=max(1, repeats // 5))
@@ -81,6 +83,8 @@ def run(loader, name: str, fraction: float, batch_sizes: list[int], seq_len: int
                 decode_dense_ms=dense_step.median_ms,
                 decode_pruned_ms=pruned_step.median_ms,
                 decode_speedup=dense_step.median_ms / pruned_step.median_ms,
+                decode_dense_tokens_per_s=batch / dense_step.median_ms * 1000,
+                decode_pruned_tokens_per_s=batch / pruned_step.median_ms * 1000,
             )
         rows.append(row)
     return {
@@ -142,20 +146,11 @@ def main() -> None:
         for model in args.models
         for fraction in args.fractions
     ]
-    meta = {
-        "device": device_name(device),
-        "machine": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "hf_prune": hf_prune.__version__,
-        "command": "python " + " ".join(sys.argv),
-        "smoke": args.smoke,
-    }
+    meta = run_meta(args.smoke, device)
     output = args.output or RESULTS / f"speed-{'smoke' if args.smoke else device.type}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    if not args.smoke:
-        plot(results, output.with_suffix(".png"), f"{meta['device']}, torch {meta['torch']}")
+    plot(results, output.with_suffix(".png"), f"{meta['device']}, torch {meta['torch']}")
     print(f"{meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}")
     header = "model | removed | params | batch | forward ms dense -> pruned | speedup | decode speedup | FLOPs ratio"
     print(f"| {header} | efficiency |\n|---|---|---|---|---|---|---|---|---|")

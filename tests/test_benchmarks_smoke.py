@@ -93,9 +93,28 @@ def test_benchmark_scripts_smoke(script: str, result: str) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads(path.read_text())
     assert data["meta"]["smoke"] is True
+    assert path.with_suffix(".png").stat().st_size > 0
+    for key in ("device", "machine", "torch", "transformers", "hf_prune", "command"):
+        assert data["meta"][key], key
     if script == "speed.py":
         assert {r["model"] for r in data["results"]} == {"minilm", "smollm2"}
         assert all(row["forward_speedup"] > 0 for r in data["results"] for row in r["rows"])
+        return
+    curves = data["curves"]
+    x = "flops_removed" if script == "quality_encoder.py" else "params_removed"
+    for criterion in ("magnitude", "taylor"):
+        assert f"hf_prune {criterion}, one-shot, global" in curves
+    for name, points in curves.items():
+        assert all(0 < p[x] < 1 for p in points), name
+    if script == "quality_encoder.py":
+        # Same per-layer counts for both tools: same FLOPs removed, and the same magnitude choice.
+        for criterion in ("magnitude", "taylor"):
+            ours, theirs = (
+                curves[f"hf_prune {criterion}, one-shot, uniform"],
+                curves[f"Torch-Pruning {criterion}, one-shot, uniform"],
+            )
+            assert [p[x] for p in ours] == [p[x] for p in theirs]
     else:
-        curves = data["curves"]
-        assert "hf_prune taylor, one-shot" in curves and "Torch-Pruning magnitude, one-shot" in curves
+        # Torch-Pruning keeps every KV head, so it removes less than hf_prune's plan: measured, not copied.
+        planned = curves["hf_prune magnitude, one-shot, global"][0][x]
+        assert curves["Torch-Pruning magnitude, one-shot"][0][x] < planned

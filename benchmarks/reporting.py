@@ -1,0 +1,63 @@
+"""What every benchmark result carries: the machine and versions it ran on, and the quality-curve plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import hf_prune
+from hf_prune.latency import device_name
+
+
+def run_meta(smoke: bool, device: torch.device | None = None) -> dict[str, Any]:
+    """Machine, versions, load and the command line, so a result says where it came from."""
+    meta = {
+        "device": device_name(device or torch.device("cpu")),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hf_prune": hf_prune.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "smoke": smoke,
+    }
+    if hasattr(os, "getloadavg"):
+        meta["load_average_1min"] = round(os.getloadavg()[0], 2)
+    try:
+        import torch_pruning
+
+        meta["torch_pruning"] = getattr(torch_pruning, "__version__", "installed")
+    except ImportError:
+        pass
+    return meta
+
+
+def plot_curves(
+    data: dict[str, Any], path: Path, *, x: str, y: str, xlabel: str, ylabel: str, title: str, log_y: bool = False
+) -> None:
+    """One line per curve in ``data['curves']`` (hf_prune solid, peers dotted) and the dense model as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.axhline(data[f"dense_{y}"], color="k", linestyle="--", label="dense")
+    for name, points in data["curves"].items():
+        xs, ys = zip(*sorted((p[x], p[y]) for p in points), strict=True)
+        ax.plot(xs, ys, "o-" if name.startswith("hf_prune") else "s:", label=name)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
