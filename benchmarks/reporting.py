@@ -49,6 +49,8 @@ def plot_curves(
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.axhline(data[f"dense_{y}"], color="k", linestyle="--", label="dense")
+    if f"dense_fine_tuned_{y}" in data:
+        ax.axhline(data[f"dense_fine_tuned_{y}"], color="0.5", linestyle="-.", label="dense + the recovery fine-tuning")
     for name, points in data["curves"].items():
         xs, ys = zip(*sorted((p[x], p[y]) for p in points), strict=True)
         ax.plot(xs, ys, "o-" if name.startswith("hf_prune") else "s:", label=name)
