@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import os
 import platform
 import sys
@@ -29,12 +31,8 @@ def run_meta(smoke: bool, device: torch.device | None = None) -> dict[str, Any]:
     }
     if hasattr(os, "getloadavg"):
         meta["load_average_1min"] = round(os.getloadavg()[0], 2)
-    try:
-        import torch_pruning
-
-        meta["torch_pruning"] = getattr(torch_pruning, "__version__", "installed")
-    except ImportError:
-        pass
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        meta["torch_pruning"] = importlib.metadata.version("torch-pruning")  # the module says 1.6.0 in 1.6.1
     return meta
 
 

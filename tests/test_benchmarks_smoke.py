@@ -120,3 +120,17 @@ def test_benchmark_scripts_smoke(script: str, result: str) -> None:
         assert data["meta"]["complete"] is True
         assert any(name.endswith("-step recovery") for name in curves)
         assert data["dense_fine_tuned_perplexity"] > 0
+
+
+def test_summary_prints_the_committed_results() -> None:
+    """benchmarks/summary.py turns the committed result files into the README's tables."""
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "summary.py")], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in ("speed-cpu.json", "quality_encoder.json", "quality_decoder.json", "peer_torch_pruning.json"):
+        if (BENCHMARKS / "results" / name).is_file():
+            data = json.loads((BENCHMARKS / "results" / name).read_text())
+            assert data["meta"]["command"] in run.stdout, name
