@@ -59,6 +59,35 @@ def test_planted_dead_groups_rank_last(name: str) -> None:
     assert NEURON not in report.kept[LAYER]["keep_neurons"]
 
 
+def test_calibrated_taylor_uses_the_gradient_of_the_whole_calibration_loss() -> None:
+    """|w * (g1 + g2)| summed per group, not the mean of per-batch |w * g|: per-batch noise must cancel."""
+    from hf_prune.importance import combine_head_scores
+
+    model = CASES_BY_NAME["bert"].build().eval()
+    batches = _batches(2)
+    criterion = hf_prune.calibrate(model, batches, "taylor")
+    structure = ModelStructure(model)
+    for batch in batches:
+        model(**batch).loss.backward()  # gradients add up
+
+    def values(module: torch.nn.Module) -> torch.Tensor:
+        return (module.weight.detach() * module.weight.grad).abs()
+
+    scores = criterion.scores(structure)
+    for i in range(structure.num_layers):
+        sums = structure.group_sums(i, values)
+        torch.testing.assert_close(scores.neurons[i], sums.neurons)
+        torch.testing.assert_close(scores.heads[i], combine_head_scores(structure, i, sums.heads, sums.kv_heads))
+    # The per-batch average (the training-time statistic) is a different estimator.
+    per_batch = get_importance("taylor", beta=None)
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        per_batch.accumulate(structure)
+    assert not torch.allclose(per_batch.scores(structure).neurons[0], scores.neurons[0])
+    model.zero_grad(set_to_none=True)
+
+
 def test_random_baseline_is_seeded_and_not_the_planted_order() -> None:
     structure = ModelStructure(_planted_bert())
     first = get_importance("random").scores(structure)
