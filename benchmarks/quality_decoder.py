@@ -1,6 +1,6 @@
 """SmolLM2-135M: perplexity on held-out Shakespeare after one-shot pruning, per importance criterion.
 
-    python benchmarks/quality_decoder.py                 # about 25 minutes on 2 CPU cores
+    python benchmarks/quality_decoder.py                 # about 20 minutes on 2 CPU cores
     python benchmarks/quality_decoder.py --smoke         # tiny random Llama, seconds (CI)
 
 Calibration text: a fixed set of plays (CALIBRATION_PLAYS); evaluation: Hamlet, which calibration never sees.

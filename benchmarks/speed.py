@@ -1,6 +1,6 @@
 """Dense vs pruned: parameters, FLOPs and measured latency on the real checkpoints.
 
-    python benchmarks/speed.py                                    # full sweep (about 25 minutes on 2 CPU cores)
+    python benchmarks/speed.py                                    # full sweep (about 20 minutes on 2 CPU cores)
     python benchmarks/speed.py --models minilm --fractions 0.5 --batch-sizes 8 --repeats 20
     python benchmarks/speed.py --smoke                            # tiny random models, seconds (CI)
 
