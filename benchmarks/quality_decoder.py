@@ -92,7 +92,12 @@ def main() -> None:
     parser.add_argument("--recovery-windows", type=int, default=64, help="training windows from the same plays")
     parser.add_argument("--recovery-criteria", nargs="+", default=["fisher", "activation"])
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing JSON")
     args = parser.parse_args()
+    if args.replot:
+        name = "quality_decoder-smoke" if args.smoke else "quality_decoder"
+        plot(json.loads((RESULTS / f"{name}.json").read_text()), RESULTS / f"{name}.png")
+        return
 
     if args.smoke:
         config = transformers.LlamaConfig(
@@ -170,11 +175,14 @@ def save(data: dict[str, Any], args: argparse.Namespace, complete: bool = False)
     name = "quality_decoder-smoke" if args.smoke else "quality_decoder"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    if not complete:
-        return
+    if complete:
+        plot(data, RESULTS / f"{name}.png")
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
     plot_curves(
         data,
-        RESULTS / f"{name}.png",
+        path,
         x="params_removed",
         y="perplexity",
         xlabel="fraction of attention+MLP parameters removed",

@@ -83,6 +83,18 @@ def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, tar
     return curves
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    plot_curves(
+        data,
+        path,
+        x="flops_removed",
+        y="accuracy",
+        xlabel="fraction of attention+MLP FLOPs removed",
+        ylabel="accuracy (1,000 held-out reviews)",
+        title="MiniLM-L6 fine-tuned on Rotten Tomatoes: one-shot (global/uniform ranking) and gradual",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dense-dir", type=Path, default=Path("outputs/minilm-dense"))
@@ -91,7 +103,12 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing JSON")
     args = parser.parse_args()
+    if args.replot:
+        name = "quality_encoder-smoke" if args.smoke else "quality_encoder"
+        plot(json.loads((RESULTS / f"{name}.json").read_text()), RESULTS / f"{name}.png")
+        return
 
     if args.smoke:
         config = transformers.BertConfig(
@@ -131,15 +148,7 @@ def main() -> None:
     name = "quality_encoder-smoke" if args.smoke else "quality_encoder"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot_curves(
-        data,
-        RESULTS / f"{name}.png",
-        x="flops_removed",
-        y="accuracy",
-        xlabel="fraction of attention+MLP FLOPs removed",
-        ylabel="accuracy (1,000 held-out reviews)",
-        title="MiniLM-L6 fine-tuned on Rotten Tomatoes: one-shot (global/uniform ranking) and gradual",
-    )
+    plot(data, RESULTS / f"{name}.png")
     print(f"dense accuracy {data['dense_accuracy']:.1%}; wrote {RESULTS / name}.json")
 
 

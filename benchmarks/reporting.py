@@ -45,7 +45,7 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     ax.axhline(data[f"dense_{y}"], color="k", linestyle="--", label="dense")
     if f"dense_fine_tuned_{y}" in data:
         ax.axhline(data[f"dense_fine_tuned_{y}"], color="0.5", linestyle="-.", label="dense + the recovery fine-tuning")
@@ -57,7 +57,7 @@ def plot_curves(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: curves stay visible
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
