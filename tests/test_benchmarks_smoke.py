@@ -100,6 +100,11 @@ def test_benchmark_scripts_smoke(script: str, result: str) -> None:
         assert {r["model"] for r in data["results"]} == {"minilm", "smollm2"}
         assert all(row["forward_speedup"] > 0 for r in data["results"] for row in r["rows"])
         return
+    # The plot can be redrawn from the JSON alone.
+    path.with_suffix(".png").unlink()
+    replot = [sys.executable, str(BENCHMARKS / script), "--smoke", "--replot"]
+    assert subprocess.run(replot, capture_output=True, timeout=120, check=False).returncode == 0
+    assert path.with_suffix(".png").stat().st_size > 0
     curves = data["curves"]
     x = "flops_removed" if script == "quality_encoder.py" else "params_removed"
     for criterion in ("magnitude", "taylor"):
