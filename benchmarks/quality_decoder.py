@@ -6,8 +6,9 @@
 Calibration text: a fixed set of plays (CALIBRATION_PLAYS); evaluation: Hamlet, which calibration never sees.
 Each criterion prunes a copy to 10/20/30% fewer attention+MLP parameters (global ranking, calibrated on 16
 windows of 512 tokens). Recovery: the 20% models of the best criteria fine-tuned for 40 steps on 64 windows of
-the calibration plays, next to the dense model after the same run. Torch-Pruning prunes to the per-layer counts of
-hf_prune's magnitude plan, as near as it can. Writes benchmarks/results/quality_decoder.json and .png.
+the calibration plays, next to the dense model after the same run. Peer: for magnitude and Taylor, hf_prune plans
+with query heads only (the GQA layouts Torch-Pruning can build) and Torch-Pruning prunes to those per-layer counts
+with its own criterion. Writes benchmarks/results/quality_decoder.json and .png.
 """
 
 from __future__ import annotations
