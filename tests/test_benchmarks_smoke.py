@@ -139,3 +139,23 @@ def test_summary_prints_the_committed_results() -> None:
         if (BENCHMARKS / "results" / name).is_file():
             data = json.loads((BENCHMARKS / "results" / name).read_text())
             assert data["meta"]["command"] in run.stdout, name
+
+
+def test_tp_counts_check_smoke() -> None:
+    """At the counts Torch-Pruning builds, hf_prune's own Taylor choice is evaluated (tiny random Llama)."""
+    import subprocess
+
+    path = BENCHMARKS / "results" / "tp_counts_check-smoke.json"
+    path.unlink(missing_ok=True)
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "tp_counts_check.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads(path.read_text())
+    for key in ("hf_prune_plan_perplexity", "torch_pruning_perplexity", "hf_prune_at_torch_pruning_counts_perplexity"):
+        assert data[key] > 0, key
+    assert isinstance(data["layers_differing"], list) and data["meta"]["smoke"] is True
