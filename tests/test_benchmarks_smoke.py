@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +13,15 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TP_INSTALL = "pip install -c constraints.txt torch-pruning==1.6.1"
+
+
+def _run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script> args`` in a fresh interpreter; fail with its stderr if it fails."""
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
 
 
 def _load_script(name: str) -> ModuleType:
@@ -78,19 +88,10 @@ def test_peer_smoke(tmp_path: Path) -> None:
 )
 def test_benchmark_scripts_smoke(script: str, result: str) -> None:
     """Each benchmark script runs end to end on tiny random models and writes its JSON."""
-    import subprocess
-
     path = BENCHMARKS / "results" / result
     path.unlink(missing_ok=True)
     extra = ["--criteria", "magnitude", "taylor"] if script.startswith("quality") else []
-    run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--smoke", *extra],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_script(script, "--smoke", *extra)
     data = json.loads(path.read_text())
     assert data["meta"]["smoke"] is True
     assert path.with_suffix(".png").stat().st_size > 0
@@ -102,8 +103,7 @@ def test_benchmark_scripts_smoke(script: str, result: str) -> None:
         return
     # The plot can be redrawn from the JSON alone.
     path.with_suffix(".png").unlink()
-    replot = [sys.executable, str(BENCHMARKS / script), "--smoke", "--replot"]
-    assert subprocess.run(replot, capture_output=True, timeout=120, check=False).returncode == 0
+    _run_script(script, "--smoke", "--replot", timeout=120)
     assert path.with_suffix(".png").stat().st_size > 0
     curves = data["curves"]
     x = "flops_removed" if script == "quality_encoder.py" else "params_removed"
@@ -129,12 +129,7 @@ def test_benchmark_scripts_smoke(script: str, result: str) -> None:
 
 def test_summary_prints_the_committed_results() -> None:
     """benchmarks/summary.py turns the committed result files into the README's tables."""
-    import subprocess
-
-    run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "summary.py")], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = _run_script("summary.py", timeout=120)
     for name in ("speed-cpu.json", "quality_encoder.json", "quality_decoder.json", "peer_torch_pruning.json"):
         if (BENCHMARKS / "results" / name).is_file():
             data = json.loads((BENCHMARKS / "results" / name).read_text())
@@ -143,18 +138,9 @@ def test_summary_prints_the_committed_results() -> None:
 
 def test_tp_counts_check_smoke() -> None:
     """At the counts Torch-Pruning builds, hf_prune's own Taylor choice is evaluated (tiny random Llama)."""
-    import subprocess
-
     path = BENCHMARKS / "results" / "tp_counts_check-smoke.json"
     path.unlink(missing_ok=True)
-    run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "tp_counts_check.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_script("tp_counts_check.py", "--smoke")
     data = json.loads(path.read_text())
     for key in ("hf_prune_plan_perplexity", "torch_pruning_perplexity", "hf_prune_at_torch_pruning_counts_perplexity"):
         assert data[key] > 0, key
