@@ -34,7 +34,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _smoke_models() -> dict:
+    """Tiny random stand-ins, seeded so that every smoke run measures the same models."""
+
     def llama() -> tuple:
+        torch.manual_seed(0)
         config = transformers.LlamaConfig(
             vocab_size=256,
             hidden_size=128,
@@ -47,6 +50,7 @@ def _smoke_models() -> dict:
         return transformers.LlamaForCausalLM(config), None
 
     def bert() -> tuple:
+        torch.manual_seed(0)
         config = transformers.BertConfig(
             vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8
         )

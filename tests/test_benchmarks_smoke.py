@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 TP_INSTALL = "pip install -c constraints.txt torch-pruning==1.6.1"
@@ -31,6 +32,16 @@ def _load_script(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def test_smoke_models_are_seeded() -> None:
+    """Each smoke run is a fresh process: the tiny models must not draw new weights every time (an unseeded
+    init made the equal-counts assertion of the decoder smoke fail in about one run in twelve)."""
+    assets = _load_script("assets")
+    first, _ = assets.tiny_smollm2()
+    second, _ = assets.tiny_smollm2()
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_peer_smoke(tmp_path: Path) -> None:
