@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
+from . import fluctuation as _fluctuation  # registers the 'fluctuation' criterion
 from .allocation import LayerPlan, plan_pruning
+from .calibration import CalibrationData, CalibrationError, prepare_calibration, self_generate
 from .callback import PruningCallback
 from .card import build_model_card, write_card
 from .checkpoint import from_pretrained, save_pretrained
@@ -18,6 +20,8 @@ from .structure import ModelStructure
 from .trainer import DistillationConfig, PruningTrainer
 
 __all__ = [
+    "CalibrationData",
+    "CalibrationError",
     "Cost",
     "DistillationConfig",
     "Importance",
@@ -39,10 +43,12 @@ __all__ = [
     "get_importance",
     "measure_cost",
     "plan_pruning",
+    "prepare_calibration",
     "prune",
     "push_to_hub",
     "register_importance",
     "save_pretrained",
+    "self_generate",
     "shipped_recipes",
     "write_card",
 ]

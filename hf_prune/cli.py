@@ -18,11 +18,20 @@ import torch
 import transformers
 
 from . import __version__
+from .calibration import (
+    SELF_CALIBRATION_FILE,
+    CalibrationData,
+    is_causal_lm,
+    load_self_calibration,
+    save_self_calibration,
+    self_generate,
+)
 from .card import card_files, source_license
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
+from .importance import get_importance
 from .prune import prune
 from .recipe import recipes_dir, shipped_recipes
 from .structure import ModelStructure
@@ -60,7 +69,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = spec.metadata.get("help", "")
         args = [a for a in get_args(kind) if a is not type(None)]
         base = args[0] if get_origin(kind) in (Union, types.UnionType) else kind
-        if int in args and float in args:
+        if base is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"{help_text} (default: {spec.default})"
+            )
+        elif int in args and float in args:
             parser.add_argument(
                 flag, type=_step_or_fraction, default=None, help=f"{help_text} (default: {spec.default})"
             )
@@ -88,8 +101,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_token()
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
+    calibration = _self_calibration(model, config, output) if config.calibration_data is None else None
     dense = copy.deepcopy(model) if args.measure_latency else None
-    report = prune(model, config)
+    report = prune(model, config, calibration=calibration, tokenizer=tokenizer)
     if dense is not None:
         from .latency import compare_latency
 
@@ -108,13 +122,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
         output,
         tokenizer=tokenizer,
         overwrite=args.overwrite,
-        extra_files={"pruning_report.json": report.to_json(), **card},
+        extra_files={
+            "pruning_report.json": report.to_json(),
+            **card,
+            **({SELF_CALIBRATION_FILE: save_self_calibration(calibration)} if calibration is not None else {}),
+        },
     )
     print(report.summary())
     print(f"saved to {output} (model card: {output / 'README.md'})")
     if args.push_to_hub:
         _print_pushed(push_to_hub(output, args.push_to_hub))
     return 0
+
+
+def _self_calibration(model: Any, config: PruningConfig, output: Path) -> CalibrationData | None:
+    """Self-generated calibration text for a causal LM given no data: reused from a previous run's output folder
+    when it was made with the same settings (generating it is the slowest part of a CPU run), else sampled."""
+    criterion_needs_data = config.importance == "auto" or get_importance(config.importance).accumulates
+    if not is_causal_lm(model) or not (criterion_needs_data or config.reconstruct is not False):
+        return None
+    cached = output / SELF_CALIBRATION_FILE
+    if cached.is_file():
+        data = load_self_calibration(cached, config.calibration_batch_size)
+        same = data.details.get("seed") == config.seed and data.details.get("seq_len") == config.calibration_seq_len
+        if same and data.num_sequences == config.calibration_samples:
+            print(f"reusing the self-generated calibration text in {cached}", file=sys.stderr)
+            return data
+    print(f"sampling {config.calibration_samples} calibration sequences from the model ...", file=sys.stderr)
+    return self_generate(
+        model, config.calibration_samples, config.calibration_seq_len, config.seed, config.calibration_batch_size
+    )
 
 
 def _print_pushed(info: Any) -> None:

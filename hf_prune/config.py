@@ -12,6 +12,7 @@ import yaml
 
 from .allocation import GQA_MODES, RANKINGS
 from .recipe import check_fraction
+from .reconstruct import REFITS
 from .schedule import Schedule
 
 
@@ -26,7 +27,13 @@ class PruningConfig:
     neurons: float | None = field(
         default=None, metadata={"help": "fraction of MLP neurons to remove, in [0, 1); unset: recipe default"}
     )
-    importance: str = field(default="magnitude", metadata={"help": "importance criterion (see hf_prune.importance)"})
+    importance: str = field(
+        default="auto",
+        metadata={
+            "help": "importance criterion: 'auto' (data-driven when calibration data exists or can be generated, "
+            "else magnitude), or a name from hf_prune.available_importances()"
+        },
+    )
     ranking: str = field(default="uniform", metadata={"help": "'uniform' per layer or 'global' across layers"})
     gqa_mode: str = field(
         default="auto", metadata={"help": "'auto', 'kv_groups' (whole KV groups) or 'query_heads' (same per group)"}
@@ -44,6 +51,37 @@ class PruningConfig:
         metadata={"help": "instead of fixed fractions: fraction of the blocks' parameters to remove, in (0, 1)"},
     )
     flops_seq_len: int = field(default=128, metadata={"help": "context length used to count attention FLOPs"})
+    # -- one-shot calibration and reconstruction ---------------------------------------------------------------
+    calibration_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "calibration text: a .txt/.jsonl/.json/.csv/.parquet file, a datasets folder or a Hub dataset "
+            "id; unset: a causal LM samples its own (self-calibration)"
+        },
+    )
+    calibration_split: str = field(default="train", metadata={"help": "split of a datasets folder or Hub dataset"})
+    calibration_column: str | None = field(
+        default=None, metadata={"help": "text column of the calibration data; unset: 'text' or the only string column"}
+    )
+    calibration_samples: int = field(default=32, metadata={"help": "calibration sequences (windows for causal LMs)"})
+    calibration_seq_len: int = field(default=512, metadata={"help": "tokens per calibration sequence"})
+    calibration_batch_size: int = field(default=8, metadata={"help": "sequences per calibration forward pass"})
+    reconstruct: bool | None = field(
+        default=None,
+        metadata={
+            "help": "after removal, fold the removed units' mean into the output bias and refit one scale per kept "
+            "unit, block by block, where held-out calibration windows confirm it; unset: whenever calibration data "
+            "exists or can be generated, True: require it, False: off"
+        },
+    )
+    reconstruct_refit: str = field(
+        default="scales",
+        metadata={
+            "help": "what reconstruction may refit besides the bias: 'none', 'scales' (one per kept head/neuron) or "
+            "'weights' (ridge refit of the kept columns of o/down; fits the calibration domain most)"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of self-calibration and of sampling calibration texts"})
     # -- gradual pruning (PruningCallback) -------------------------------------------------------------------
     schedule: str = field(default="cubic", metadata={"help": "one_shot, linear, cubic, exponential or iterative"})
     begin: int | float = field(default=0.0, metadata={"help": "schedule start: fraction of training, or an int step"})
@@ -73,8 +111,14 @@ class PruningConfig:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}.")
         if self.gqa_mode not in GQA_MODES:
             raise ValueError(f"gqa_mode must be one of {GQA_MODES}, got {self.gqa_mode!r}.")
-        if not isinstance(self.neuron_multiple, int) or self.neuron_multiple < 1:
-            raise ValueError(f"neuron_multiple must be a positive integer, got {self.neuron_multiple!r}.")
+        for name in ("neuron_multiple", "calibration_samples", "calibration_seq_len", "calibration_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.reconstruct_refit not in REFITS:
+            raise ValueError(f"reconstruct_refit must be one of {REFITS}, got {self.reconstruct_refit!r}.")
+        if self.calibration_seq_len < 2:
+            raise ValueError(f"calibration_seq_len must be at least 2 tokens, got {self.calibration_seq_len}.")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,10 +14,12 @@ from torch import nn
 from transformers.utils import logging
 
 from .allocation import LayerPlan, plan_pruning, plan_to_budget
+from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, record_structure
 from .config import PruningConfig
 from .flops import Cost, measure_cost, unit_costs
-from .importance import Importance, Scores, get_importance
+from .importance import Importance, Scores, calibrate, get_importance
+from .reconstruct import Reconstruction, SublayerPlan
 from .structure import LayerShape, ModelStructure
 from .surgery import prune_attention, prune_mlp
 
@@ -91,17 +95,40 @@ def _shape_dicts(shapes: Sequence[LayerShape]) -> list[dict[str, int]]:
     return [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes]
 
 
-def apply_plan(structure: ModelStructure, plans: Sequence[LayerPlan]) -> bool:
-    """Physically remove everything the plans do not keep; returns True if the result is vanilla-loadable."""
+def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tuple[SublayerPlan, SublayerPlan]:
+    """Block ``index``'s plan as (attention, MLP): what stays, and the surgery that removes the rest."""
+    shape, layer, recipe, head_dim = (
+        structure.shape(index),
+        structure.layers[index],
+        structure.recipe_dict,
+        structure.head_dim,
+    )
+    attention_changes = len(plan.keep_heads) != shape.heads or len(plan.keep_kv_heads) != shape.kv_heads
+    attention = SublayerPlan(
+        keep_units=plan.keep_heads if attention_changes else list(range(shape.heads)),
+        units=shape.heads,
+        remove=partial(prune_attention, layer, recipe, head_dim, plan.keep_heads, plan.keep_kv_heads),
+    )
+    mlp = SublayerPlan(plan.keep_neurons, shape.neurons, partial(prune_mlp, layer, recipe, head_dim, plan.keep_neurons))
+    return attention, mlp
+
+
+def apply_plan(
+    structure: ModelStructure, plans: Sequence[LayerPlan], reconstruction: Reconstruction | None = None
+) -> bool:
+    """Physically remove everything the plans do not keep; returns True if the result is vanilla-loadable.
+
+    With ``reconstruction``, blocks are pruned in order and each pruned output projection is reconstructed on
+    its calibration data (:mod:`hf_prune.reconstruct`); what was done per block lands in ``reconstruction.log``.
+    """
     check_sliceable(structure.model)
-    for i, plan in enumerate(plans):
-        shape = structure.shape(i)
-        if len(plan.keep_heads) != shape.heads or len(plan.keep_kv_heads) != shape.kv_heads:
-            prune_attention(
-                structure.layers[i], structure.recipe_dict, structure.head_dim, plan.keep_heads, plan.keep_kv_heads
-            )
-        if len(plan.keep_neurons) != shape.neurons:
-            prune_mlp(structure.layers[i], structure.recipe_dict, structure.head_dim, plan.keep_neurons)
+    subplans = [sublayer_plans(structure, i, plan) for i, plan in enumerate(plans)]
+    if reconstruction is not None:
+        reconstruction.run(structure, subplans)
+    else:
+        for sub in (sub for pair in subplans for sub in pair):
+            if len(sub.keep_units) != sub.units:
+                sub.remove()
     drop_dequantized_marker(structure.model)
     return record_structure(structure)
 
@@ -162,24 +189,102 @@ def plan_for(
     )
 
 
+# What the decoder benchmark measured for magnitude scores (benchmarks/README.md), for the warning.
+MAGNITUDE_ON_DECODERS = (
+    "magnitude scores destroy causal LMs one-shot: SmolLM2-135M with 20% fewer block parameters went from "
+    "perplexity 43 to 76,094 on held-out text. Leave importance='auto' (calibrated, self-generated data if you "
+    "give none) or prune while training with PruningCallback."
+)
+
+
+def resolve_importance(name: str, model: nn.Module, calibration: CalibrationData | None) -> str:
+    """The criterion ``'auto'`` stands for: the best measured one the data allows (benchmarks/README.md)."""
+    if name != "auto":
+        return name
+    if calibration is None:
+        return "magnitude"
+    if is_causal_lm(model):
+        return AUTO_CAUSAL_LM
+    labelled = all("labels" in batch for batch in calibration.batches)
+    return AUTO_LABELLED if labelled else AUTO_UNLABELLED
+
+
+# The defaults behind importance='auto', chosen from benchmarks/quality_oneshot.py (README: "Choosing the default").
+AUTO_CAUSAL_LM = "fluctuation"
+AUTO_LABELLED = "fisher"
+AUTO_UNLABELLED = "fluctuation"
+
+
+def gather_calibration(
+    model: nn.Module, config: PruningConfig, calibration: Any, tokenizer: Any, fitted: bool
+) -> CalibrationData | None:
+    """The calibration data of this run: what was given, else text the model samples itself, else ``None``
+    where nothing needs data (or nothing requires it and the model cannot generate: then it warns).
+
+    ``fitted``: the criterion came already fitted, so only reconstruction may want data.
+    """
+    data = calibration if calibration is not None else config.calibration_data
+    required_by = []
+    if not fitted and config.importance != "auto" and get_importance(config.importance).accumulates:
+        required_by.append(f"importance '{config.importance}'")
+    if config.reconstruct:
+        required_by.append("reconstruct=True")
+    wanted = required_by or config.reconstruct is None or (config.importance == "auto" and not fitted)
+    if data is None and not wanted:
+        return None
+    if data is None and not is_causal_lm(model):
+        if required_by:
+            raise ValueError(
+                f"{' and '.join(required_by)} need calibration data, and {type(model).__name__} cannot generate its "
+                "own: pass calibration=... (CLI: --calibration-data FILE), or use importance='magnitude' with "
+                "reconstruct=False."
+            )
+        warnings.warn(
+            f"{type(model).__name__} is not a causal LM, so it cannot calibrate itself, and no calibration data was "
+            "given: pruning by weight magnitude, without reconstruction. Give data (calibration=... / "
+            "--calibration-data FILE) for a calibrated criterion and reconstruction.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    return prepare_calibration(
+        model,
+        data,
+        tokenizer,
+        split=config.calibration_split,
+        column=config.calibration_column,
+        samples=config.calibration_samples,
+        seq_len=config.calibration_seq_len,
+        batch_size=config.calibration_batch_size,
+        seed=config.seed,
+    )
+
+
 def prune(
     model: nn.Module,
     config: PruningConfig | None = None,
+    *,
+    calibration: Any = None,
+    tokenizer: Any = None,
     **overrides: Any,
 ) -> PruningReport:
     """Remove a fraction of attention heads and MLP neurons from ``model``, in place.
 
     Example::
 
-        report = hf_prune.prune(model, heads=0.5, neurons=0.5)            # magnitude, uniform per layer
-        report = hf_prune.prune(model, heads=0.3, neurons=0.3, ranking="global")
+        report = hf_prune.prune(model, params=0.2)                         # causal LM: self-calibrated
+        report = hf_prune.prune(model, flops=0.4, calibration=texts, tokenizer=tokenizer)
+        report = hf_prune.prune(model, heads=0.3, neurons=0.3, importance="magnitude", reconstruct=False)
         print(report.summary())
 
     Args:
         model: a transformers model of an architecture with a recipe.
         config: a :class:`PruningConfig`; keyword ``overrides`` replace its fields. ``importance`` may also be
-            an :class:`Importance` instance that was already fitted (e.g. Taylor scores accumulated over
-            calibration batches).
+            an :class:`Importance` instance that was already fitted (see :func:`hf_prune.calibrate`).
+        calibration: calibration data: ready batches, a list of texts, a ``datasets.Dataset``, a file, folder or
+            Hub dataset id, or a :class:`~hf_prune.calibration.CalibrationData`. Unset: ``config.calibration_data``,
+            else a causal LM generates its own (seeded by ``config.seed``).
+        tokenizer: the model's tokenizer, to tokenize calibration text.
     """
     criterion = overrides.get("importance")
     if isinstance(criterion, Importance):
@@ -195,20 +300,32 @@ def prune(
             raise ValueError(f"protected layer {index} does not exist (the model has {structure.num_layers}).")
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
+    data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)
     if criterion is None:
-        criterion = get_importance(config.importance)
+        name = resolve_importance(config.importance, model, data)
+        if name == "magnitude" and is_causal_lm(model):
+            warnings.warn(MAGNITUDE_ON_DECODERS, UserWarning, stacklevel=2)
+        criterion = get_importance(name)
         if criterion.accumulates:
-            raise ValueError(
-                f"importance '{config.importance}' needs gradients or activations: pass an instance fitted on "
-                "calibration data (see hf_prune.calibrate), or use PruningCallback during training."
-            )
+            if data is None:
+                raise ValueError(
+                    f"importance '{name}' needs calibration data: pass calibration=... (CLI: --calibration-data), "
+                    "or a criterion fitted with hf_prune.calibrate."
+                )
+            criterion = calibrate(model, data.batches, name, recipe=config.recipe)
     plans = plan_for(structure, criterion.scores(structure), config)
-    vanilla = apply_plan(structure, plans)
+    reconstruction = (
+        Reconstruction(data.batches, refit=config.reconstruct_refit)
+        if config.reconstruct is not False and data is not None
+        else None
+    )
+    vanilla = apply_plan(structure, plans, reconstruction)
     report = PruningReport(
         model_type=structure.config.model_type,
         recipe=structure.recipe.name,
         config={
             **{k: v for k, v in config.to_dict().items() if k not in GRADUAL_FIELDS},
+            "importance": criterion.name,
             "heads": heads,
             "neurons": neurons,
             "protected_layers": protected,
@@ -221,5 +338,9 @@ def prune(
         vanilla_loadable=vanilla,
         kept=[asdict(plan) for plan in plans],
     )
+    if data is not None:
+        report.extra["calibration"] = data.describe()
+    if reconstruction is not None:
+        report.extra["reconstruction"] = reconstruction.summary()
     logger.info("pruned %s: %s parameters -> %s", report.recipe, report.before.parameters, report.after.parameters)
     return report

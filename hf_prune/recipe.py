@@ -40,6 +40,10 @@ class AttentionSpec:
         default_factory=dict,
         metadata={"help": "{module path: {config attribute: quantity}} for modules reading self.config at run time"},
     )
+    bias_attribute: str | None = field(
+        default=None,
+        metadata={"help": "config flag that gives q/k/v/o a bias (bias compensation needs one on o); unset: none"},
+    )
 
     def __post_init__(self) -> None:
         if self.qkv is None and not (self.q and self.k and self.v):
@@ -62,6 +66,10 @@ class MLPSpec:
     )
     module_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     module_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    bias_attribute: str | None = field(
+        default=None,
+        metadata={"help": "config flag that gives up/gate/down a bias (bias compensation needs one on down)"},
+    )
 
     def __post_init__(self) -> None:
         if (self.up is None) == (self.gate_up is None):

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import torch
 import transformers as T
 
+# prune() settings for tests of surgery and structure: no calibration data, no reconstruction (which changes
+# weights and adds biases), so masked == pruned and the closed-form counts hold.
+STRUCTURE_ONLY = {"importance": "magnitude", "reconstruct": False}
+
 
 @dataclass(frozen=True)
 class Case:

@@ -17,7 +17,7 @@ import hf_prune
 from hf_prune.importance import get_importance
 from hf_prune.structure import ModelStructure
 
-from .architectures import CASES, Case
+from .architectures import CASES, STRUCTURE_ONLY, Case
 
 ATOL = 1e-5
 IDS = [case.name for case in CASES]
@@ -121,7 +121,7 @@ def test_parameter_count_matches_closed_form(case: Case) -> None:
     model = case.build()
     structure = ModelStructure(model)
     before = structure.shapes()
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking="global")
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking="global", **STRUCTURE_ONLY)
     after = structure.shapes()
     assert report.after.parameters == sum(p.numel() for p in model.parameters())
     assert report.after.parameters == _expected_parameters(case, model, before, after, structure.head_dim)
@@ -133,7 +133,7 @@ def test_parameter_count_matches_closed_form(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_save_and_load_with_hf_prune_round_trips(case: Case, ranking: str, tmp_path: Path) -> None:
     model = case.build()
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking=ranking, importance="random")
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking=ranking, importance="random", reconstruct=False)
     inputs = _inputs(case)
     expected = _logits(model, inputs)
     hf_prune.save_pretrained(model, tmp_path / "pruned")
@@ -149,7 +149,7 @@ def test_save_and_load_with_hf_prune_round_trips(case: Case, ranking: str, tmp_p
 
 def _save_case(case: Case, ranking: str, directory: Path) -> dict[str, object]:
     model = case.build()
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking=ranking, importance="random")
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking=ranking, importance="random", reconstruct=False)
     inputs = _inputs(case)
     hf_prune.save_pretrained(model, directory)
     torch.save({"inputs": inputs, "logits": _logits(model, inputs)}, directory.parent / f"{directory.name}.pt")
@@ -199,7 +199,9 @@ def test_heterogeneous_checkpoint_refuses_vanilla_load(tmp_path: Path) -> None:
     """A checkpoint whose layers differ must not silently load into a dense-shaped model."""
     case = next(c for c in CASES if c.name == "llama")
     model = case.build()
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5, protected_layers=[0])  # layer 0 stays whole
+    report = hf_prune.prune(
+        model, heads=0.5, neurons=0.5, protected_layers=[0], **STRUCTURE_ONLY
+    )  # layer 0 stays whole
     assert not report.vanilla_loadable
     model.save_pretrained(tmp_path)  # the plain transformers route (what Trainer.save_model does)
     assert (tmp_path / "modeling_pruned.py").is_file() and (tmp_path / "surgery.py").is_file()

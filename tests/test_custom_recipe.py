@@ -17,7 +17,7 @@ from hf_prune.importance import get_importance
 from hf_prune.recipe import Recipe, shipped_recipes
 from hf_prune.structure import ModelStructure
 
-from .architectures import _llama_like
+from .architectures import STRUCTURE_ONLY, _llama_like
 
 ATOL = 1e-5
 RECIPE = str(Path(__file__).resolve().parent.parent / "examples" / "custom_recipe" / "arcee.yaml")
@@ -110,7 +110,7 @@ def test_backward_reaches_pruned_weights() -> None:
 def test_parameter_count_matches_closed_form() -> None:
     model = _build()
     dense = sum(p.numel() for p in model.parameters())
-    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5, ranking="global")
+    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5, ranking="global", **STRUCTURE_ONLY)
     hidden, head_dim = 64, 16
     per_head = 2 * hidden * head_dim + head_dim  # q rows (+ bias) and o columns
     per_kv = 2 * hidden * head_dim + 2 * head_dim  # k and v rows (+ biases)
@@ -128,7 +128,7 @@ def test_parameter_count_matches_closed_form() -> None:
 
 def test_uniform_checkpoint_loads_with_plain_transformers(tmp_path: Path) -> None:
     model = _build()
-    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5)
+    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     assert report.vanilla_loadable, "head_dim_attribute makes a uniform plan expressible in the config"
     hf_prune.save_pretrained(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
@@ -144,7 +144,7 @@ def test_uniform_checkpoint_loads_with_plain_transformers(tmp_path: Path) -> Non
 
 def test_heterogeneous_checkpoint_round_trips(tmp_path: Path) -> None:
     model = _build()
-    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5, protected_layers=[0])
+    report = hf_prune.prune(model, recipe=RECIPE, heads=0.5, neurons=0.5, protected_layers=[0], **STRUCTURE_ONLY)
     assert not report.vanilla_loadable  # layer 0 stays whole: the per-layer structure is recorded
     hf_prune.save_pretrained(model, tmp_path / "pruned")
     input_ids = _inputs()

@@ -17,7 +17,7 @@ from hf_prune import surgery
 from hf_prune.recipe import Recipe, recipes_dir, shipped_recipes
 from hf_prune.structure import ModelStructure
 
-from .architectures import CASES_BY_NAME
+from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
 
 
 def _llama() -> nn.Module:
@@ -96,7 +96,7 @@ def test_unknown_architecture_lists_shipped_recipes_and_how_to_write_one(build: 
     model = build()
     before = _snapshot(model)
     with pytest.raises(ValueError, match=f"no recipe for model_type '{model_type}'") as info:
-        hf_prune.prune(model, heads=0.5, neurons=0.5)
+        hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     message = str(info.value)
     for name in shipped_recipes():
         assert name in message
@@ -297,7 +297,7 @@ def test_plan_never_empties_a_layer(ranking: str, heads: int, kv_heads: int, gqa
 
 def test_prune_at_099_keeps_one_unit_per_layer() -> None:
     model = _llama()
-    report = hf_prune.prune(model, heads=0.99, neurons=0.99, neuron_multiple=1)
+    report = hf_prune.prune(model, heads=0.99, neurons=0.99, neuron_multiple=1, **STRUCTURE_ONLY)
     assert report.layers_after == [{"heads": 4, "kv_heads": 1, "neurons": 1}] * 3
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[3, 4, 5]])).logits).all()
@@ -365,7 +365,7 @@ def test_quantized_projection_is_refused_with_its_path() -> None:
     _quantize_k_proj(model, 0)
     before = _snapshot(model)
     with pytest.raises(TypeError, match=r"'self_attn\.k_proj' is a Linear8bitLt") as info:
-        hf_prune.prune(model, heads=0.5, neurons=0.5)
+        hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     assert "load the model in float32/float16/bfloat16, prune it, then quantize" in str(info.value)
     _assert_untouched(model, before)
 
@@ -375,7 +375,7 @@ def test_quantized_projection_in_a_later_layer_is_refused() -> None:
     _quantize_k_proj(model, 2)
     before = _snapshot(model)
     with pytest.raises(TypeError, match="Linear8bitLt"):
-        hf_prune.prune(model, heads=0.5, neurons=0.5)
+        hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     _assert_untouched(model, before)
 
 
@@ -388,7 +388,7 @@ def test_model_with_a_quantizer_is_refused() -> None:
     model.hf_quantizer = _bnb_quantizer()
     before = _snapshot(model)
     with pytest.raises(TypeError, match="this model is quantized with bitsandbytes; its weights cannot be sliced"):
-        hf_prune.prune(model, heads=0.5, neurons=0.5)
+        hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     structure = ModelStructure(model)
     # apply_plan is public too: it must refuse on its own.
     plans = hf_prune.plan_pruning([torch.rand(8)] * 3, [2] * 3, [torch.rand(96)] * 3, 0.5, 0.5)
@@ -409,7 +409,7 @@ def _tree(directory: Path) -> dict[str, bytes]:
 @pytest.fixture
 def pruned_llama() -> nn.Module:
     model = _llama()
-    hf_prune.prune(model, heads=0.5, neurons=0.5)
+    hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
     return model
 
 
