@@ -141,8 +141,9 @@ def plan_pruning(
     neuron_scores = [
         _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
     ]
-    prune_heads = heads_fraction > 0 or masked_heads is not None
-    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine).
+    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine). The
+    # callback always passes masks, all False until a head is removed: only a removed head asks for units.
+    prune_heads = heads_fraction > 0 or (masked_heads is not None and any(bool(m.any()) for m in masked_heads))
     units = [
         head_units(s, kv, gqa_mode) if prune_heads else HeadUnits([], [], [])
         for s, kv in zip(head_scores, kv_heads, strict=True)

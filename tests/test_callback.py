@@ -232,3 +232,11 @@ def test_model_without_recipe_is_refused(tmp_path: Path) -> None:
 def test_fractional_schedule_without_known_length_is_refused() -> None:
     with pytest.raises(ValueError, match="number of training steps is unknown"):
         _config().to_schedule().steps(None)
+
+
+def test_neurons_only_gradual_pruning_of_an_mqa_model_with_kv_groups(tmp_path: Path) -> None:
+    """No head is pruned, so no head units are needed: gqa_mode='kv_groups' on one KV head is fine."""
+    model = CASES_BY_NAME["gemma3_mqa"].build()  # 8 query heads, 1 KV head, 96 neurons
+    callback = hf_prune.PruningCallback(_config(heads=0.0, neurons=0.5, gqa_mode="kv_groups", importance="magnitude"))
+    T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(8, 1, 48)] * 3
