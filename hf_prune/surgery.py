@@ -53,7 +53,9 @@ def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
     in_dim = 0 if isinstance(module, Conv1D) else 1
     index = index.to(module.weight.device)
     _replace_parameter(module, "weight", module.weight.detach().index_select(in_dim, index))
-    if not isinstance(module, Conv1D):
+    if isinstance(module, Conv1D):
+        module.nx = len(index)
+    else:
         module.in_features = len(index)
 
 
