@@ -106,12 +106,27 @@ def apply_plan(structure: ModelStructure, plans: Sequence[LayerPlan]) -> bool:
     return record_structure(structure)
 
 
+def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
+    """Refuse protected layer indices that the model does not have (they would be ignored silently)."""
+    for index in protected:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_layers:
+            raise ValueError(
+                f"protected layer {index!r} does not exist (the model has {num_layers}); protected_layers takes "
+                f"block indices from 0 to {num_layers - 1}."
+            )
+
+
 def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[float, float, list[int]]:
-    """Fractions and protected layers, falling back to the recipe's defaults where the config is unset."""
+    """Fractions and protected layers, falling back to the recipe's defaults where the config is unset.
+
+    Every path that prunes (``prune()``, and ``PruningCallback`` when it sets up) resolves its targets here, so
+    out-of-range protected layers are refused the same way everywhere.
+    """
     targets = structure.recipe.targets
     heads = targets.heads if config.heads is None else config.heads
     neurons = targets.neurons if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
+    check_protected_layers(protected, structure.num_layers)
     return heads, neurons, list(protected)
 
 
@@ -189,10 +204,7 @@ def prune(
     config = (config or PruningConfig()).replace(**overrides)
     check_sliceable(model)
     structure = ModelStructure(model, config.recipe)
-    heads, neurons, protected = resolve_targets(config, structure)
-    for index in protected:
-        if not 0 <= index < structure.num_layers:
-            raise ValueError(f"protected layer {index} does not exist (the model has {structure.num_layers}).")
+    heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     if criterion is None:

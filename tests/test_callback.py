@@ -213,6 +213,17 @@ def test_zero_target_is_refused(tmp_path: Path) -> None:
         trainer.train()
 
 
+@pytest.mark.parametrize("index", [7, -1])
+def test_protected_layer_out_of_range_is_refused_before_training(tmp_path: Path, index: int) -> None:
+    """The same check as prune(): an index the model does not have would otherwise be ignored silently."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(protected_layers=[0, index]))
+    trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+    with pytest.raises(ValueError, match=rf"protected layer {index} does not exist \(the model has 3\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_unknown_importance_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match=r"unknown importance 'snip'\. Available: activation, fisher"):
         hf_prune.PruningCallback(importance="snip")
