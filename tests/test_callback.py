@@ -186,6 +186,36 @@ def test_resume_at_any_point_of_the_schedule_ends_with_the_same_structure(tmp_pa
     assert resumed == uninterrupted
 
 
+def test_pruning_trainer_follows_the_callback_that_trainer_restores(tmp_path: Path) -> None:
+    """restore_callback_states_from_checkpoint=True makes Trainer build a new PruningCallback from the
+    checkpoint: the report, the card and the first place in the callback list belong to that live one."""
+    args = dict(save_strategy="steps", save_steps=4, restore_callback_states_from_checkpoint=True)
+
+    def trainer(callbacks: list[T.TrainerCallback]) -> hf_prune.PruningTrainer:
+        model = CASES_BY_NAME["llama"].build()
+        return hf_prune.PruningTrainer(
+            model=model,
+            args=_args(tmp_path, **args),
+            train_dataset=_dataset(),
+            pruning=_config(importance="magnitude"),
+            callbacks=callbacks,
+        )
+
+    with pytest.warns(UserWarning, match="pruned less than the target"):
+        trainer([_StopAt(8)]).train()
+    resumed = trainer([])
+    original = resumed.pruning_callback
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    live = resumed.pruning_callback
+    assert live is not original and original not in resumed.callback_handler.callbacks, "Trainer rebuilt it"
+    assert resumed.callback_handler.callbacks[0] is live
+    assert live.report is not None and live.report.layers_after == [{"heads": 4, "kv_heads": 1, "neurons": 48}] * 3
+    resumed.save_model()
+    resumed.create_model_card()
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "(structured pruning with hf_prune). It keeps 12 of 24 attention heads" in card
+
+
 # -- bad input ---------------------------------------------------------------------------------------------
 
 
