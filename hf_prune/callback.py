@@ -3,6 +3,10 @@
 During training it scores heads and neurons, masks the least important ones as the schedule advances (masked
 groups stay masked), and at the end removes them physically, so ``trainer.save_model()`` writes the small
 model. Its state (masks, accumulated scores) survives ``resume_from_checkpoint`` through the Trainer state.
+
+A criterion that accumulates statistics (taylor, fisher, activation) has none before the first optimizer
+step: an update due then (``begin=0``, notably the single update of ``schedule="one_shot"``) is deferred to
+the end of the first step that has statistics, and applied there with the schedule's progress at that step.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._max_steps: int | None = None
         self._progress = 0.0
         self._last_update = -1
-        self._warned_no_scores = False
+        self._pending = False  # an update was due but had no statistics yet: apply it at the next step end
 
     # -- ExportableState: what a checkpoint needs to resume exactly where this run was -----------------
 
@@ -97,6 +101,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             "importance": self.importance.state_dict(),
             "progress": self._progress,
             "last_update": self._last_update,
+            "pending": self._pending,
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -105,6 +110,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.importance.load_state_dict(snapshot["importance"])
         self._progress = float(snapshot.get("progress", 0.0))
         self._last_update = int(snapshot.get("last_update", -1))
+        self._pending = bool(snapshot.get("pending", False))
         logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
 
     @staticmethod
@@ -159,12 +165,16 @@ class PruningCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.importance is None or not self.importance.accumulates:
             return
-        _, end = self.schedule.steps(self._max_steps)
-        if state.global_step < end:  # after the schedule the structure is frozen: no need to score
+        if self._pending or state.global_step < self._last_schedule_step():
             self.importance.accumulate(self.structure)
 
+    def _last_schedule_step(self) -> int:
+        """The step of the schedule's last update; after it the structure is frozen and nothing needs scores."""
+        begin, end = self.schedule.steps(self._max_steps)
+        return begin if self.schedule.kind == "one_shot" else end
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if self.schedule.is_update_step(state.global_step, self._max_steps):
+        if self._pending or self.schedule.is_update_step(state.global_step, self._max_steps):
             self._update(state.global_step)
 
     def _target(self) -> float:
@@ -177,12 +187,16 @@ class PruningCallback(TrainerCallback, ExportableState):
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None
         if self.importance.accumulates and getattr(self.importance, "updates", 0) == 0:
-            if not self._warned_no_scores:
-                logger.warning(
-                    "importance '%s' has no statistics yet at step %d; pruning waits", self.importance.name, step
+            if not self._pending:
+                logger.info(
+                    "importance '%s' has no statistics yet at step %d: the update waits for the first step that "
+                    "has them",
+                    self.importance.name,
+                    step,
                 )
-                self._warned_no_scores = True
+            self._pending = True
             return
+        self._pending = False
         progress = self.schedule.progress(step, self._max_steps, self._target())
         scores = _reduce_scores(self.importance.scores(self.structure))
         plans = plan_for(

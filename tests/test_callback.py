@@ -118,6 +118,18 @@ def test_schedule_steps_the_callback_updates_at(tmp_path: Path) -> None:
     assert [c.args[0] for c in update.call_args_list] == [4, 7, 10, 13, 16]
 
 
+@pytest.mark.parametrize("importance", ["taylor", "fisher", "activation"])
+def test_one_shot_with_a_data_driven_criterion_prunes_to_the_target(tmp_path: Path, importance: str) -> None:
+    """The one update of one_shot is due at step 0, before any statistics: it happens after the first step."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance, schedule="one_shot"))
+    with mock.patch.object(callback, "_update", wraps=callback._update) as update:
+        T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    assert [c.args[0] for c in update.call_args_list] == [0, 1]  # due at 0 (no statistics), applied at 1
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
+    assert callback.report.extra["schedule"]["progress_reached"] == 1.0
+
+
 def test_distillation_trainer_prunes_and_distils(tmp_path: Path) -> None:
     model = CASES_BY_NAME["bert"].build()
     trainer = hf_prune.PruningTrainer(
