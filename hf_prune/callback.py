@@ -58,6 +58,22 @@ def _reduce_scores(scores: Scores) -> Scores:
     return Scores(chunks[: len(scores.heads)], chunks[len(scores.heads) :])
 
 
+def _gradient_scales(optimizer: Any) -> tuple[float, float]:
+    """``(loss scale, scale left on the parameters' gradients)`` of the fp16 ``GradScaler`` behind the Trainer's
+    optimizer (accelerate's ``AcceleratedOptimizer.scaler``); ``(1, 1)`` without one. The parameters' gradients
+    are free of it once the scaler unscaled them for this step (gradient clipping does)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0, 1.0
+    scale = float(scaler.get_scale())
+    inner = optimizer
+    while getattr(inner, "scaler", None) is scaler and hasattr(inner, "optimizer"):
+        inner = inner.optimizer  # the torch optimizer, which the scaler tracks
+    # GradScaler has no public "already unscaled?" query; its per-optimizer stage is what step() itself reads.
+    stage = getattr(scaler, "_per_optimizer_states", {}).get(id(inner), {}).get("stage")
+    return scale, 1.0 if getattr(stage, "name", None) == "UNSCALED" else scale
+
+
 class PruningCallback(TrainerCallback, ExportableState):
     """Prune attention heads and MLP neurons gradually during ``Trainer.train()``.
 
@@ -166,6 +182,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if self.importance is None or not self.importance.accumulates:
             return
         if self._pending or state.global_step < self._last_schedule_step():
+            self.importance.set_loss_scale(*_gradient_scales(kwargs.get("optimizer")))
             self.importance.accumulate(self.structure)
 
     def _last_schedule_step(self) -> int:

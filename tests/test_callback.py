@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import types
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +14,7 @@ import transformers as T
 from datasets import Dataset
 
 import hf_prune
+from hf_prune.callback import _gradient_scales
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME
@@ -128,6 +130,59 @@ def test_one_shot_with_a_data_driven_criterion_prunes_to_the_target(tmp_path: Pa
     assert [c.args[0] for c in update.call_args_list] == [0, 1]  # due at 0 (no statistics), applied at 1
     assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
     assert callback.report.extra["schedule"]["progress_reached"] == 1.0
+
+
+# -- mixed precision ---------------------------------------------------------------------------------------
+
+
+def test_gradient_scales_follow_the_scaler_behind_the_optimizer() -> None:
+    parameter = torch.nn.Parameter(torch.ones(3))
+    inner = torch.optim.SGD([parameter], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    wrapped = types.SimpleNamespace(optimizer=inner, scaler=scaler)  # what accelerate's AcceleratedOptimizer has
+    assert _gradient_scales(inner) == (1.0, 1.0)  # no scaler
+    assert _gradient_scales(types.SimpleNamespace(optimizer=inner, scaler=None)) == (1.0, 1.0)
+    scaler.scale(parameter.sum()).backward()
+    assert _gradient_scales(wrapped) == (1024.0, 1024.0)  # the parameters' gradients are still scaled
+    scaler.unscale_(inner)  # as gradient clipping does
+    assert _gradient_scales(wrapped) == (1024.0, 1.0)
+    scaler.step(inner)
+    scaler.update()
+    assert _gradient_scales(wrapped) == (1024.0, 1024.0)  # the next step's gradients are scaled again
+
+
+def _accumulated(tmp_path: Path, importance: str, scaler: torch.amp.GradScaler | None) -> list[torch.Tensor]:
+    """The statistics a callback run accumulates over 6 steps (the one-shot update is at the last step)."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance, schedule="one_shot", begin=6))
+    args = _args(tmp_path, max_steps=6, max_grad_norm=0.0)  # clipping scaled gradients would change the run
+    trainer = T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[callback])
+    if scaler is not None:
+        # What fp16 training does on a GPU: accelerate scales the loss, and its optimizer unscales and steps.
+        trainer.accelerator.scaler = scaler
+    trainer.train()
+    assert callback.importance.updates == 6
+    return [*callback.importance.heads, *callback.importance.neurons]
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_scores_accumulated_under_a_grad_scaler_equal_unscaled_ones(tmp_path: Path, importance: str) -> None:
+    """A power-of-two loss scale in fp32 changes no update: the scores must be the same as without it."""
+    expected = _accumulated(tmp_path / "plain", importance, None)
+    got = _accumulated(tmp_path / "scaled", importance, torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_bf16_autocast_run_keeps_scores_finite_and_prunes(tmp_path: Path, importance: str) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance))
+    args = _args(tmp_path, bf16=True)
+    T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[callback]).train()
+    statistics = [*callback.importance.heads, *callback.importance.neurons]
+    assert callback.importance.updates > 0 and all(torch.isfinite(t).all() for t in statistics)
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
 
 
 def test_distillation_trainer_prunes_and_distils(tmp_path: Path) -> None:
