@@ -234,7 +234,7 @@ def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: s
     return counts
 
 
-def plan_to_budget(
+def budget_fractions(
     head_scores: Sequence[torch.Tensor],
     kv_heads: Sequence[int],
     neuron_scores: Sequence[torch.Tensor],
@@ -242,13 +242,13 @@ def plan_to_budget(
     target: float,
     heads_fraction: float | None = None,
     **kwargs: object,
-) -> list[LayerPlan]:
-    """Plan that removes (at most, and as close as the granularity allows) ``target`` of a cost.
+) -> tuple[float, float]:
+    """The head and neuron fractions for :func:`plan_pruning` whose plan removes ``target`` of a cost.
 
-    ``removed_cost(plans)`` returns the fraction of the cost (FLOPs or parameters of the blocks) that
-    ``plans`` remove. Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the
-    neuron fraction that lands closest below the target; of the candidates that come closest, the one whose
-    head and neuron fractions are most alike wins (no kind of group is sacrificed to spare the other).
+    Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the neuron fraction
+    that lands closest below the target; of the candidates that come closest, the one whose head and neuron
+    fractions are most alike wins (no kind of group is sacrificed to spare the other). ``kwargs`` are those of
+    :func:`plan_pruning` (masks of removed groups included: they count towards the cost).
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"a cost target must be a fraction in [0, 1), got {target!r}.")
@@ -277,8 +277,8 @@ def plan_to_budget(
         if n >= 0.0:
             candidates.append((removed_cost(plan(h, n)), h, n))
     if not candidates:
-        return plan(0.0, 0.0)
+        return 0.0, 0.0
     best = max(c[0] for c in candidates)
     close = [c for c in candidates if c[0] >= best - 0.005]
     _, h, n = min(close, key=lambda c: abs(c[1] - c[2]))
-    return plan(h, n)
+    return h, n

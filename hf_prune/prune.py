@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, plan_pruning, plan_to_budget
+from .allocation import LayerPlan, budget_fractions, plan_pruning
 from .checkpoint import check_sliceable, drop_dequantized_marker, record_structure
 from .config import PruningConfig
 from .flops import Cost, measure_cost, unit_costs
@@ -142,6 +142,10 @@ def plan_for(
 
     The target is either fractions of heads and neurons, or a fraction of the blocks' FLOPs or parameters
     (``config.flops`` / ``config.params``), which the allocator meets as closely as the granularity allows.
+    Either way ``progress`` scales the head and the neuron fraction of the full target: for a cost target,
+    those that meet it on the current scores. (Solving each partial cost target on its own let the fine
+    neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
+    reach without bringing masked groups back.)
     """
     heads, neurons, protected = resolve_targets(config, structure)
     shapes = structure.shapes()
@@ -171,10 +175,10 @@ def plan_for(
         )
         return removed / total
 
-    fixed_heads = None if config.heads is None else config.heads * progress
-    return plan_to_budget(
-        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target * progress, fixed_heads, **common
+    heads, neurons = budget_fractions(
+        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target, config.heads, **common
     )
+    return plan_pruning(scores.heads, kv_heads, scores.neurons, heads * progress, neurons * progress, **common)
 
 
 def prune(

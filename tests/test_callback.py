@@ -15,6 +15,7 @@ from datasets import Dataset
 
 import hf_prune
 from hf_prune.callback import _gradient_scales
+from hf_prune.prune import plan_for
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME
@@ -348,3 +349,34 @@ def test_neurons_only_gradual_pruning_of_an_mqa_model_with_kv_groups(tmp_path: P
     callback = hf_prune.PruningCallback(_config(heads=0.0, neurons=0.5, gqa_mode="kv_groups", importance="magnitude"))
     T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
     assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(8, 1, 48)] * 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradual_cost_target_never_revives_and_ends_on_the_target(seed: int) -> None:
+    """The callback's planning loop, without a Trainer: fresh random scores at every update of a cubic schedule
+    towards 40% fewer block FLOPs. Masks only grow, and the last plan meets the target within one neuron (the
+    fine neurons must not fill every partial target until no coarse KV group fits any more)."""
+    model = CASES_BY_NAME["llama"].build()
+    structure = ModelStructure(model)
+    config = hf_prune.PruningConfig(flops=0.4, ranking="global", neuron_multiple=1)
+    shapes = structure.shapes()
+    masks = hf_prune.MaskSet(structure)
+    generator = torch.Generator().manual_seed(seed)
+    for progress in (0.16, 0.42, 0.7, 0.88, 0.96, 1.0):
+        scores = hf_prune.importance.Scores(
+            [torch.rand(s.heads, generator=generator) for s in shapes],
+            [torch.rand(s.neurons, generator=generator) for s in shapes],
+        )
+        before = ([m.clone() for m in masks.heads], [m.clone() for m in masks.neurons])
+        plans = plan_for(structure, scores, config, progress, [~m for m in masks.heads], [~m for m in masks.neurons])
+        masks.set_from_plan(plans)
+        for old, new in zip((*before[0], *before[1]), (*masks.heads, *masks.neurons), strict=True):
+            assert not (new & ~old).any(), f"a masked group came back at progress {progress}"
+    costs = hf_prune.flops.unit_costs(structure, "flops")
+    total = hf_prune.flops.measure_cost(structure).block_flops_per_token
+    kept_kv = [len(p.keep_kv_heads) for p in masks.to_plan()]
+    removed = sum(
+        costs.removed((s.heads, s.kv_heads, s.neurons), (h, kv, n))
+        for s, h, kv, n in zip(shapes, masks.kept_heads, kept_kv, masks.kept_neurons, strict=True)
+    )
+    assert 0.4 - costs.neuron / total <= removed / total <= 0.4
