@@ -83,6 +83,11 @@ def head_units(scores: torch.Tensor, kv_heads: int, mode: str) -> HeadUnits:
     return units
 
 
+def min_kept(units: int, multiple: int = 1) -> int:
+    """The fewest of ``units`` a block may keep: one ``multiple`` when the block is larger, else one unit."""
+    return multiple if units > multiple else 1
+
+
 def count_to_remove(fraction: float, units: int, multiple: int = 1) -> int:
     """How many of ``units`` to remove for ``fraction``, keeping at least one and a multiple of ``multiple``."""
     # Ties round towards keeping more (0.5 of 3 KV groups removes 1): never overshoot the target by half a unit.
@@ -131,7 +136,8 @@ def plan_pruning(
         neuron_multiple: kept neurons per block are rounded to a multiple of this (hardware efficiency).
         protected_layers: blocks that keep everything.
         masked_heads / masked_neurons: per block, bool tensors of groups already removed (gradual pruning);
-            they are removed first, so a growing target never brings a group back.
+            they stay removed whatever the fractions (nothing masked ever comes back), and the rest of the
+            removal comes from the live groups.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
@@ -141,8 +147,9 @@ def plan_pruning(
     neuron_scores = [
         _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
     ]
-    prune_heads = heads_fraction > 0 or masked_heads is not None
-    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine).
+    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine). The
+    # callback always passes masks, all False until a head is removed: only a removed head asks for units.
+    prune_heads = heads_fraction > 0 or (masked_heads is not None and any(bool(m.any()) for m in masked_heads))
     units = [
         head_units(s, kv, gqa_mode) if prune_heads else HeadUnits([], [], [])
         for s, kv in zip(head_scores, kv_heads, strict=True)
@@ -162,6 +169,16 @@ def plan_pruning(
         remove_units = _global_counts([torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1)
         remove_neurons = _global_counts(list(neuron_scores), neurons_fraction, protected, multiple=neuron_multiple)
 
+    # What is already removed stays removed, whatever the new counts say: a smaller head fraction (a cost target
+    # may trade heads for neurons between updates), or a global budget below what rounding to the neuron
+    # multiple removed last time. Removed groups sort first (see _prepare), so they are the first ones taken.
+    for i in range(n_layers):
+        remove_units[i] = max(
+            remove_units[i], _removed_units(units[i], None if masked_heads is None else masked_heads[i])
+        )
+        if masked_neurons is not None:
+            remove_neurons[i] = max(remove_neurons[i], int(masked_neurons[i].sum()))
+
     plans = []
     for i in range(n_layers):
         removed_heads = {h for unit in units[i].heads[: remove_units[i]] for h in unit}
@@ -178,6 +195,13 @@ def plan_pruning(
     return plans
 
 
+def _removed_units(units: HeadUnits, masked: torch.Tensor | None) -> int:
+    """How many of a block's head units are already removed (all their heads masked); they come first."""
+    if masked is None:
+        return 0
+    return sum(1 for heads in units.heads if bool(masked[heads].all()))
+
+
 def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int) -> list[int]:
     """Per-block removal counts from one global ranking of (normalised) scores, at least one unit kept."""
     eligible = [i for i in range(len(scores)) if i not in protected]
@@ -190,12 +214,13 @@ def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: s
     layer = torch.cat([torch.full((scores[i].numel(),), i) for i in eligible])
     order = torch.argsort(values, stable=True)
     layer_sorted = layer[order]
-    # Rank of each entry within its own block, in global order; a block may give at most n - 1 units.
+    # Rank of each entry within its own block, in global order. A block gives at most all but min_kept units:
+    # a choice below one multiple would be rounded back up to a whole multiple, far short of the budget.
     rank = torch.zeros_like(layer_sorted)
     for i in eligible:
         where = layer_sorted == i
         rank[where] = torch.arange(int(where.sum()))
-    caps = torch.tensor([scores[i].numel() - 1 for i in range(len(scores))])
+    caps = torch.tensor([scores[i].numel() - min_kept(scores[i].numel(), multiple) for i in range(len(scores))])
     chosen = layer_sorted[rank < caps[layer_sorted]][:budget]
     for i, c in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
         counts[i] = c
@@ -209,7 +234,7 @@ def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: s
     return counts
 
 
-def plan_to_budget(
+def budget_fractions(
     head_scores: Sequence[torch.Tensor],
     kv_heads: Sequence[int],
     neuron_scores: Sequence[torch.Tensor],
@@ -217,13 +242,13 @@ def plan_to_budget(
     target: float,
     heads_fraction: float | None = None,
     **kwargs: object,
-) -> list[LayerPlan]:
-    """Plan that removes (at most, and as close as the granularity allows) ``target`` of a cost.
+) -> tuple[float, float]:
+    """The head and neuron fractions for :func:`plan_pruning` whose plan removes ``target`` of a cost.
 
-    ``removed_cost(plans)`` returns the fraction of the cost (FLOPs or parameters of the blocks) that
-    ``plans`` remove. Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the
-    neuron fraction that lands closest below the target; of the candidates that come closest, the one whose
-    head and neuron fractions are most alike wins (no kind of group is sacrificed to spare the other).
+    Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the neuron fraction
+    that lands closest below the target; of the candidates that come closest, the one whose head and neuron
+    fractions are most alike wins (no kind of group is sacrificed to spare the other). ``kwargs`` are those of
+    :func:`plan_pruning` (masks of removed groups included: they count towards the cost).
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"a cost target must be a fraction in [0, 1), got {target!r}.")
@@ -252,8 +277,8 @@ def plan_to_budget(
         if n >= 0.0:
             candidates.append((removed_cost(plan(h, n)), h, n))
     if not candidates:
-        return plan(0.0, 0.0)
+        return 0.0, 0.0
     best = max(c[0] for c in candidates)
     close = [c for c in candidates if c[0] >= best - 0.005]
     _, h, n = min(close, key=lambda c: abs(c[1] - c[2]))
-    return plan(h, n)
+    return h, n

@@ -3,6 +3,10 @@
 During training it scores heads and neurons, masks the least important ones as the schedule advances (masked
 groups stay masked), and at the end removes them physically, so ``trainer.save_model()`` writes the small
 model. Its state (masks, accumulated scores) survives ``resume_from_checkpoint`` through the Trainer state.
+
+A criterion that accumulates statistics (taylor, fisher, activation) has none before the first optimizer
+step: an update due then (``begin=0``, notably the single update of ``schedule="one_shot"``) is deferred to
+the end of the first step that has statistics, and applied there with the schedule's progress at that step.
 """
 
 from __future__ import annotations
@@ -54,6 +58,22 @@ def _reduce_scores(scores: Scores) -> Scores:
     return Scores(chunks[: len(scores.heads)], chunks[len(scores.heads) :])
 
 
+def _gradient_scales(optimizer: Any) -> tuple[float, float]:
+    """``(loss scale, scale left on the parameters' gradients)`` of the fp16 ``GradScaler`` behind the Trainer's
+    optimizer (accelerate's ``AcceleratedOptimizer.scaler``); ``(1, 1)`` without one. The parameters' gradients
+    are free of it once the scaler unscaled them for this step (gradient clipping does)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return 1.0, 1.0
+    scale = float(scaler.get_scale())
+    inner = optimizer
+    while getattr(inner, "scaler", None) is scaler and hasattr(inner, "optimizer"):
+        inner = inner.optimizer  # the torch optimizer, which the scaler tracks
+    # GradScaler has no public "already unscaled?" query; its per-optimizer stage is what step() itself reads.
+    stage = getattr(scaler, "_per_optimizer_states", {}).get(id(inner), {}).get("stage")
+    return scale, 1.0 if getattr(stage, "name", None) == "UNSCALED" else scale
+
+
 class PruningCallback(TrainerCallback, ExportableState):
     """Prune attention heads and MLP neurons gradually during ``Trainer.train()``.
 
@@ -82,7 +102,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._max_steps: int | None = None
         self._progress = 0.0
         self._last_update = -1
-        self._warned_no_scores = False
+        self._pending = False  # an update was due but had no statistics yet: apply it at the next step end
 
     # -- ExportableState: what a checkpoint needs to resume exactly where this run was -----------------
 
@@ -97,6 +117,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             "importance": self.importance.state_dict(),
             "progress": self._progress,
             "last_update": self._last_update,
+            "pending": self._pending,
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -105,6 +126,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.importance.load_state_dict(snapshot["importance"])
         self._progress = float(snapshot.get("progress", 0.0))
         self._last_update = int(snapshot.get("last_update", -1))
+        self._pending = bool(snapshot.get("pending", False))
         logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
 
     @staticmethod
@@ -159,12 +181,17 @@ class PruningCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.importance is None or not self.importance.accumulates:
             return
-        _, end = self.schedule.steps(self._max_steps)
-        if state.global_step < end:  # after the schedule the structure is frozen: no need to score
+        if self._pending or state.global_step < self._last_schedule_step():
+            self.importance.set_loss_scale(*_gradient_scales(kwargs.get("optimizer")))
             self.importance.accumulate(self.structure)
 
+    def _last_schedule_step(self) -> int:
+        """The step of the schedule's last update; after it the structure is frozen and nothing needs scores."""
+        begin, end = self.schedule.steps(self._max_steps)
+        return begin if self.schedule.kind == "one_shot" else end
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if self.schedule.is_update_step(state.global_step, self._max_steps):
+        if self._pending or self.schedule.is_update_step(state.global_step, self._max_steps):
             self._update(state.global_step)
 
     def _target(self) -> float:
@@ -177,12 +204,16 @@ class PruningCallback(TrainerCallback, ExportableState):
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None
         if self.importance.accumulates and getattr(self.importance, "updates", 0) == 0:
-            if not self._warned_no_scores:
-                logger.warning(
-                    "importance '%s' has no statistics yet at step %d; pruning waits", self.importance.name, step
+            if not self._pending:
+                logger.info(
+                    "importance '%s' has no statistics yet at step %d: the update waits for the first step that "
+                    "has them",
+                    self.importance.name,
+                    step,
                 )
-                self._warned_no_scores = True
+            self._pending = True
             return
+        self._pending = False
         progress = self.schedule.progress(step, self._max_steps, self._target())
         scores = _reduce_scores(self.importance.scores(self.structure))
         plans = plan_for(

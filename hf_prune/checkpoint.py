@@ -26,7 +26,7 @@ from torch import nn
 from . import __version__
 from .modeling_pruned import pruned_class
 from .structure import ModelStructure
-from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access
+from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access, recorded_meta
 
 
 def drop_dequantized_marker(model: nn.Module) -> None:
@@ -213,9 +213,9 @@ def from_pretrained(path: str | os.PathLike[str], model_class: type | str | None
     config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
         path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
     )
+    meta = recorded_meta(config.get_text_config(), __version__) or {}  # before any weight is read
     cls = _model_class(config, model_class)
     model = pruned_class(cls).from_pretrained(path, config=config, **kwargs)
-    meta = getattr(config.get_text_config(), CONFIG_KEY, None) or {}
     if meta.get("vanilla_loadable", True):
         model.__class__ = cls  # the config describes the model: no need for the restoring subclass
     return model

@@ -6,12 +6,16 @@ Criteria register themselves by name, so ``PruningConfig(importance="taylor")`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from transformers.utils import logging
 
 from .structure import ModelStructure
+
+logger = logging.get_logger(__name__)
 
 _REGISTRY: dict[str, type[Importance]] = {}
 
@@ -31,6 +35,23 @@ class Importance:
     name: str = ""
     #: True when the criterion needs ``accumulate()`` calls (after backward) before it can score.
     accumulates: bool = False
+    #: Loss scale still on the gradients that the next ``accumulate()`` reads (see :meth:`set_loss_scale`).
+    loss_scale: float = 1.0
+    parameter_gradient_scale: float = 1.0
+
+    def set_loss_scale(self, loss: float = 1.0, parameters: float | None = None) -> None:
+        """Mixed precision: the loss was multiplied by ``loss`` before backward (an fp16 ``GradScaler``).
+
+        Gradients of anything outside the optimizer (the mask gates of fisher) carry that factor; the
+        parameters' gradients carry ``parameters`` (1 once the scaler unscaled them, as gradient clipping
+        does; ``loss`` by default). Criteria divide these out, so scores do not depend on the loss scale.
+        PruningCallback sets both before every accumulate.
+        """
+        for value in (loss, parameters):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"a loss scale must be a positive finite number, got {value!r}.")
+        self.loss_scale = float(loss)
+        self.parameter_gradient_scale = float(loss if parameters is None else parameters)
 
     def attach(self, structure: ModelStructure) -> None:
         """Start observing the model (hooks etc.)."""
@@ -129,8 +150,21 @@ class _Accumulating(Importance):
         self.heads: list[torch.Tensor] | None = None
         self.neurons: list[torch.Tensor] | None = None
         self.updates = 0
+        self.skipped = 0  # steps left out because their statistics were not finite
 
     def _fold(self, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> None:
+        if not all(bool(torch.isfinite(t).all()) for t in (*heads, *neurons)):
+            # An overflowing fp16 step (GradScaler then skips the optimizer step too) or a diverging one: one
+            # inf/NaN would stay in the moving average for good.
+            self.skipped += 1
+            log = logger.warning if self.skipped == 1 else logger.debug
+            log(
+                "importance '%s': a step with inf/NaN statistics was left out (%d so far); expected now and then "
+                "under fp16 loss scaling",
+                self.name,
+                self.skipped,
+            )
+            return
         if self.heads is None or self.neurons is None or _shapes(self.heads) != _shapes(heads):
             self.heads, self.neurons = [h.clone() for h in heads], [n.clone() for n in neurons]
         else:
@@ -187,11 +221,12 @@ class TaylorImportance(_Accumulating):
             return None if grad is None else (module.weight.detach() * grad).abs()
 
         heads, neurons = [], []
+        scale = self.parameter_gradient_scale
         with torch.no_grad():
             for i in range(structure.num_layers):
                 sums = structure.group_sums(i, values)
-                heads.append(combine_head_scores(structure, i, sums.heads, sums.kv_heads))
-                neurons.append(sums.neurons)
+                heads.append(combine_head_scores(structure, i, sums.heads, sums.kv_heads) / scale)
+                neurons.append(sums.neurons / scale)
         self._fold(heads, neurons)
 
 
@@ -287,7 +322,8 @@ class FisherImportance(_HookedImportance):
         if self.hooks is None:
             raise RuntimeError("call attach(structure) before training so the mask gates are in the graph.")
         self.hooks.pop_activations()
-        self._collect(structure, {k: g**2 for k, g in self.hooks.pop_gradients().items()})
+        scale = self.loss_scale  # the gates are not parameters: no scaler ever unscales their gradients
+        self._collect(structure, {k: (g / scale) ** 2 for k, g in self.hooks.pop_gradients().items()})
 
 
 @register_importance("activation")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, plan_pruning, plan_to_budget
+from .allocation import LayerPlan, budget_fractions, plan_pruning
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, record_structure
 from .config import PruningConfig
@@ -133,12 +133,27 @@ def apply_plan(
     return record_structure(structure)
 
 
+def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
+    """Refuse protected layer indices that the model does not have (they would be ignored silently)."""
+    for index in protected:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_layers:
+            raise ValueError(
+                f"protected layer {index!r} does not exist (the model has {num_layers}); protected_layers takes "
+                f"block indices from 0 to {num_layers - 1}."
+            )
+
+
 def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[float, float, list[int]]:
-    """Fractions and protected layers, falling back to the recipe's defaults where the config is unset."""
+    """Fractions and protected layers, falling back to the recipe's defaults where the config is unset.
+
+    Every path that prunes (``prune()``, and ``PruningCallback`` when it sets up) resolves its targets here, so
+    out-of-range protected layers are refused the same way everywhere.
+    """
     targets = structure.recipe.targets
     heads = targets.heads if config.heads is None else config.heads
     neurons = targets.neurons if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
+    check_protected_layers(protected, structure.num_layers)
     return heads, neurons, list(protected)
 
 
@@ -154,6 +169,10 @@ def plan_for(
 
     The target is either fractions of heads and neurons, or a fraction of the blocks' FLOPs or parameters
     (``config.flops`` / ``config.params``), which the allocator meets as closely as the granularity allows.
+    Either way ``progress`` scales the head and the neuron fraction of the full target: for a cost target,
+    those that meet it on the current scores. (Solving each partial cost target on its own let the fine
+    neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
+    reach without bringing masked groups back.)
     """
     heads, neurons, protected = resolve_targets(config, structure)
     shapes = structure.shapes()
@@ -183,10 +202,10 @@ def plan_for(
         )
         return removed / total
 
-    fixed_heads = None if config.heads is None else config.heads * progress
-    return plan_to_budget(
-        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target * progress, fixed_heads, **common
+    heads, neurons = budget_fractions(
+        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target, config.heads, **common
     )
+    return plan_pruning(scores.heads, kv_heads, scores.neurons, heads * progress, neurons * progress, **common)
 
 
 # What the decoder benchmark measured for magnitude scores (benchmarks/README.md), for the warning.
@@ -294,10 +313,7 @@ def prune(
     config = (config or PruningConfig()).replace(**overrides)
     check_sliceable(model)
     structure = ModelStructure(model, config.recipe)
-    heads, neurons, protected = resolve_targets(config, structure)
-    for index in protected:
-        if not 0 <= index < structure.num_layers:
-            raise ValueError(f"protected layer {index} does not exist (the model has {structure.num_layers}).")
+    heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)

@@ -4,7 +4,8 @@ Pure functions of the step, so they are tested without a Trainer. ``begin``/``en
 (``int``) or fractions of training (``float`` in [0, 1]). After ``end`` the structure is frozen and training
 continues as plain fine-tuning (the recovery stretch).
 
-- ``one_shot``: everything at ``begin``;
+- ``one_shot``: everything at ``begin`` (PruningCallback defers it to the first step with statistics when the
+  criterion accumulates them and ``begin`` is 0);
 - ``linear``: proportional to progress;
 - ``cubic``: ``1 - (1 - t)^3`` (Zhu & Gupta 2017): fast early, gentle near the end;
 - ``exponential``: the *kept* fraction decays geometrically, ``kept(t) = (1 - target)^t``;

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import surgery
+from . import __version__, surgery
 from .recipe import Recipe, resolve_recipe
 
 
@@ -57,7 +57,7 @@ class ModelStructure:
             raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}.")
         self.model = model
         self.config = surgery.text_config(model)
-        recorded = surgery._config_get(self.config, surgery.CONFIG_KEY)
+        recorded = surgery.recorded_meta(self.config, __version__)
         if recipe == "auto" and recorded:
             recipe = recorded["recipe"]  # a pruned checkpoint carries the recipe it was pruned with
         self.recipe = resolve_recipe(recipe, getattr(self.config, "model_type", None))

@@ -53,7 +53,9 @@ def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
     in_dim = 0 if isinstance(module, Conv1D) else 1
     index = index.to(module.weight.device)
     _replace_parameter(module, "weight", module.weight.detach().index_select(in_dim, index))
-    if not isinstance(module, Conv1D):
+    if isinstance(module, Conv1D):
+        module.nx = len(index)
+    else:
         module.in_features = len(index)
 
 
@@ -317,10 +319,41 @@ def _config_get(config: Any, name: str, default: Any = None) -> Any:
     return getter(name, default) if getter else getattr(config, name, default)
 
 
-def recorded_structure(config: Any) -> list[dict[str, int]] | None:
-    """Per-layer counts recorded in a config by hf_prune, or ``None`` for an unpruned config."""
+def check_format(meta: dict[str, Any], reader_version: str | None = None) -> None:
+    """Refuse an ``hf_prune`` config block written in a newer format than this code reads.
+
+    A newer format may record the structure differently; reading it as this one would build a wrong model.
+    ``reader_version`` names the reading hf_prune in the error (this file also runs without hf_prune).
+    """
+    version = meta.get("format_version", 1)
+    writer = meta.get("hf_prune_version", "unknown")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            f"the checkpoint's config.json has {CONFIG_KEY}.format_version={version!r} (written by hf_prune "
+            f"{writer}); a format version is a positive integer. The config was edited or is damaged: save the "
+            "pruned model again."
+        )
+    if version > FORMAT_VERSION:
+        reader = "this hf_prune" if reader_version is None else f"this hf_prune ({reader_version})"
+        raise ValueError(
+            f"this checkpoint was written by hf_prune {writer} with format {version}; {reader} reads formats up "
+            f"to {FORMAT_VERSION}: upgrade hf_prune (pip install -U hf-prune)."
+        )
+
+
+def recorded_meta(config: Any, reader_version: str | None = None) -> dict[str, Any] | None:
+    """The ``hf_prune`` block of a config (format checked), or ``None`` for an unpruned config."""
     meta = _config_get(config, CONFIG_KEY)
     if not meta:
+        return None
+    check_format(meta, reader_version)
+    return meta
+
+
+def recorded_structure(config: Any) -> list[dict[str, int]] | None:
+    """Per-layer counts recorded in a config by hf_prune, or ``None`` for an unpruned config."""
+    meta = recorded_meta(config)
+    if meta is None:
         return None
     return [dict(layer) for layer in meta["layers"]]
 
@@ -335,7 +368,7 @@ def restore_structure(model: nn.Module) -> None:
     structure = recorded_structure(config)
     if structure is None:
         return
-    meta = _config_get(config, CONFIG_KEY)
+    meta = recorded_meta(config)
     recipe, head_dim = meta["recipe"], meta["head_dim"]
     layers = find_layers(model, recipe)
     for layer, target in zip(layers, structure, strict=True):

@@ -81,17 +81,33 @@ class PruningTrainer(Trainer):
         if distillation and teacher is None:
             teacher = copy.deepcopy(model)  # before any mask hook is attached: the dense model
         super().__init__(*args, **kwargs)
-        self.pruning_callback: PruningCallback | None = None
         if pruning is not None:
             callback = pruning if isinstance(pruning, PruningCallback) else PruningCallback(pruning)
             self.callback_handler.callbacks.insert(0, callback)
-            self.pruning_callback = callback
         self.distillation = DistillationConfig() if distillation is True else (distillation or None)
         self.teacher = None
         if self.distillation is not None:
             self.teacher = teacher.to(self.args.device).eval()
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
+
+    @property
+    def pruning_callback(self) -> PruningCallback | None:
+        """The live :class:`PruningCallback` of this trainer (``None`` without one).
+
+        Looked up rather than kept: with ``restore_callback_states_from_checkpoint=True`` Trainer replaces each
+        stateful callback by a new instance built from the checkpoint, and only that one prunes and reports.
+        """
+        return next((c for c in self.callback_handler.callbacks if isinstance(c, PruningCallback)), None)
+
+    def _load_callback_state(self) -> None:
+        # Trainer appends the rebuilt callbacks at the end of the list: put the pruning callback first again, so
+        # that its log values still reach the reporting integrations.
+        super()._load_callback_state()
+        callback = self.pruning_callback
+        if callback is not None and self.callback_handler.callbacks[0] is not callback:
+            self.callback_handler.callbacks.remove(callback)
+            self.callback_handler.callbacks.insert(0, callback)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """After pruning, the card is hf_prune's (what was removed, what it cost and gained, how to load it)."""

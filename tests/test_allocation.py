@@ -224,3 +224,166 @@ def test_already_masked_groups_are_removed_first() -> None:
     for ranking in ("uniform", "global"):
         plans = plan_pruning(heads, [8, 8], neurons, 0.0, 0.25, ranking=ranking, masked_neurons=masked_neurons)
         assert not {0, 5, 31} & set(plans[0].keep_neurons)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Properties of gradual pruning: random scores and growing targets, fed back the way PruningCallback does.
+# ---------------------------------------------------------------------------------------------------------
+
+# (heads, kv_heads): plain multi-head, GQA and MQA layouts.
+HEAD_LAYOUTS = [(8, 8), (6, 6), (8, 2), (12, 4), (16, 8), (9, 3), (8, 1), (6, 1)]
+NEURON_SIZES = [5, 40, 64, 96, 100, 200, 256]
+
+
+def _pick(generator: torch.Generator, options: list) -> object:
+    return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+
+def _growing(generator: torch.Generator, steps: int, high: float) -> list[float]:
+    """A non-decreasing sequence of targets in [0, high), sometimes repeating a value."""
+    return sorted(float(x) for x in torch.rand(steps, generator=generator) * high)
+
+
+def _scores(generator: torch.Generator, size: int) -> torch.Tensor:
+    """Random non-negative scores; a third of the time coarsely quantised (ties) with some exact zeros."""
+    scores = torch.rand(size, generator=generator)
+    if float(torch.rand(1, generator=generator)) < 1 / 3:
+        scores = (scores * 4).floor() / 4
+    return scores
+
+
+def _min_keep(size: int, multiple: int) -> int:
+    return multiple if size > multiple else 1
+
+
+def _rounding(size: int, multiple: int) -> float:
+    """How far rounding a layer's kept neurons to the multiple may move it: half a block (0 when not rounded)."""
+    return multiple / 2 if size > multiple else 0.0
+
+
+def _check_case(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    n_layers = int(torch.randint(2, 6, (1,), generator=generator))
+    heads, kv_heads = _pick(generator, HEAD_LAYOUTS)
+    gqa_mode = _pick(generator, ["auto", "kv_groups", "query_heads"])
+    ranking = _pick(generator, ["uniform", "global"])
+    multiple = _pick(generator, [1, 8, 64])
+    sizes = [_pick(generator, NEURON_SIZES) for _ in range(n_layers)]
+    protected = [i for i in range(n_layers) if float(torch.rand(1, generator=generator)) < 0.2]
+    steps = int(torch.randint(2, 7, (1,), generator=generator))
+    # kv_groups cannot prune the heads of an MQA layer: such a run prunes neurons only, which must work.
+    heads_targets = [0.0] * steps if gqa_mode == "kv_groups" and kv_heads == 1 else _growing(generator, steps, 0.99)
+    neuron_targets = _growing(generator, steps, 0.99)
+    kind = resolve_gqa_mode(gqa_mode, heads, kv_heads) if heads_targets[-1] > 0 else "heads"
+    group = heads // kv_heads
+    unit_size = {"heads": 1, "kv_groups": group, "query_heads": kv_heads}[kind]
+    n_units = heads // unit_size
+    eligible = [i for i in range(n_layers) if i not in protected]
+    context = f"seed {seed}: {heads}/{kv_heads} heads, {gqa_mode}, {ranking}, multiple {multiple}, sizes {sizes}"
+
+    masked_heads = [torch.zeros(heads, dtype=torch.bool) for _ in range(n_layers)]
+    masked_neurons = [torch.zeros(n, dtype=torch.bool) for n in sizes]
+    for fraction_heads, fraction_neurons in zip(heads_targets, neuron_targets, strict=True):
+        plans = plan_pruning(
+            [_scores(generator, heads) for _ in range(n_layers)],
+            [kv_heads] * n_layers,
+            [_scores(generator, n) for n in sizes],
+            fraction_heads,
+            fraction_neurons,
+            ranking=ranking,
+            gqa_mode=gqa_mode,
+            neuron_multiple=multiple,
+            protected_layers=protected,
+            masked_heads=masked_heads,
+            masked_neurons=masked_neurons,
+        )
+        removed_units, removed_neurons = [], []
+        for i, (plan, size) in enumerate(zip(plans, sizes, strict=True)):
+            kept_heads = torch.zeros(heads, dtype=torch.bool)
+            kept_heads[plan.keep_heads] = True
+            kept_neurons = torch.zeros(size, dtype=torch.bool)
+            kept_neurons[plan.keep_neurons] = True
+            assert not (kept_heads & masked_heads[i]).any(), f"{context}: a masked head came back in layer {i}"
+            assert not (kept_neurons & masked_neurons[i]).any(), f"{context}: a masked neuron came back in layer {i}"
+            assert plan.keep_heads and plan.keep_kv_heads and plan.keep_neurons, f"{context}: layer {i} emptied"
+            check_gqa_mapping(heads, kv_heads, plan.keep_heads, plan.keep_kv_heads)
+            if kind == "kv_groups":
+                assert len(plan.keep_heads) == group * len(plan.keep_kv_heads), f"{context}: a KV group was split"
+            elif kv_heads != heads:
+                assert plan.keep_kv_heads == list(range(kv_heads)), f"{context}: query_heads removed a KV head"
+            kept = len(plan.keep_neurons)
+            assert kept >= _min_keep(size, multiple), f"{context}: layer {i} keeps {kept} of {size} neurons"
+            if size > multiple and kept < size:
+                assert kept % multiple == 0, f"{context}: layer {i} keeps {kept} neurons"
+            if i in protected:
+                assert len(plan.keep_heads) == heads and kept == size, f"{context}: protected layer {i} pruned"
+            removed_units.append((heads - len(plan.keep_heads)) / unit_size)
+            removed_neurons.append(size - kept)
+            masked_heads[i], masked_neurons[i] = ~kept_heads, ~kept_neurons  # what the callback passes next
+
+        # The target, as the allocator defines it: per layer under uniform ranking, in total under global.
+        if ranking == "uniform":
+            for i in eligible:
+                goal = min(fraction_heads * n_units, n_units - 1)
+                assert abs(removed_units[i] - goal) <= 0.5, f"{context}: layer {i} removes {removed_units[i]} units"
+                size = sizes[i]
+                goal = min(fraction_neurons * size, size - _min_keep(size, multiple))
+                assert abs(removed_neurons[i] - goal) <= max(0.5, _rounding(size, multiple)), (
+                    f"{context}: layer {i} removes {removed_neurons[i]} of {size} neurons for {fraction_neurons:.3f}"
+                )
+        elif eligible:
+            total_units = sum(removed_units[i] for i in eligible)
+            goal = min(fraction_heads * n_units * len(eligible), (n_units - 1) * len(eligible))
+            assert abs(total_units - goal) <= 0.5, f"{context}: {total_units} units removed for {goal:.2f}"
+            total = sum(removed_neurons[i] for i in eligible)
+            capacity = sum(sizes[i] - _min_keep(sizes[i], multiple) for i in eligible)
+            goal = min(fraction_neurons * sum(sizes[i] for i in eligible), capacity)
+            tolerance = 0.5 + sum(_rounding(sizes[i], multiple) for i in eligible)
+            assert abs(total - goal) <= tolerance, f"{context}: {total} neurons removed for {goal:.1f}"
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_gradual_plans_never_revive_never_empty_stay_valid_and_meet_the_target(chunk: int) -> None:
+    """200 random cases (50 per chunk): random layouts, rankings, GQA modes, neuron multiples, protected layers
+    and fresh random scores at every step of a growing target, each plan's removed groups passed to the next
+    as ``masked_heads``/``masked_neurons`` (as PruningCallback does). Every plan:
+
+    - removes everything already removed (masks are monotone), never empties a layer, keeps GQA valid;
+    - meets the target within half a unit. A head unit is what the GQA mode removes at once: a head without
+      GQA, a KV group with its query heads (``kv_groups``), one query head of every group (``query_heads``).
+      A neuron unit is a ``neuron_multiple`` block in a layer larger than the multiple, else one neuron.
+      Uniform ranking: per layer, within half a unit of ``fraction x units`` (capped at all but one unit: a
+      block larger than the multiple keeps at least one multiple). Global ranking: in total over the
+      unprotected layers, heads within half a unit of ``fraction x units``; neurons within half a neuron
+      (the budget is a whole number) plus half a ``neuron_multiple`` block per layer that is rounded to it.
+    """
+    for seed in range(chunk * 50, (chunk + 1) * 50):
+        _check_case(seed)
+
+
+def test_global_rounding_to_the_multiple_stays_within_half_a_block_per_layer() -> None:
+    """A block whose scores are the lowest gives at most all but one multiple: rounding never has to put back
+    more than half a block (raw choices below one multiple used to round back up to a whole multiple)."""
+    peaked = torch.cat([torch.tensor([10.0]), torch.full((95,), 0.01)])  # normalised: 95 near-zero scores
+    plans = plan_pruning(
+        [torch.ones(4)] * 2, [4, 4], [peaked, torch.ones(256)], 0.0, 0.5, ranking="global", neuron_multiple=64
+    )
+    removed = [96 - len(plans[0].keep_neurons), 256 - len(plans[1].keep_neurons)]
+    assert [n % 64 for n in (96 - removed[0], 256 - removed[1])] == [0, 0]
+    assert abs(sum(removed) - 0.5 * (96 + 256)) <= 0.5 + 32 + 32, removed
+
+
+def test_removed_groups_stay_removed_when_a_fraction_shrinks() -> None:
+    """A cost target may trade heads for neurons between updates: a smaller head (or neuron) fraction than the
+    one that removed the masked groups must not bring them back."""
+    heads, neurons = _rand(8, 8, seed=10), _rand(32, 32, seed=11)
+    masked_heads = [torch.zeros(8, dtype=torch.bool), torch.zeros(8, dtype=torch.bool)]
+    masked_heads[0][[1, 2, 5, 6]] = True
+    masked_neurons = [torch.zeros(32, dtype=torch.bool), torch.zeros(32, dtype=torch.bool)]
+    masked_neurons[1][:16] = True
+    for ranking in ("uniform", "global"):
+        plans = plan_pruning(
+            heads, [8, 8], neurons, 0.25, 0.1, ranking, masked_heads=masked_heads, masked_neurons=masked_neurons
+        )
+        assert not {1, 2, 5, 6} & set(plans[0].keep_heads), ranking
+        assert not set(range(16)) & set(plans[1].keep_neurons), ranking

@@ -210,3 +210,18 @@ def test_heterogeneous_checkpoint_refuses_vanilla_load(tmp_path: Path) -> None:
     assert "allow_global_per_layer_attribute_access" not in config
     with pytest.raises(Exception, match="per-layer attribute"):
         T.LlamaForCausalLM.from_pretrained(tmp_path)
+
+
+def test_gpt2_conv1d_sizes_follow_the_sliced_weights(tmp_path: Path) -> None:
+    """GPT-2's Conv1D keeps its sizes in `nx` (inputs) and `nf` (outputs): both must match the weights after
+    pruning, and after restoring the structure when the checkpoint is loaded."""
+    from transformers.pytorch_utils import Conv1D
+
+    model = next(c for c in CASES if c.name == "gpt2").build()
+    hf_prune.prune(model, heads=0.5, neurons=0.5, neuron_multiple=1)
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    for current in (model, hf_prune.from_pretrained(tmp_path / "pruned")):
+        conv1d = {name: m for name, m in current.named_modules() if isinstance(m, Conv1D)}
+        assert conv1d
+        for name, module in conv1d.items():
+            assert (module.nx, module.nf) == tuple(module.weight.shape), name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import types
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +14,8 @@ import transformers as T
 from datasets import Dataset
 
 import hf_prune
+from hf_prune.callback import _gradient_scales
+from hf_prune.prune import plan_for
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME
@@ -118,6 +121,71 @@ def test_schedule_steps_the_callback_updates_at(tmp_path: Path) -> None:
     assert [c.args[0] for c in update.call_args_list] == [4, 7, 10, 13, 16]
 
 
+@pytest.mark.parametrize("importance", ["taylor", "fisher", "activation"])
+def test_one_shot_with_a_data_driven_criterion_prunes_to_the_target(tmp_path: Path, importance: str) -> None:
+    """The one update of one_shot is due at step 0, before any statistics: it happens after the first step."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance, schedule="one_shot"))
+    with mock.patch.object(callback, "_update", wraps=callback._update) as update:
+        T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    assert [c.args[0] for c in update.call_args_list] == [0, 1]  # due at 0 (no statistics), applied at 1
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
+    assert callback.report.extra["schedule"]["progress_reached"] == 1.0
+
+
+# -- mixed precision ---------------------------------------------------------------------------------------
+
+
+def test_gradient_scales_follow_the_scaler_behind_the_optimizer() -> None:
+    parameter = torch.nn.Parameter(torch.ones(3))
+    inner = torch.optim.SGD([parameter], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    wrapped = types.SimpleNamespace(optimizer=inner, scaler=scaler)  # what accelerate's AcceleratedOptimizer has
+    assert _gradient_scales(inner) == (1.0, 1.0)  # no scaler
+    assert _gradient_scales(types.SimpleNamespace(optimizer=inner, scaler=None)) == (1.0, 1.0)
+    scaler.scale(parameter.sum()).backward()
+    assert _gradient_scales(wrapped) == (1024.0, 1024.0)  # the parameters' gradients are still scaled
+    scaler.unscale_(inner)  # as gradient clipping does
+    assert _gradient_scales(wrapped) == (1024.0, 1.0)
+    scaler.step(inner)
+    scaler.update()
+    assert _gradient_scales(wrapped) == (1024.0, 1024.0)  # the next step's gradients are scaled again
+
+
+def _accumulated(tmp_path: Path, importance: str, scaler: torch.amp.GradScaler | None) -> list[torch.Tensor]:
+    """The statistics a callback run accumulates over 6 steps (the one-shot update is at the last step)."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance, schedule="one_shot", begin=6))
+    args = _args(tmp_path, max_steps=6, max_grad_norm=0.0)  # clipping scaled gradients would change the run
+    trainer = T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[callback])
+    if scaler is not None:
+        # What fp16 training does on a GPU: accelerate scales the loss, and its optimizer unscales and steps.
+        trainer.accelerator.scaler = scaler
+    trainer.train()
+    assert callback.importance.updates == 6
+    return [*callback.importance.heads, *callback.importance.neurons]
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_scores_accumulated_under_a_grad_scaler_equal_unscaled_ones(tmp_path: Path, importance: str) -> None:
+    """A power-of-two loss scale in fp32 changes no update: the scores must be the same as without it."""
+    expected = _accumulated(tmp_path / "plain", importance, None)
+    got = _accumulated(tmp_path / "scaled", importance, torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_bf16_autocast_run_keeps_scores_finite_and_prunes(tmp_path: Path, importance: str) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance=importance))
+    args = _args(tmp_path, bf16=True)
+    T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[callback]).train()
+    statistics = [*callback.importance.heads, *callback.importance.neurons]
+    assert callback.importance.updates > 0 and all(torch.isfinite(t).all() for t in statistics)
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
+
+
 def test_distillation_trainer_prunes_and_distils(tmp_path: Path) -> None:
     model = CASES_BY_NAME["bert"].build()
     trainer = hf_prune.PruningTrainer(
@@ -186,6 +254,36 @@ def test_resume_at_any_point_of_the_schedule_ends_with_the_same_structure(tmp_pa
     assert resumed == uninterrupted
 
 
+def test_pruning_trainer_follows_the_callback_that_trainer_restores(tmp_path: Path) -> None:
+    """restore_callback_states_from_checkpoint=True makes Trainer build a new PruningCallback from the
+    checkpoint: the report, the card and the first place in the callback list belong to that live one."""
+    args = dict(save_strategy="steps", save_steps=4, restore_callback_states_from_checkpoint=True)
+
+    def trainer(callbacks: list[T.TrainerCallback]) -> hf_prune.PruningTrainer:
+        model = CASES_BY_NAME["llama"].build()
+        return hf_prune.PruningTrainer(
+            model=model,
+            args=_args(tmp_path, **args),
+            train_dataset=_dataset(),
+            pruning=_config(importance="magnitude"),
+            callbacks=callbacks,
+        )
+
+    with pytest.warns(UserWarning, match="pruned less than the target"):
+        trainer([_StopAt(8)]).train()
+    resumed = trainer([])
+    original = resumed.pruning_callback
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-8"))
+    live = resumed.pruning_callback
+    assert live is not original and original not in resumed.callback_handler.callbacks, "Trainer rebuilt it"
+    assert resumed.callback_handler.callbacks[0] is live
+    assert live.report is not None and live.report.layers_after == [{"heads": 4, "kv_heads": 1, "neurons": 48}] * 3
+    resumed.save_model()
+    resumed.create_model_card()
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "(structured pruning with hf_prune). It keeps 12 of 24 attention heads" in card
+
+
 # -- bad input ---------------------------------------------------------------------------------------------
 
 
@@ -213,6 +311,17 @@ def test_zero_target_is_refused(tmp_path: Path) -> None:
         trainer.train()
 
 
+@pytest.mark.parametrize("index", [7, -1])
+def test_protected_layer_out_of_range_is_refused_before_training(tmp_path: Path, index: int) -> None:
+    """The same check as prune(): an index the model does not have would otherwise be ignored silently."""
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(protected_layers=[0, index]))
+    trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+    with pytest.raises(ValueError, match=rf"protected layer {index} does not exist \(the model has 3\)"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
 def test_unknown_importance_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match=r"unknown importance 'snip'\. Available: activation, fisher"):
         hf_prune.PruningCallback(importance="snip")
@@ -232,3 +341,42 @@ def test_model_without_recipe_is_refused(tmp_path: Path) -> None:
 def test_fractional_schedule_without_known_length_is_refused() -> None:
     with pytest.raises(ValueError, match="number of training steps is unknown"):
         _config().to_schedule().steps(None)
+
+
+def test_neurons_only_gradual_pruning_of_an_mqa_model_with_kv_groups(tmp_path: Path) -> None:
+    """No head is pruned, so no head units are needed: gqa_mode='kv_groups' on one KV head is fine."""
+    model = CASES_BY_NAME["gemma3_mqa"].build()  # 8 query heads, 1 KV head, 96 neurons
+    callback = hf_prune.PruningCallback(_config(heads=0.0, neurons=0.5, gqa_mode="kv_groups", importance="magnitude"))
+    T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(8, 1, 48)] * 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradual_cost_target_never_revives_and_ends_on_the_target(seed: int) -> None:
+    """The callback's planning loop, without a Trainer: fresh random scores at every update of a cubic schedule
+    towards 40% fewer block FLOPs. Masks only grow, and the last plan meets the target within one neuron (the
+    fine neurons must not fill every partial target until no coarse KV group fits any more)."""
+    model = CASES_BY_NAME["llama"].build()
+    structure = ModelStructure(model)
+    config = hf_prune.PruningConfig(flops=0.4, ranking="global", neuron_multiple=1)
+    shapes = structure.shapes()
+    masks = hf_prune.MaskSet(structure)
+    generator = torch.Generator().manual_seed(seed)
+    for progress in (0.16, 0.42, 0.7, 0.88, 0.96, 1.0):
+        scores = hf_prune.importance.Scores(
+            [torch.rand(s.heads, generator=generator) for s in shapes],
+            [torch.rand(s.neurons, generator=generator) for s in shapes],
+        )
+        before = ([m.clone() for m in masks.heads], [m.clone() for m in masks.neurons])
+        plans = plan_for(structure, scores, config, progress, [~m for m in masks.heads], [~m for m in masks.neurons])
+        masks.set_from_plan(plans)
+        for old, new in zip((*before[0], *before[1]), (*masks.heads, *masks.neurons), strict=True):
+            assert not (new & ~old).any(), f"a masked group came back at progress {progress}"
+    costs = hf_prune.flops.unit_costs(structure, "flops")
+    total = hf_prune.flops.measure_cost(structure).block_flops_per_token
+    kept_kv = [len(p.keep_kv_heads) for p in masks.to_plan()]
+    removed = sum(
+        costs.removed((s.heads, s.kv_heads, s.neurons), (h, kv, n))
+        for s, h, kv, n in zip(shapes, masks.kept_heads, kept_kv, masks.kept_neurons, strict=True)
+    )
+    assert 0.4 - costs.neuron / total <= removed / total <= 0.4

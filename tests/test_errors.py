@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 from typing import Any
@@ -492,3 +493,59 @@ def test_failure_of_the_final_rename_keeps_previous_checkpoint(
     monkeypatch.setattr(os, "replace", real_replace)
     assert existing.is_dir() and _tree(existing) == before
     assert sorted(p.name for p in existing.parent.iterdir()) == ["checkpoint"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a checkpoint written in a newer format.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _with_format(directory: Path, version: object) -> None:
+    path = directory / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data[surgery.CONFIG_KEY]["format_version"] = version
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("uniform", [True, False], ids=["vanilla-loadable", "per-layer"])
+def test_checkpoint_in_a_newer_format_is_refused_on_load(tmp_path: Path, uniform: bool) -> None:
+    model = _llama()
+    hf_prune.prune(model, heads=0.5, neurons=0.5, protected_layers=[] if uniform else [0])
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    newer = surgery.FORMAT_VERSION + 1
+    _with_format(tmp_path / "pruned", newer)
+    expected = (
+        rf"written by hf_prune {hf_prune.__version__} with format {newer}; this hf_prune \({hf_prune.__version__}\) "
+        rf"reads formats up to {surgery.FORMAT_VERSION}: upgrade hf_prune"
+    )
+    with pytest.raises(ValueError, match=expected):
+        hf_prune.from_pretrained(tmp_path / "pruned")
+
+
+def test_model_whose_config_has_a_newer_format_is_refused(pruned_llama: nn.Module) -> None:
+    """A vanilla-loadable checkpoint loaded by plain transformers still carries the block: pruning it again
+    reads the recorded recipe and head size, so the format is checked there too."""
+    meta = getattr(pruned_llama.config, surgery.CONFIG_KEY)
+    setattr(pruned_llama.config, surgery.CONFIG_KEY, {**meta, "format_version": surgery.FORMAT_VERSION + 1})
+    with pytest.raises(ValueError, match=f"with format {surgery.FORMAT_VERSION + 1}; this hf_prune"):
+        hf_prune.prune(pruned_llama, heads=0.2)
+
+
+def test_checkpoint_in_a_newer_format_is_refused_by_the_shipped_loader(tmp_path: Path) -> None:
+    """trust_remote_code runs the loader code saved with the checkpoint: it checks the format as well."""
+    model = _llama()
+    hf_prune.prune(model, heads=0.5, neurons=0.5, protected_layers=[0])
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    _with_format(tmp_path / "pruned", surgery.FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match=f"reads formats up to {surgery.FORMAT_VERSION}: upgrade hf_prune"):
+        T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", trust_remote_code=True)
+
+
+@pytest.mark.parametrize("version", ["2", 0, 1.5, None])
+def test_checkpoint_with_a_damaged_format_version_is_refused(tmp_path: Path, version: object) -> None:
+    model = _llama()
+    hf_prune.prune(model, heads=0.5, neurons=0.5)
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    _with_format(tmp_path / "pruned", version)
+    with pytest.raises(ValueError, match=rf"format_version={version!r} .*a format version is a positive integer"):
+        hf_prune.from_pretrained(tmp_path / "pruned")

@@ -129,3 +129,71 @@ def test_global_ranking_normalises_each_layer() -> None:
             structure.module(0, role).weight.mul_(100)
     report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking="global", neuron_multiple=1)
     assert report.layers_after[0]["neurons"] < report.layers_before[0]["neurons"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mixed precision: overflowing steps and the loss scale.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _accumulate(model: torch.nn.Module, criterion: hf_prune.Importance, batch: dict, factor: float = 1.0) -> None:
+    """One training step's statistics, from the loss multiplied by ``factor`` (a loss scale, or inf/NaN)."""
+    model.zero_grad(set_to_none=True)
+    (model(**batch).loss * factor).backward()
+    criterion.accumulate(ModelStructure(model))
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+@pytest.mark.parametrize("name", ["taylor", "fisher"])
+def test_a_step_with_non_finite_gradients_is_left_out(name: str, bad: float) -> None:
+    """An overflowing step (fp16: GradScaler skips it too) must not put an inf/NaN in the moving average."""
+    model = _planted_bert().train()
+    torch.manual_seed(0)
+    criterion = get_importance(name, beta=0.9)
+    criterion.attach(ModelStructure(model))
+    batches = _batches(3)
+    _accumulate(model, criterion, batches[0])
+    before = criterion.state_dict()
+    _accumulate(model, criterion, batches[1], factor=bad)  # every gradient inf or NaN
+    assert criterion.state_dict() == before, "the non-finite step changed the statistics"
+    assert criterion.skipped == 1
+    _accumulate(model, criterion, batches[2])  # and accumulation goes on
+    criterion.detach()
+    scores = criterion.scores(ModelStructure(model))
+    assert criterion.updates == 2
+    assert all(torch.isfinite(t).all() for t in (*scores.heads, *scores.neurons))
+
+
+@pytest.mark.parametrize("name", ["taylor", "fisher"])
+def test_scores_do_not_depend_on_the_loss_scale(name: str) -> None:
+    """fp16 training multiplies the loss by a scale before backward: criteria divide it out (fisher's mask gates
+    are not parameters, so no scaler ever unscales their gradients)."""
+    batch = _batches(1)[0]
+    scale = 2.0**16
+
+    def scores(factor: float, parameters: float | None) -> hf_prune.importance.Scores:
+        model = _planted_bert().train()
+        torch.manual_seed(0)
+        criterion = get_importance(name, beta=0.9)
+        criterion.set_loss_scale(factor, parameters)
+        criterion.attach(ModelStructure(model))
+        model.zero_grad(set_to_none=True)
+        (model(**batch).loss * factor).backward()
+        if parameters == 1.0:
+            for parameter in model.parameters():  # what GradScaler.unscale_ does before gradient clipping
+                if parameter.grad is not None:
+                    parameter.grad /= factor
+        criterion.accumulate(ModelStructure(model))
+        criterion.detach()
+        return criterion.scores(ModelStructure(model))
+
+    expected = scores(1.0, None)
+    for parameters in (None, 1.0):  # parameters' gradients still scaled, or already unscaled
+        got = scores(scale, parameters)
+        for a, b in zip((*got.heads, *got.neurons), (*expected.heads, *expected.neurons), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
+
+
+def test_a_bad_loss_scale_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"a loss scale must be a positive finite number, got 0\.0"):
+        get_importance("fisher").set_loss_scale(0.0)
