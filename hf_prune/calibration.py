@@ -216,12 +216,14 @@ def encoder_batches(
 
 
 def _start_token(model: torch.nn.Module, tokenizer: Any | None) -> int:
+    vocab = model.get_input_embeddings().num_embeddings
     for owner in (tokenizer, getattr(model, "generation_config", None), model.config):
         token = getattr(owner, "bos_token_id", None) if owner is not None else None
-        if token is not None:
+        if token is not None and 0 <= int(token) < vocab:
             return int(token)
     raise CalibrationError(
-        "the model has no BOS token to start self-generated calibration text from: give calibration data "
+        "the model has no BOS token (within its vocabulary) to start self-generated calibration text from: give "
+        "calibration data "
         "(calibration_data / --calibration-data)."
     )
 

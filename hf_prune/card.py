@@ -289,6 +289,28 @@ def _yaml_block(data: Any) -> str:
     return "```yaml\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip() + "\n```"
 
 
+def _calibration_lines(extra: Mapping[str, Any]) -> list[str]:
+    """What the one-shot path calibrated on and what its reconstruction did (when it ran)."""
+    lines = []
+    data = extra.get("calibration")
+    if isinstance(data, Mapping):
+        if data.get("self_generated"):
+            where = "text sampled from the model itself (self-calibration, seed " + f"{data.get('seed')})"
+        else:
+            where = f"`{data.get('source')}`"
+        lines.append(f"- Calibration data: {where}, {data.get('sequences')} sequences, {data.get('tokens'):,} tokens.")
+    fix = extra.get("reconstruction")
+    if isinstance(fix, Mapping):
+        before, after = fix.get("mean_held_out_error_pruned", 0.0), fix.get("mean_held_out_error_after", 0.0)
+        lines.append(
+            f"- Reconstruction without retraining: of {fix.get('projections')} pruned output projections, "
+            f"{fix.get('with_bias')} got a bias compensation, {fix.get('refit_scales', 0)} a scale refit and "
+            f"{fix.get('refit_weights', 0)} a weight refit, each where held-out calibration windows confirmed it "
+            f"(mean relative reconstruction error {before:.3f} -> {after:.3f})."
+        )
+    return lines
+
+
 def _method_section(report: PruningReport) -> str:
     importance = report.extra.get("importance") or report.config.get("importance")
     lines = [
@@ -301,6 +323,7 @@ def _method_section(report: PruningReport) -> str:
     schedule = report.extra.get("schedule")
     if isinstance(schedule, str):
         lines.append(f"- Schedule: `{schedule}`.")
+    lines += _calibration_lines(report.extra)
     steps = report.extra.get("training_steps")
     if isinstance(steps, int) and not isinstance(steps, bool):
         lines.append(f"- Training steps: {steps:,}.")
@@ -310,6 +333,12 @@ def _method_section(report: PruningReport) -> str:
         lines += ["", "Schedule:", "", _yaml_block(dict(schedule))]
     lines += ["", "`PruningConfig` used:", "", _yaml_block(report.config)]
     return "\n".join(lines)
+
+
+NOT_EVALUATED = (
+    "## Evaluation\n\nQuality was not measured for this card: compare it with the original model on your own data "
+    "before use (`hf-prune prune ... --eval-data FILE` measures both)."
+)
 
 
 def _eval_section(rows: Sequence[_EvalRow]) -> str | None:
@@ -498,7 +527,7 @@ def build_model_card(
         f"layer, plus attention scores over a context of {report.after.seq_len} tokens. "
         f"Theoretical speedup (FLOPs before / after): x{report.flops_ratio:.2f}.",
         _latency_section(report.extra),
-        _eval_section(rows),
+        _eval_section(rows) or NOT_EVALUATED,
         _method_section(report),
     ]
     body = "\n\n".join(s for s in sections if s) + "\n"

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -23,12 +24,14 @@ from .calibration import (
     CalibrationData,
     is_causal_lm,
     load_self_calibration,
+    max_positions,
+    prepare_calibration,
     save_self_calibration,
-    self_generate,
 )
 from .card import card_files, source_license
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
+from .evaluation import METRICS, Evaluation, choose_metric
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
 from .importance import get_importance
@@ -101,9 +104,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_token()
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
+    evaluation = _evaluation(args, config, model, tokenizer)  # bad eval data fails here, before any pruning
+    if evaluation is not None:
+        print(f"evaluating the dense model on {evaluation.data.source} ...", file=sys.stderr)
+        evaluation.before(model)
     calibration = _self_calibration(model, config, output) if config.calibration_data is None else None
     dense = copy.deepcopy(model) if args.measure_latency else None
     report = prune(model, config, calibration=calibration, tokenizer=tokenizer)
+    if evaluation is not None:
+        report.extra["eval"] = evaluation.after(model)
     if dense is not None:
         from .latency import compare_latency
 
@@ -129,10 +138,39 @@ def cmd_prune(args: argparse.Namespace) -> int:
         },
     )
     print(report.summary())
+    if "eval" in report.extra:
+        before, after = report.extra["eval"]["before"], report.extra["eval"]["after"]
+        print("evaluation: " + ", ".join(f"{k} {before[k]:.4g} -> {after[k]:.4g}" for k in after if k in before))
     print(f"saved to {output} (model card: {output / 'README.md'})")
     if args.push_to_hub:
-        _print_pushed(push_to_hub(output, args.push_to_hub))
+        _print_pushed(push_to_hub(output, args.push_to_hub, force=args.force))
     return 0
+
+
+def _evaluation(args: argparse.Namespace, config: PruningConfig, model: Any, tokenizer: Any) -> Evaluation | None:
+    """The evaluation data and metric of ``--eval-data``, checked before any pruning."""
+    if not args.eval_data:
+        return None
+    same_source = config.calibration_data and Path(args.eval_data).resolve() == Path(config.calibration_data).resolve()
+    if same_source and args.eval_split == config.calibration_split:
+        warnings.warn(
+            f"the evaluation data is the calibration data ({args.eval_data}, split '{args.eval_split}'): the "
+            "figures will look better than on unseen text. Evaluate on held-out data.",
+            UserWarning,
+            stacklevel=2,
+        )
+    data = prepare_calibration(
+        model,
+        args.eval_data,
+        tokenizer,
+        split=args.eval_split,
+        column=args.eval_column,
+        samples=args.eval_samples,
+        seq_len=args.eval_seq_len,
+        batch_size=config.calibration_batch_size,
+        seed=config.seed + 1,  # another draw than calibration's where both read the same rows
+    )
+    return Evaluation(data, choose_metric(model, data.batches, args.eval_metric))
 
 
 def _self_calibration(model: Any, config: PruningConfig, output: Path) -> CalibrationData | None:
@@ -141,16 +179,22 @@ def _self_calibration(model: Any, config: PruningConfig, output: Path) -> Calibr
     criterion_needs_data = config.importance == "auto" or get_importance(config.importance).accumulates
     if not is_causal_lm(model) or not (criterion_needs_data or config.reconstruct is not False):
         return None
+    seq_len = min(config.calibration_seq_len, max_positions(model) or config.calibration_seq_len)
     cached = output / SELF_CALIBRATION_FILE
     if cached.is_file():
         data = load_self_calibration(cached, config.calibration_batch_size)
-        same = data.details.get("seed") == config.seed and data.details.get("seq_len") == config.calibration_seq_len
+        same = data.details.get("seed") == config.seed and data.details.get("seq_len") == seq_len
         if same and data.num_sequences == config.calibration_samples:
             print(f"reusing the self-generated calibration text in {cached}", file=sys.stderr)
             return data
     print(f"sampling {config.calibration_samples} calibration sequences from the model ...", file=sys.stderr)
-    return self_generate(
-        model, config.calibration_samples, config.calibration_seq_len, config.seed, config.calibration_batch_size
+    return prepare_calibration(
+        model,
+        None,
+        samples=config.calibration_samples,
+        seq_len=seq_len,
+        batch_size=config.calibration_batch_size,
+        seed=config.seed,
     )
 
 
@@ -163,6 +207,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     info = push_to_hub(
         args.folder,
         args.repo_id,
+        force=args.force,
         private=True if args.private else None,
         revision=args.revision,
         create_pr=args.create_pr,
@@ -236,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure-latency", action="store_true", help="time the model before and after (batch 8, 128 tokens)"
     )
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="after saving, push the output folder to this Hub repo")
+    p.add_argument(
+        "--eval-data",
+        metavar="SOURCE",
+        help="held-out data (same kinds as --calibration-data) to measure the model on, before and after pruning",
+    )
+    p.add_argument("--eval-split", default="train", help="split of a datasets folder or Hub dataset")
+    p.add_argument("--eval-column", help="text column of the evaluation data")
+    p.add_argument("--eval-samples", type=int, default=16, help="evaluation sequences")
+    p.add_argument("--eval-seq-len", type=int, default=512, help="tokens per evaluation sequence")
+    p.add_argument("--eval-metric", default="auto", choices=list(METRICS), help="default: the one that fits the model")
+    p.add_argument("--force", action="store_true", help="push even when the evaluation measured a collapse")
     _add_config_arguments(p)
     p.set_defaults(func=cmd_prune)
 
@@ -255,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--commit-message", help="commit title")
     p.add_argument("--token", help="Hub token with write access (default: the one from `hf auth login` / HF_TOKEN)")
+    p.add_argument("--force", action="store_true", help="push even when the saved evaluation measured a collapse")
     p.set_defaults(func=cmd_push)
 
     p = commands.add_parser("recipes", help="list the shipped recipes")

@@ -31,10 +31,8 @@ class _UnitMoments:
     def add(self, z: torch.Tensor) -> None:
         z = z.detach().reshape(-1, z.shape[-1]).float()
         units = z.view(z.shape[0], -1, self.unit_width).transpose(0, 1)  # (units, rows, d)
-        if self.unit_width == 1:
-            gram = units.square().sum(1)[:, :, None]
-        else:
-            gram = units.transpose(1, 2) @ units  # (units, d, d)
+        # (units, d, d): a head's block, or a neuron's variance (cheap to get without the product).
+        gram = units.square().sum(1)[:, :, None] if self.unit_width == 1 else units.transpose(1, 2) @ units
         gram, total = gram.double().cpu(), units.sum(1).double().cpu()
         if self.gram is None or self.gram.shape != gram.shape:
             self.gram, self.total, self.rows = gram, total, 0

@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .card import CARD_NAME, REPO_PLACEHOLDER, TAGS, card_files
 from .checkpoint import save_pretrained
+from .evaluation import check_collapse
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)
@@ -179,6 +180,24 @@ def _failure(api: HfApi, repo_id: str, revision: str | None, create_pr: bool, he
     return "\n".join(lines)
 
 
+def _saved_report(folder: Path | None) -> PruningReport | None:
+    path = None if folder is None else folder / REPORT_NAME
+    return PruningReport.from_dict(json.loads(path.read_text(encoding="utf-8"))) if path and path.is_file() else None
+
+
+def _check_quality(report: PruningReport | None, force: bool) -> None:
+    """The push guard: refuse a model whose measured quality collapsed, unless forced."""
+    evaluation = None if report is None else report.extra.get("eval")
+    reason = check_collapse(evaluation) if isinstance(evaluation, dict) else None
+    if reason and not force:
+        raise ValueError(
+            f"refusing to push: the pruned model's quality collapsed ({reason}). Prune less or with calibration "
+            "data, or push anyway with force=True (CLI: --force). Nothing was sent to the Hub."
+        )
+    if reason:
+        logger.warning("pushing a model whose quality collapsed (%s), as forced", reason)
+
+
 def push_to_hub(
     folder_or_model: str | os.PathLike[str] | nn.Module,
     repo_id: str,
@@ -190,6 +209,7 @@ def push_to_hub(
     token: str | None = None,
     tokenizer: Any = None,
     report: PruningReport | None = None,
+    force: bool = False,
     **card_args: Any,
 ) -> CommitInfo:
     """Push a pruned checkpoint (a saved folder, or a model) to the Hub in a single commit, with its model card.
@@ -212,6 +232,8 @@ def push_to_hub(
         tokenizer: saved with a model (for a folder, save it into the folder instead).
         report: build the card from this report. By default the folder's ``README.md`` is pushed as it is (with
             the repo id in its loading code), or built from its ``pruning_report.json`` if it has no card.
+        force: push even when the report's evaluation measured a collapse (see
+            :func:`hf_prune.evaluation.check_collapse`); by default such a push is refused before anything is sent.
         **card_args: arguments of :func:`hf_prune.build_model_card` (``base_model``, ``license``,
             ``eval_results``...); with them the card is built, from ``report`` or ``pruning_report.json``.
 
@@ -219,7 +241,7 @@ def push_to_hub(
         The commit's :class:`~huggingface_hub.CommitInfo` (``commit_url``, ``oid``, ``pr_url``).
 
     Raises:
-        ValueError: a bad repo id or arguments; nothing was sent to the Hub.
+        ValueError: a bad repo id or arguments, or a measured collapse without ``force``; nothing was sent.
         FileNotFoundError: the folder is not a saved checkpoint; nothing was sent to the Hub.
         PermissionError: the token is missing, invalid or read-only; nothing was written to the Hub.
         HubPushError: the upload failed; the message says whether anything was committed and if retrying is safe.
@@ -233,6 +255,7 @@ def push_to_hub(
         check_checkpoint(folder)
         if tokenizer is not None:
             raise ValueError("tokenizer= applies when pushing a model; save the tokenizer into the folder instead.")
+    _check_quality(report if report is not None else _saved_report(folder), force)
     check_token(token)
     api = HfApi(token=token)
 

@@ -253,8 +253,9 @@ def gather_calibration(
         return None
     if data is None and not is_causal_lm(model):
         if required_by:
+            verb = "needs" if len(required_by) == 1 else "need"
             raise ValueError(
-                f"{' and '.join(required_by)} need calibration data, and {type(model).__name__} cannot generate its "
+                f"{' and '.join(required_by)} {verb} calibration data, and {type(model).__name__} cannot generate its "
                 "own: pass calibration=... (CLI: --calibration-data FILE), or use importance='magnitude' with "
                 "reconstruct=False."
             )

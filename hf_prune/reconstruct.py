@@ -18,6 +18,7 @@ the already-pruned blocks before it (sequential, as in SparseGPT and FLAP), hold
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,10 +346,8 @@ def capture_block_inputs(
                 current_rows[0] = None if mask is None else mask.reshape(-1).bool().cpu()
                 if getattr(model.config, "use_cache", None) is not None:
                     inputs["use_cache"] = False  # nothing to cache; some blocks would otherwise fill one
-                try:
+                with contextlib.suppress(_Stop):  # raised after the last block: the rest of the model is not needed
                     model(**inputs)
-                except _Stop:
-                    pass
     finally:
         for handle in handles:
             handle.remove()

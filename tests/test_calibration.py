@@ -170,7 +170,7 @@ def test_reconstruction_or_a_data_criterion_without_data_is_an_error() -> None:
     model = tiny_bert_classifier()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for settings in ({"reconstruct": True}, {"importance": "fisher", "reconstruct": False}):
-        with pytest.raises(ValueError, match="need calibration data"):
+        with pytest.raises(ValueError, match="needs calibration data"):
             hf_prune.prune(model, heads=0.5, neurons=0.5, **settings)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
 
@@ -178,3 +178,87 @@ def test_reconstruction_or_a_data_criterion_without_data_is_an_error() -> None:
 def test_magnitude_on_a_causal_lm_warns_with_the_measurement() -> None:
     with pytest.warns(UserWarning, match="76,094"):
         hf_prune.prune(tiny_llama(), heads=0.5, importance="magnitude", reconstruct=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CLI: --calibration-data of every kind, self-calibration cached next to the output, nothing written on error.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _saved_llama(tmp_path: Path) -> Path:
+    folder = tmp_path / "dense"
+    tiny_llama().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
+    from hf_prune.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+SMALL = ("--heads", "0.5", "--neurons", "0.5", "--calibration-samples", "4", "--calibration-seq-len", SEQ_LEN)
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "csv", "datasets folder"])
+def test_cli_calibration_data_of_every_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    source = _write_sources(tmp_path, texts(40))[kind]
+    column = ["--calibration-column", "body"] if kind == "jsonl" else []
+    output = tmp_path / "pruned"
+    code, err = _cli(
+        capsys, "prune", _saved_llama(tmp_path), *SMALL, "--calibration-data", source, *column, "-o", output
+    )
+    assert code == 0, err
+    report = json.loads((output / "pruning_report.json").read_text())
+    assert report["extra"]["calibration"]["source"] == str(source)
+    assert report["extra"]["calibration"]["self_generated"] is False
+    assert report["extra"]["reconstruction"]["projections"] > 0
+    assert "Calibration data: `" in (output / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        (lambda root: (root / "empty.txt").write_text(""), ["--calibration-data", "empty.txt"], "is empty"),
+        (lambda root: None, ["--calibration-data", "missing.csv"], "does not exist"),
+        (
+            lambda root: (root / "rows.jsonl").write_text('{"body": "a b c"}\n'),
+            ["--calibration-data", "rows.jsonl", "--calibration-column", "text"],
+            "no column 'text'",
+        ),
+        (
+            lambda root: (root / "few.txt").write_text("only a few words"),
+            ["--calibration-data", "few.txt"],
+            "fewer than the 4 asked",
+        ),
+    ],
+)
+def test_cli_bad_calibration_data_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup, flags: list[str], message: str
+) -> None:
+    setup(tmp_path)
+    flags = [str(tmp_path / f) if f.endswith((".txt", ".csv", ".jsonl")) else f for f in flags]
+    output = tmp_path / "pruned"
+    code, err = _cli(capsys, "prune", _saved_llama(tmp_path), *SMALL, *flags, "-o", output)
+    assert code == 2 and message in err
+    assert not output.exists()
+
+
+def test_cli_self_calibration_is_cached_next_to_the_output_and_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dense, output = _saved_llama(tmp_path), tmp_path / "pruned"
+    code, err = _cli(capsys, "prune", dense, *SMALL, "-o", output)
+    assert code == 0 and "sampling 4 calibration sequences" in err
+    cached = json.loads((output / "self_calibration.json").read_text())
+    assert len(cached["input_ids"]) == 4 and cached["details"]["seed"] == 0
+    card = (output / "README.md").read_text()
+    assert "self-calibration" in card
+    first = (output / "model.safetensors").read_bytes()
+    code, err = _cli(capsys, "prune", dense, *SMALL, "-o", output, "--overwrite")
+    assert code == 0 and "reusing the self-generated calibration text" in err
+    assert (output / "model.safetensors").read_bytes() == first  # same text, same model
+    code, err = _cli(capsys, "prune", dense, *SMALL, "-o", output, "--overwrite", "--seed", "1")
+    assert code == 0 and "sampling 4 calibration sequences" in err  # another seed: sampled anew

@@ -16,7 +16,7 @@ import hf_prune
 from hf_prune import card as card_module
 from hf_prune.card import PICTURE_NAME, REPO_PLACEHOLDER, auto_class, build_model_card, hub_model_id, write_card
 
-from .architectures import CASES_BY_NAME
+from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
 from .hub_server import LocalHub
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -33,7 +33,7 @@ LATENCY = {
 
 def _pruned(name: str, **overrides: object) -> tuple[torch.nn.Module, hf_prune.PruningReport]:
     model = CASES_BY_NAME[name].build()
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5, **overrides)
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, **{**STRUCTURE_ONLY, **overrides})
     return model, report
 
 

@@ -60,11 +60,11 @@ def smollm2() -> tuple[Any, Any]:
 
 @pytest.fixture(scope="module")
 def smollm2_pruned(smollm2: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """SmolLM2 with 50% of heads and neurons removed (uniform, magnitude), saved and loaded back with plain
-    transformers."""
+    """SmolLM2 with 50% of heads and neurons removed by the default path (self-calibrated criterion and
+    reconstruction, on few short windows to stay fast), saved and loaded back with plain transformers."""
     dense, tokenizer = smollm2
     model = copy.deepcopy(dense)
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5)
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, calibration_samples=4, calibration_seq_len=64)
     directory = tmp_path_factory.mktemp("smollm2") / "pruned"
     hf_prune.save_pretrained(model, directory, tokenizer=tokenizer)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
@@ -95,7 +95,29 @@ def test_smollm2_pruned_counts_match_the_report(smollm2: tuple[Any, Any], smollm
     assert report.after.parameters == _parameters(model) == _parameters(smollm2_pruned["loaded"])
     hidden, head_dim = 576, 64
     removed_per_layer = 3 * 2 * hidden * head_dim + 1 * 2 * hidden * head_dim + 768 * 3 * hidden  # q+o, k+v, MLP
-    assert report.before.parameters - report.after.parameters == 30 * removed_per_layer
+    # Bias compensation turned on attention_bias and mlp_bias: q, k, v, o, gate, up and down gained a bias.
+    added_per_layer = (6 + 2 + 2) * head_dim + hidden + 2 * 768 + hidden
+    assert model.config.attention_bias and model.config.mlp_bias
+    assert report.before.parameters - report.after.parameters == 30 * (removed_per_layer - added_per_layer)
+    assert report.extra["calibration"]["self_generated"] and report.extra["reconstruction"]["with_bias"] == 60
+
+
+def test_smollm2_default_path_beats_magnitude_without_reconstruction(
+    smollm2: tuple[Any, Any], smollm2_pruned: dict[str, Any]
+) -> None:
+    """The default path (self-calibrated, reconstructed) keeps the model far closer to dense than the old default,
+    magnitude scores without reconstruction, at the same counts."""
+    dense, tokenizer = smollm2
+    magnitude = copy.deepcopy(dense)
+    hf_prune.prune(magnitude, heads=0.5, neurons=0.5, importance="magnitude", reconstruct=False)
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings"
+    inputs = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        losses = {
+            name: float(m(**inputs, labels=inputs["input_ids"]).loss)
+            for name, m in (("dense", dense), ("default", smollm2_pruned["model"]), ("magnitude", magnitude))
+        }
+    assert losses["dense"] < losses["default"] < losses["magnitude"] - 1.0, losses
 
 
 def test_smollm2_saves_a_plain_checkpoint_that_vanilla_transformers_loads(smollm2_pruned: dict[str, Any]) -> None:
@@ -146,7 +168,12 @@ def minilm() -> tuple[Any, Any]:
 def test_minilm_prune_save_load_round_trip(minilm: tuple[Any, Any], tmp_path: Path) -> None:
     dense, tokenizer = minilm
     model = copy.deepcopy(dense)
-    report = hf_prune.prune(model, heads=0.5, neurons=0.5)
+    # An encoder calibrates on text it is given: a few sentences, enough to exercise reconstruction.
+    sentences = [f"Sentence {i}: the film was {'great' if i % 2 else 'dull'} and the cast did well." for i in range(8)]
+    report = hf_prune.prune(
+        model, heads=0.5, neurons=0.5, calibration=sentences, tokenizer=tokenizer, calibration_samples=8
+    )
+    assert report.extra["reconstruction"]["with_bias"] == 12  # BERT's o and down projections have biases
     assert report.layers_before == [{"heads": 12, "kv_heads": 12, "neurons": 1536}] * 6
     assert report.layers_after == [{"heads": 6, "kv_heads": 6, "neurons": 768}] * 6
     assert not report.vanilla_loadable  # BERT derives head size from hidden/heads: the structure is recorded
