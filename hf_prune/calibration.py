@@ -24,6 +24,7 @@ logger = logging.get_logger(__name__)
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 LABEL_COLUMNS = ("label", "labels")
 SELF_CALIBRATION_FILE = "self_calibration.json"
+GENERATION_BATCH = 32
 
 
 class CalibrationError(ValueError):
@@ -239,7 +240,11 @@ def self_generate(
     top_p: float = 0.95,
 ) -> CalibrationData:
     """Sample ``samples`` sequences of ``seq_len`` tokens from a causal LM, starting from its BOS token
-    (Williams et al. 2024). Seeded: the same model, seed and sizes give the same tokens."""
+    (Williams et al. 2024). Seeded: the same model, seed and sizes give the same tokens.
+
+    Up to ``GENERATION_BATCH`` sequences are sampled together (a decoding step reads every weight once whatever
+    the batch, so wide batches are nearly free); they are then served in calibration batches of ``batch_size``.
+    """
     if not is_causal_lm(model):
         raise CalibrationError(
             f"{type(model).__name__} does not generate text, so it cannot calibrate itself: give calibration data "
@@ -253,8 +258,9 @@ def self_generate(
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for first in tqdm(range(0, samples, batch_size), desc="self-calibration", unit="batch", leave=False):
-                count = min(batch_size, samples - first)
+            width = max(batch_size, min(samples, GENERATION_BATCH))
+            for first in tqdm(range(0, samples, width), desc="self-calibration", unit="batch", leave=False):
+                count = min(width, samples - first)
                 prompt = torch.full((count, 1), start, dtype=torch.long, device=device)
                 out = model.generate(
                     input_ids=prompt,

@@ -92,6 +92,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         if isinstance(config, dict):
             config = PruningConfig.from_dict(config)
         self.config = (config or PruningConfig()).replace(**overrides)
+        if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
+            self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name
         del importance
         self.structure: ModelStructure | None = None

@@ -65,7 +65,13 @@ class PruningConfig:
     )
     calibration_samples: int = field(default=32, metadata={"help": "calibration sequences (windows for causal LMs)"})
     calibration_seq_len: int = field(default=512, metadata={"help": "tokens per calibration sequence"})
-    calibration_batch_size: int = field(default=8, metadata={"help": "sequences per calibration forward pass"})
+    calibration_batch_size: int = field(
+        default=1,
+        metadata={
+            "help": "sequences per calibration forward/backward pass: memory grows with it (Taylor sums gradients "
+            "over the batches, so its scores do not depend on it)"
+        },
+    )
     reconstruct: bool | None = field(
         default=None,
         metadata={
@@ -75,10 +81,10 @@ class PruningConfig:
         },
     )
     reconstruct_refit: str = field(
-        default="scales",
+        default="weights",
         metadata={
             "help": "what reconstruction may refit besides the bias: 'none', 'scales' (one per kept head/neuron) or "
-            "'weights' (ridge refit of the kept columns of o/down; fits the calibration domain most)"
+            "'weights' (also a ridge refit of the kept columns of o/down), each only where held-out windows agree"
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of self-calibration and of sampling calibration texts"})

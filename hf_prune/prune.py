@@ -228,10 +228,13 @@ def resolve_importance(name: str, model: nn.Module, calibration: CalibrationData
     return AUTO_LABELLED if labelled else AUTO_UNLABELLED
 
 
-# The defaults behind importance='auto', chosen from benchmarks/quality_oneshot.py (README: "Choosing the default").
-AUTO_CAUSAL_LM = "fluctuation"
+# The defaults behind importance='auto' (README, "One-shot pruning without retraining"): Taylor was the best
+# causal-LM criterion under every reconstruction in benchmarks/quality_oneshot.py; Fisher the best one-shot
+# criterion on MiniLM-L6 with labels, and activation the best data-only one on SmolLM2 without reconstruction
+# (benchmarks/quality_encoder.py, quality_decoder.py).
+AUTO_CAUSAL_LM = "taylor"
 AUTO_LABELLED = "fisher"
-AUTO_UNLABELLED = "fluctuation"
+AUTO_UNLABELLED = "activation"
 
 
 def gather_calibration(

@@ -187,7 +187,7 @@ def plan_fix(
     unit_width: int,
     keep_units: Sequence[int],
     can_bias: bool,
-    refit: str = "scales",
+    refit: str = "weights",
 ) -> ProjectionFix:
     """Choose bias compensation and a refit for one projection from its input moments (module docstring).
 
@@ -378,7 +378,7 @@ class Reconstruction:
 
     batches: Sequence[dict[str, torch.Tensor]]
     bias: bool = True
-    refit: str = "scales"
+    refit: str = "weights"
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self, structure: ModelStructure, plans: Sequence[tuple[SublayerPlan, SublayerPlan]]) -> None:
@@ -404,7 +404,7 @@ def reconstruct_sequentially(
     batches: Sequence[dict[str, torch.Tensor]],
     plans: Sequence[tuple[SublayerPlan | None, SublayerPlan | None]],
     bias: bool = True,
-    refit: str = "scales",
+    refit: str = "weights",
 ) -> list[dict[str, Any]]:
     """Prune block by block and reconstruct each pruned output projection (module docstring).
 
@@ -415,9 +415,11 @@ def reconstruct_sequentially(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    # A bias only where some block loses units of that part (enabling one adds a zero bias to every block).
+    changes = [any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans) for k in (0, 1)]
     can_bias = {
-        "attention": bias and enable_bias(structure, "attention"),
-        "mlp": bias and enable_bias(structure, "mlp"),
+        part: bias and changed and enable_bias(structure, part)
+        for part, changed in zip(("attention", "mlp"), changes, strict=True)
     }
     captured = capture_block_inputs(structure, batches)
     hidden = [inputs.args[0] if inputs.args else inputs.kwargs["hidden_states"] for inputs in captured[0]]

@@ -156,3 +156,24 @@ def test_tp_counts_check_smoke() -> None:
     for key in ("hf_prune_plan_perplexity", "torch_pruning_perplexity", "hf_prune_at_torch_pruning_counts_perplexity"):
         assert data[key] > 0, key
     assert isinstance(data["layers_differing"], list) and data["meta"]["smoke"] is True
+
+
+def test_quality_oneshot_smoke(tmp_path: Path) -> None:
+    """The one-shot benchmark measures every criterion x reconstruction x calibration source on two held-out
+    texts, with standard errors, and the default path at the other targets."""
+    output = tmp_path / "oneshot.json"
+    _run_script("quality_oneshot.py", "--smoke", "--output", str(output), "--default", "taylor:bias+scales")
+    data = json.loads(output.read_text())
+    assert data["meta"]["smoke"] is True and data["meta"]["complete"] is True
+    assert set(data["dense"]) == {"hamlet", "modern_prose"}
+    sweep = [p for p in data["points"] if p["target"] == 0.2]
+    combos = {(p["calibration"], p["criterion"], p["reconstruction"]) for p in sweep}
+    reconstructions = ("none", "bias", "bias+scales", "bias+weights")
+    sources, criteria = ("plays", "self-generated"), ("taylor", "fluctuation")
+    assert combos == {(s, c, r) for s in sources for c in criteria for r in reconstructions}
+    for point in data["points"]:
+        for text in ("hamlet", "modern_prose"):
+            assert point["eval"][text]["ppl"] > 0 and point["eval"][text]["se"] >= 0
+        assert 0 < point["params_removed"] < 1
+        assert bool(point["reconstruction_summary"]) == (point["reconstruction"] != "none")
+    assert all(p["reconstruction_summary"]["refit_weights"] == 0 for p in sweep if p["reconstruction"] == "bias")
