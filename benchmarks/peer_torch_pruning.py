@@ -624,7 +624,7 @@ def run_case(case: Case, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     dense_flops = flops_per_token(dense, args.seq_len)
     for target in case.targets:
         hfp = copy.deepcopy(dense)
-        report = hf_prune.prune(hfp, **target)
+        report = hf_prune.prune(hfp, **target, importance="magnitude", reconstruct=False)
         layers_after = report.layers_after
         request, notes = (
             nearest_gqa_request(layers_after, layers_before) if case.gqa else ([dict(s) for s in layers_after], [])

@@ -53,7 +53,9 @@ def batches_of(dataset: Any, tokenizer: Any, size: int, limit: int | None = None
 def one_shot(dense: torch.nn.Module, criterion: str, flops: float, calibration: list) -> tuple[Any, Any]:
     model = copy.deepcopy(dense)
     importance = hf_prune.calibrate(model, calibration, criterion)
-    report = hf_prune.prune(model, flops=flops, importance=importance, ranking="global", neuron_multiple=1)
+    report = hf_prune.prune(
+        model, flops=flops, importance=importance, ranking="global", neuron_multiple=1, reconstruct=False
+    )
     return model, report
 
 
@@ -69,7 +71,7 @@ def peer_curves(dense: torch.nn.Module, calibration: list, evaluation: list, tar
         for flops in targets:
             model = copy.deepcopy(dense)
             scores = hf_prune.calibrate(model, calibration, importance)
-            report = hf_prune.prune(model, flops=flops, importance=scores, neuron_multiple=1)
+            report = hf_prune.prune(model, flops=flops, importance=scores, neuron_multiple=1, reconstruct=False)
             removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
             ours.append({"target": flops, "flops_removed": removed, "accuracy": accuracy(model, evaluation)})
             model = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, importance, calibration)

@@ -63,7 +63,7 @@ def run(loader, name: str, fraction: float, batch_sizes: list[int], seq_len: int
     dense, _ = loader()
     dense = dense.to(device).eval()
     pruned = copy.deepcopy(dense).cpu()
-    report = hf_prune.prune(pruned, heads=fraction, neurons=fraction)
+    report = hf_prune.prune(pruned, heads=fraction, neurons=fraction, importance="magnitude", reconstruct=False)
     with tempfile.TemporaryDirectory() as tmp:
         hf_prune.save_pretrained(pruned, Path(tmp) / "pruned")
         pruned = hf_prune.from_pretrained(Path(tmp) / "pruned").to(device).eval()

@@ -64,7 +64,9 @@ def main() -> None:
     taylor = hf_prune.calibrate(copy.deepcopy(dense), calibration, "taylor")
 
     ours = copy.deepcopy(dense)
-    report = hf_prune.prune(ours, params=args.target, importance=taylor, ranking="global", gqa_mode="query_heads")
+    report = hf_prune.prune(
+        ours, params=args.target, importance=taylor, ranking="global", gqa_mode="query_heads", reconstruct=False
+    )
     peer = prune_smollm2_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration)
     built, _ = llama_layers(peer)
     at_peer_counts = copy.deepcopy(dense)

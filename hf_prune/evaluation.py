@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -145,13 +146,12 @@ class Evaluation:
         """The report's ``eval`` entry: before, after and the dataset (for the card's model-index)."""
         if self.before_values is None:
             raise RuntimeError("measure the dense model first (Evaluation.before).")
-        details = self.data.details
-        return {
-            "before": self.before_values,
-            "after": self._measure(pruned),
-            "dataset": {"type": self.data.source, "name": self.data.source, "split": details.get("split")},
-            "task_type": None,
-        }
+        source = Path(self.data.source)
+        if source.exists():  # a local file or folder: its name, not this machine's path; no Hub split
+            dataset = {"type": source.name, "name": source.name}
+        else:
+            dataset = {"type": self.data.source, "name": self.data.source, "split": self.data.details.get("split")}
+        return {"before": self.before_values, "after": self._measure(pruned), "dataset": dataset, "task_type": None}
 
 
 def evaluate_model(model: nn.Module, data: CalibrationData, metric: str | Metric = "auto") -> dict[str, float]:

@@ -86,9 +86,10 @@ def test_card_states_the_report_and_nothing_else(uniform: tuple, tmp_path: Path)
     assert _python_blocks(_section(text, "How to load it")) == [
         f"from transformers import AutoModelForCausalLM\n\n{snippet}\n"
     ]
-    # Not measured or not given: absent rather than guessed.
-    for missing in ("Measured latency", "Evaluation", "Schedule", "Training steps", "huggingface.co/"):
+    # Not measured or not given: absent rather than guessed; quality, the first question, gets one plain line.
+    for missing in ("Measured latency", "Schedule", "Training steps", "huggingface.co/", "| Metric |"):
         assert missing not in text
+    assert _section(text, "Evaluation").strip().startswith("Quality was not measured for this card")
     assert "- Importance criterion: `magnitude`." in _section(text, "How it was pruned")
     assert yaml.safe_load(_section(text, "How it was pruned").split("```yaml\n")[1].split("```")[0]) == report.config
 
