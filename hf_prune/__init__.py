@@ -9,6 +9,7 @@ from .callback import PruningCallback
 from .card import build_model_card, write_card
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
+from .evaluation import Evaluation, evaluate_model
 from .flops import Cost, measure_cost
 from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
@@ -24,6 +25,7 @@ __all__ = [
     "CalibrationError",
     "Cost",
     "DistillationConfig",
+    "Evaluation",
     "Importance",
     "LayerPlan",
     "MaskSet",
@@ -39,6 +41,7 @@ __all__ = [
     "available_importances",
     "build_model_card",
     "calibrate",
+    "evaluate_model",
     "from_pretrained",
     "get_importance",
     "measure_cost",
