@@ -310,6 +310,15 @@ def max_positions(model: torch.nn.Module) -> int | None:
     return None
 
 
+def usable_seq_len(model: torch.nn.Module, seq_len: int) -> int:
+    """``seq_len``, shortened to the model's position embeddings where they are shorter."""
+    longest = max_positions(model)
+    if longest is not None and seq_len > longest:
+        logger.info("calibration sequences shortened from %d to the model's %d positions", seq_len, longest)
+        return longest
+    return seq_len
+
+
 def _is_batch_list(data: Any) -> bool:
     return isinstance(data, Sequence) and bool(data) and all(isinstance(b, Mapping) for b in data)
 
@@ -333,10 +342,7 @@ def prepare_calibration(
     """
     if isinstance(data, CalibrationData):
         return data
-    longest = max_positions(model)
-    if longest is not None and seq_len > longest:
-        logger.info("calibration sequences shortened from %d to the model's %d positions", seq_len, longest)
-        seq_len = longest
+    seq_len = usable_seq_len(model, seq_len)
     if data is None:
         return self_generate(model, samples, seq_len, seed, batch_size, tokenizer)
     if _is_batch_list(data):

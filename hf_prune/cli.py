@@ -24,9 +24,9 @@ from .calibration import (
     CalibrationData,
     is_causal_lm,
     load_self_calibration,
-    max_positions,
     prepare_calibration,
     save_self_calibration,
+    usable_seq_len,
 )
 from .card import card_files, source_license
 from .checkpoint import from_pretrained, save_pretrained
@@ -34,8 +34,7 @@ from .config import PruningConfig
 from .evaluation import METRICS, Evaluation, choose_metric
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
-from .importance import get_importance
-from .prune import prune
+from .prune import calibration_needs, gather_calibration, prune
 from .recipe import recipes_dir, shipped_recipes
 from .structure import ModelStructure
 
@@ -176,26 +175,18 @@ def _evaluation(args: argparse.Namespace, config: PruningConfig, model: Any, tok
 def _self_calibration(model: Any, config: PruningConfig, output: Path) -> CalibrationData | None:
     """Self-generated calibration text for a causal LM given no data: reused from a previous run's output folder
     when it was made with the same settings (generating it is the slowest part of a CPU run), else sampled."""
-    criterion_needs_data = config.importance == "auto" or get_importance(config.importance).accumulates
-    if not is_causal_lm(model) or not (criterion_needs_data or config.reconstruct is not False):
+    if not is_causal_lm(model) or not calibration_needs(config)[1]:
         return None
-    seq_len = min(config.calibration_seq_len, max_positions(model) or config.calibration_seq_len)
     cached = output / SELF_CALIBRATION_FILE
     if cached.is_file():
         data = load_self_calibration(cached, config.calibration_batch_size)
+        seq_len = usable_seq_len(model, config.calibration_seq_len)
         same = data.details.get("seed") == config.seed and data.details.get("seq_len") == seq_len
         if same and data.num_sequences == config.calibration_samples:
             print(f"reusing the self-generated calibration text in {cached}", file=sys.stderr)
             return data
     print(f"sampling {config.calibration_samples} calibration sequences from the model ...", file=sys.stderr)
-    return prepare_calibration(
-        model,
-        None,
-        samples=config.calibration_samples,
-        seq_len=seq_len,
-        batch_size=config.calibration_batch_size,
-        seed=config.seed,
-    )
+    return gather_calibration(model, config, None, None, fitted=False)
 
 
 def _print_pushed(info: Any) -> None:

@@ -237,6 +237,17 @@ AUTO_LABELLED = "fisher"
 AUTO_UNLABELLED = "activation"
 
 
+def calibration_needs(config: PruningConfig, fitted: bool = False) -> tuple[list[str], bool]:
+    """What requires calibration data (named, for the error), and whether the run wants any at all."""
+    required_by = []
+    if not fitted and config.importance != "auto" and get_importance(config.importance).accumulates:
+        required_by.append(f"importance '{config.importance}'")
+    if config.reconstruct:
+        required_by.append("reconstruct=True")
+    wanted = bool(required_by) or config.reconstruct is None or (config.importance == "auto" and not fitted)
+    return required_by, wanted
+
+
 def gather_calibration(
     model: nn.Module, config: PruningConfig, calibration: Any, tokenizer: Any, fitted: bool
 ) -> CalibrationData | None:
@@ -246,12 +257,7 @@ def gather_calibration(
     ``fitted``: the criterion came already fitted, so only reconstruction may want data.
     """
     data = calibration if calibration is not None else config.calibration_data
-    required_by = []
-    if not fitted and config.importance != "auto" and get_importance(config.importance).accumulates:
-        required_by.append(f"importance '{config.importance}'")
-    if config.reconstruct:
-        required_by.append("reconstruct=True")
-    wanted = required_by or config.reconstruct is None or (config.importance == "auto" and not fitted)
+    required_by, wanted = calibration_needs(config, fitted)
     if data is None and not wanted:
         return None
     if data is None and not is_causal_lm(model):
