@@ -7,6 +7,10 @@ model. Its state (masks, accumulated scores) survives ``resume_from_checkpoint``
 A criterion that accumulates statistics (taylor, fisher, activation) has none before the first optimizer
 step: an update due then (``begin=0``, notably the single update of ``schedule="one_shot"``) is deferred to
 the end of the first step that has statistics, and applied there with the schedule's progress at that step.
+
+When the run evaluates, the callback keeps the Trainer's eval metrics of the dense model (the last evaluation
+before the first pruning update) and of the pruned one (the last after the final update) for the report and card
+(:class:`hf_prune.evaluation.TrainerEvaluations`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
+from .calibration import is_causal_lm
 from .config import PruningConfig
+from .evaluation import TrainerEvaluations
 from .flops import measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
 from .masks import MaskSet
@@ -86,6 +92,12 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     Args:
         config: a :class:`PruningConfig` (or its dict form); keyword ``overrides`` replace fields.
+
+    Attributes:
+        evaluations: the Trainer's eval metrics of the dense and of the pruned model, for the report and card.
+        final_evaluation: request an evaluation at the last training step, so that the report has the final
+            model's figures (set by :class:`PruningTrainer` when it has an ``eval_dataset``; with
+            ``eval_strategy="steps"`` the callback requests it anyway).
     """
 
     def __init__(self, config: PruningConfig | dict[str, Any] | None = None, **overrides: Any) -> None:
@@ -105,6 +117,9 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._progress = 0.0
         self._last_update = -1
         self._pending = False  # an update was due but had no statistics yet: apply it at the next step end
+        self.evaluations = TrainerEvaluations()
+        self.final_evaluation = False
+        self._after_dense_evaluation = False
 
     # -- ExportableState: what a checkpoint needs to resume exactly where this run was -----------------
 
@@ -120,6 +135,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             "progress": self._progress,
             "last_update": self._last_update,
             "pending": self._pending,
+            "eval": self.evaluations.state_dict(),
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -129,6 +145,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._progress = float(snapshot.get("progress", 0.0))
         self._last_update = int(snapshot.get("last_update", -1))
         self._pending = bool(snapshot.get("pending", False))
+        self.evaluations.load_state_dict(snapshot.get("eval"))
         logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
 
     @staticmethod
@@ -170,7 +187,10 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks.attach()
         self.importance.attach(self.structure)
         if not snapshot and self.schedule.is_update_step(state.global_step, self._max_steps):
-            self._update(state.global_step)
+            if args.eval_on_start:  # Trainer evaluates next, before any step: let it measure the dense model first
+                self._after_dense_evaluation = True
+            else:
+                self._update(state.global_step)
 
     def _importance_kwargs(self) -> dict[str, Any]:
         criterion = get_importance(self.config.importance)
@@ -195,6 +215,9 @@ class PruningCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._pending or self.schedule.is_update_step(state.global_step, self._max_steps):
             self._update(state.global_step)
+        last_step = bool(state.max_steps) and state.global_step >= state.max_steps
+        if last_step and (self.final_evaluation or args.eval_strategy == "steps"):
+            control.should_evaluate = True  # the final model's figures, for the report
 
     def _target(self) -> float:
         config = self.config
@@ -263,6 +286,35 @@ class PruningCallback(TrainerCallback, ExportableState):
         if state.log_history:
             state.log_history[-1].update(values)  # trainer_state.json
 
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.report is not None or self._progress >= 1.0:  # the final structure (masked or removed)
+            stage: str | None = "after"
+        else:
+            stage = "before" if self.masks is None or self.masks.dense else None  # else partly pruned
+        model = kwargs.get("model")
+        dataset = getattr(kwargs.get("eval_dataloader"), "dataset", None)
+        causal = model is not None and is_causal_lm(_unwrap(model))
+        self.evaluations.record(metrics or {}, state.global_step, stage, dataset, causal)
+        if self._after_dense_evaluation:  # the update due at step 0, which eval_on_start's evaluation waited for
+            self._after_dense_evaluation = False
+            self._update(state.global_step)
+        if self.report is not None:  # evaluated after train(): the saved report gets the figures too
+            self.report.extra["eval"] = self.evaluations.entry()
+            self._write_report(args, state)
+
+    def _write_report(self, args: TrainingArguments, state: TrainerState) -> None:
+        if state.is_world_process_zero and self.report is not None:
+            output = Path(args.output_dir)
+            output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output / REPORT_NAME, self.report.to_json())
+
     # -- the end: remove for good --------------------------------------------------------------------------
 
     def on_train_end(
@@ -304,13 +356,12 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "training_steps": state.global_step,
             },
         )
+        if (evaluations := self.evaluations.entry()) is not None:
+            self.report.extra["eval"] = evaluations
         self.structure.model.hf_prune_report = self.report
-        if state.is_world_process_zero:
-            output = Path(args.output_dir)
-            output.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(output / REPORT_NAME, self.report.to_json())
-            if args.push_to_hub:
-                self._push(args, kwargs.get("processing_class"))
+        self._write_report(args, state)
+        if state.is_world_process_zero and args.push_to_hub:
+            self._push(args, kwargs.get("processing_class"))
         logger.info("pruning finished: %s", json.dumps(self.metrics()))
 
     def _push(self, args: TrainingArguments, processing_class: Any) -> None:

@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
+from .evaluation import plain_metrics
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)
@@ -58,9 +59,6 @@ _TASKS = (
     ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "ForMaskedLM", "fill-mask"),
     ("AutoModel", "MODEL_MAPPING_NAMES", None, "feature-extraction"),
 )
-# Trainer.evaluate() keys that describe the evaluation run, not the model's quality.
-_RUN_KEYS = ("epoch", "runtime")
-_RUN_SUFFIXES = ("_runtime", "_per_second")
 
 
 def auto_class(class_name: str | None) -> tuple[str | None, str | None]:
@@ -123,18 +121,6 @@ class _EvalRow:
     after: Any = None
 
 
-def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Quality metrics of a ``Trainer.evaluate()``-style dict, without the ``eval_`` prefix and the run timings."""
-    out = {}
-    for key, value in metrics.items():
-        name = key.removeprefix("eval_")
-        if name in _RUN_KEYS or name.endswith(_RUN_SUFFIXES) or isinstance(value, bool):
-            continue
-        if isinstance(value, int | float | str):
-            out[name] = value
-    return out
-
-
 def _stage_results(values: Any, dataset: Mapping[str, Any], task_type: str | None) -> list[tuple[Any, ...]]:
     """``(metric, dataset label, value, EvalResult or None)`` for the results of one stage (before or after)."""
     if values is None:
@@ -143,7 +129,7 @@ def _stage_results(values: Any, dataset: Mapping[str, Any], task_type: str | Non
         # Plain {metric: value}: a model-index entry needs the dataset and task, which only the caller knows.
         dataset_type = dataset.get("type")
         rows = []
-        for metric, value in _plain_metrics(values).items():
+        for metric, value in plain_metrics(values).items():
             result = None
             if dataset_type and task_type:
                 result = EvalResult(
@@ -180,6 +166,7 @@ def evaluation(eval_results: Any, task_type: str | None) -> tuple[list[_EvalRow]
 
     ``eval_results`` is either a list of :class:`EvalResult` (results of the pruned model), or a mapping
     ``{"before": ..., "after": ..., "dataset": {"type", "name", "config", "split", "revision"}, "task_type": ...}``
+    (:func:`hf_prune.evaluation.eval_entry`; optionally ``"steps"``, the training steps each stage was measured at)
     whose stages are ``{metric: value}`` dicts (``Trainer.evaluate()``'s output) or lists of :class:`EvalResult`
     (or of their fields as dicts). Only the *after* results go into ``model-index``: it describes this model, and the
     dense model's scores are not this model's. Plain metrics reach ``model-index`` only when the dataset is named.
@@ -187,10 +174,10 @@ def evaluation(eval_results: Any, task_type: str | None) -> tuple[list[_EvalRow]
     if eval_results is None:
         return [], []
     if isinstance(eval_results, Mapping):
-        unknown = sorted(set(eval_results) - {"before", "after", "dataset", "task_type"})
+        unknown = sorted(set(eval_results) - {"before", "after", "dataset", "task_type", "steps"})
         if unknown:
             raise ValueError(
-                f"unknown evaluation key(s) {unknown}; expected 'before', 'after', 'dataset' and 'task_type'."
+                f"unknown evaluation key(s) {unknown}; expected 'before', 'after', 'dataset', 'task_type' and 'steps'."
             )
         stages = {"before": eval_results.get("before"), "after": eval_results.get("after")}
         dataset = eval_results.get("dataset") or {}
@@ -341,7 +328,14 @@ NOT_EVALUATED = (
 )
 
 
-def _eval_section(rows: Sequence[_EvalRow]) -> str | None:
+NO_BASELINE = (
+    "The dense model was not evaluated before pruning started, so there is no figure to compare with (in a Trainer "
+    "run, `TrainingArguments(eval_on_start=True)` or `PruningTrainer` with an `eval_dataset` measures it)."
+)
+NO_PRUNED_FIGURE = "The pruned model was not evaluated after its final pruning update."
+
+
+def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
     if not rows:
         return None
     has_before = any(r.before is not None for r in rows)
@@ -353,7 +347,18 @@ def _eval_section(rows: Sequence[_EvalRow]) -> str | None:
         cells = [r.metric] + ([_fmt(r.dataset)] if has_dataset else []) + ([_fmt(r.before)] if has_before else [])
         body.append([*cells, _fmt(r.after)])
     align = "l" * (1 + has_dataset) + "r" * (1 + has_before)
-    return "## Evaluation\n\n" + _table(header, body, align)
+    notes = [] if has_before else [NO_BASELINE]
+    if not any(r.after is not None for r in rows):
+        notes.append(NO_PRUNED_FIGURE)
+    if isinstance(steps, Mapping):
+        when = [
+            f"the {what} model at step {steps[k]:,}"
+            for k, what in (("before", "dense"), ("after", "pruned"))
+            if k in steps
+        ]
+        if when:
+            notes.append(f"Measured by the Trainer during training: {' and '.join(when)}.")
+    return "## Evaluation\n\n" + _table(header, body, align) + "".join("\n\n" + note for note in notes)
 
 
 def _loading_section(report: PruningReport, class_name: str | None, repo: str) -> str:
@@ -500,7 +505,8 @@ def build_model_card(
     if base_model is not None:
         validate_repo_id(base_model)
     _, pipeline_tag = auto_class(model_class_name)
-    rows, model_index = evaluation(eval_results if eval_results is not None else report.extra.get("eval"), pipeline_tag)
+    eval_results = eval_results if eval_results is not None else report.extra.get("eval")
+    rows, model_index = evaluation(eval_results, pipeline_tag)
     if model_index and not model_name:
         model_name = repo_id.split("/")[-1] if repo_id else f"{(base_model or report.model_type).split('/')[-1]}-pruned"
     data = ModelCardData(
@@ -527,7 +533,7 @@ def build_model_card(
         f"layer, plus attention scores over a context of {report.after.seq_len} tokens. "
         f"Theoretical speedup (FLOPs before / after): x{report.flops_ratio:.2f}.",
         _latency_section(report.extra),
-        _eval_section(rows) or NOT_EVALUATED,
+        _eval_section(rows, eval_results.get("steps") if isinstance(eval_results, Mapping) else None) or NOT_EVALUATED,
         _method_section(report),
     ]
     body = "\n\n".join(s for s in sections if s) + "\n"

@@ -29,7 +29,7 @@ from transformers.utils import logging
 
 from .card import CARD_NAME, REPO_PLACEHOLDER, TAGS, card_files
 from .checkpoint import save_pretrained
-from .evaluation import check_collapse
+from .evaluation import QualityCollapseError, check_collapse
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)
@@ -185,14 +185,16 @@ def _saved_report(folder: Path | None) -> PruningReport | None:
     return PruningReport.from_dict(json.loads(path.read_text(encoding="utf-8"))) if path and path.is_file() else None
 
 
-def _check_quality(report: PruningReport | None, force: bool) -> None:
-    """The push guard: refuse a model whose measured quality collapsed, unless forced."""
+def check_quality(report: PruningReport | None, force: bool = False) -> None:
+    """The push guard: raise :class:`QualityCollapseError` for a model whose measured quality collapsed (its
+    ``report.extra["eval"]``, see :func:`hf_prune.evaluation.check_collapse`), unless ``force``."""
     evaluation = None if report is None else report.extra.get("eval")
     reason = check_collapse(evaluation) if isinstance(evaluation, dict) else None
     if reason and not force:
-        raise ValueError(
+        raise QualityCollapseError(
             f"refusing to push: the pruned model's quality collapsed ({reason}). Prune less or with calibration "
-            "data, or push anyway with force=True (CLI: --force). Nothing was sent to the Hub."
+            "data, or push anyway with force=True (CLI: --force; a saved folder: `hf-prune push DIR REPO_ID "
+            "--force`). Nothing was sent to the Hub."
         )
     if reason:
         logger.warning("pushing a model whose quality collapsed (%s), as forced", reason)
@@ -241,7 +243,8 @@ def push_to_hub(
         The commit's :class:`~huggingface_hub.CommitInfo` (``commit_url``, ``oid``, ``pr_url``).
 
     Raises:
-        ValueError: a bad repo id or arguments, or a measured collapse without ``force``; nothing was sent.
+        ValueError: a bad repo id or arguments, or (:class:`~hf_prune.evaluation.QualityCollapseError`) a measured
+            collapse without ``force``; nothing was sent.
         FileNotFoundError: the folder is not a saved checkpoint; nothing was sent to the Hub.
         PermissionError: the token is missing, invalid or read-only; nothing was written to the Hub.
         HubPushError: the upload failed; the message says whether anything was committed and if retrying is safe.
@@ -255,7 +258,7 @@ def push_to_hub(
         check_checkpoint(folder)
         if tokenizer is not None:
             raise ValueError("tokenizer= applies when pushing a model; save the tokenizer into the folder instead.")
-    _check_quality(report if report is not None else _saved_report(folder), force)
+    check_quality(report if report is not None else _saved_report(folder), force)
     check_token(token)
     api = HfApi(token=token)
 

@@ -69,6 +69,11 @@ class MaskSet:
     def kept_neurons(self) -> list[int]:
         return [int(m.sum()) for m in self.neurons]
 
+    @property
+    def dense(self) -> bool:
+        """Whether nothing is masked yet (the model still computes what the unpruned one does)."""
+        return all(bool(m.all()) for m in (*self.heads, *self.neurons))
+
     # -- applying --------------------------------------------------------------------------------------
 
     def attach(self) -> None:

@@ -6,6 +6,9 @@ same way: logits with a temperature, optionally hidden states layer by layer).
 
     trainer = PruningTrainer(model=model, args=args, train_dataset=ds,          # was: Trainer(...)
                              pruning=PruningConfig(flops=0.4), distillation=DistillationConfig())
+
+With an ``eval_dataset`` it also measures what pruning cost: it evaluates the dense model when training starts and
+the final model at the last step, and the report, the card and the push guard get both figures.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from transformers import Trainer
 
 from .callback import PruningCallback
 from .config import PruningConfig
+from .hub import check_quality
 
 
 @dataclass
@@ -67,6 +71,10 @@ class PruningTrainer(Trainer):
         distillation: a :class:`DistillationConfig` (or ``True`` for the defaults) to distil from ``teacher``.
         teacher: the teacher model; by default a frozen copy of ``model`` as it is when the trainer is built.
         *args, **kwargs: everything ``transformers.Trainer`` takes.
+
+    With an ``eval_dataset``, :meth:`train` evaluates the dense model first (as ``eval_on_start=True`` does; not
+    when resuming, whose checkpoint holds that figure) and the model at the last step, so the report and card state
+    the quality before and after pruning; :meth:`push_to_hub` refuses a model whose quality collapsed.
     """
 
     def __init__(
@@ -108,6 +116,31 @@ class PruningTrainer(Trainer):
         if callback is not None and self.callback_handler.callbacks[0] is not callback:
             self.callback_handler.callbacks.remove(callback)
             self.callback_handler.callbacks.insert(0, callback)
+        if callback is not None:
+            callback.final_evaluation = self.eval_dataset is not None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; with an ``eval_dataset``, the dense model is evaluated at the start (unless resuming)
+        and the final one at the last step, for the report's before/after figures."""
+        callback = self.pruning_callback
+        evaluates = callback is not None and self.eval_dataset is not None
+        if callback is not None:
+            callback.final_evaluation = evaluates
+        dense_first = evaluates and not self.args.eval_on_start and not resume_from_checkpoint
+        if dense_first:
+            self.args.eval_on_start = True  # Trainer evaluates right after on_train_begin, before any update
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            if dense_first:
+                self.args.eval_on_start = False
+
+    def push_to_hub(self, *args: Any, force: bool = False, **kwargs: Any) -> Any:
+        """``Trainer.push_to_hub``, refused (before anything is sent) when the measured quality collapsed, unless
+        ``force=True``."""
+        callback = self.pruning_callback
+        check_quality(callback.report if callback is not None else None, force)
+        return super().push_to_hub(*args, **kwargs)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """After pruning, the card is hf_prune's (what was removed, what it cost and gained, how to load it)."""

@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU).
 
 Every rank records, at each mask update, the scores it planned from (after the cross-rank reduction) and the
-masks it chose; rank 0 saves the final model. Fisher scores come from each rank's own batches, so without the
+masks it chose, the evaluations the callback kept, and how many files the callback wrote; rank 0 saves the final
+model. Fisher scores come from each rank's own batches, so without the
 reduction the ranks would disagree.
 """
 
@@ -26,6 +27,7 @@ def main(output: Path) -> None:
     model = CASES_BY_NAME["llama"].build()
     ids = torch.randint(3, 96, (128, 12), generator=torch.Generator().manual_seed(0))
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    held_out = Dataset.from_dict({"input_ids": ids[:32].tolist(), "labels": ids[:32].tolist()})
     args = T.TrainingArguments(
         output_dir=str(output),
         max_steps=16,
@@ -38,6 +40,9 @@ def main(output: Path) -> None:
         seed=0,
         disable_tqdm=True,
         logging_steps=4,
+        eval_on_start=True,
+        eval_strategy="steps",
+        eval_steps=100,  # none during the run: the callback asks for the final one
     )
     config = hf_prune.PruningConfig(
         heads=0.5, neurons=0.5, importance="fisher", ranking="global", end=0.75, update_every=3, neuron_multiple=1
@@ -67,11 +72,28 @@ def main(output: Path) -> None:
             records[-1]["masks"] = callback.masks.state_dict()
 
     callback._update = update
-    trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    writes: list[str] = []
+    write = callback_module.atomic_write_text
+
+    def counting_write(path: Path, text: str) -> None:
+        writes.append(Path(path).name)
+        write(path, text)
+
+    callback_module.atomic_write_text = counting_write
+    trainer = T.Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=held_out, callbacks=[callback])
     trainer.train()
+    trainer.evaluate()  # after train(): the report is updated, by the main process only
     rank = trainer.args.process_index
     (output / f"rank{rank}.json").write_text(
-        json.dumps({"world_size": trainer.args.world_size, "records": records, "kept": callback.report.kept})
+        json.dumps(
+            {
+                "world_size": trainer.args.world_size,
+                "records": records,
+                "kept": callback.report.kept,
+                "eval": callback.report.extra.get("eval"),
+                "writes": writes,
+            }
+        )
     )
     trainer.save_model(str(output / "final"))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import math
 import types
 from pathlib import Path
 from unittest import mock
@@ -11,7 +13,7 @@ from unittest import mock
 import pytest
 import torch
 import transformers as T
-from datasets import Dataset
+from datasets import Dataset, DatasetInfo
 
 import hf_prune
 from hf_prune.callback import _gradient_scales
@@ -19,6 +21,7 @@ from hf_prune.prune import plan_for
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME
+from .hub_server import LocalHub
 
 MAX_STEPS = 24
 
@@ -380,3 +383,184 @@ def test_gradual_cost_target_never_revives_and_ends_on_the_target(seed: int) -> 
         for s, h, kv, n in zip(shapes, masks.kept_heads, kept_kv, masks.kept_neurons, strict=True)
     )
     assert 0.4 - costs.neuron / total <= removed / total <= 0.4
+
+
+# -- quality before and after --------------------------------------------------------------------------------
+
+
+def _eval_dataset() -> Dataset:
+    """Held-out windows with a name and split of their own, so the card's model-index can name them."""
+    ids = torch.randint(3, 96, (16, 12), generator=torch.Generator().manual_seed(1))
+    info = DatasetInfo(dataset_name="tiny-held-out")
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()}, info=info, split="validation")
+
+
+def _eval_logs(trainer: T.Trainer) -> dict[int, dict[str, float]]:
+    return {h["step"]: h for h in trainer.state.log_history if "eval_loss" in h}
+
+
+def _mean_loss(model: torch.nn.Module, dataset: Dataset, batch_size: int = 8) -> float:
+    """The eval loss computed without the Trainer: the mean over equal batches of the model's own loss."""
+    ids = torch.tensor(dataset["input_ids"])
+    with torch.no_grad():
+        losses = [float(model.eval()(input_ids=b, labels=b).loss) for b in ids.split(batch_size)]
+    return sum(losses) / len(losses)
+
+
+def test_trainer_evaluations_of_the_dense_and_pruned_model_reach_the_report_and_card(tmp_path: Path) -> None:
+    """eval_on_start measures the dense model; step 10 is mid-schedule (ignored); the schedule's last update is at
+    step 18, so the pruned figure is the last evaluation after it: the one the callback asks for at step 24."""
+    model = CASES_BY_NAME["llama"].build()
+    dense = copy.deepcopy(model)
+    callback = hf_prune.PruningCallback(_config(importance="magnitude"))
+    args = _args(tmp_path, eval_on_start=True, eval_strategy="steps", eval_steps=10, per_device_eval_batch_size=8)
+    held_out = _eval_dataset()
+    trainer = T.Trainer(model=model, args=args, train_dataset=_dataset(), eval_dataset=held_out, callbacks=[callback])
+    trainer.train()
+
+    logs = _eval_logs(trainer)
+    assert sorted(logs) == [0, 10, 20, 24], "the final model is evaluated at the last step"
+    entry = json.loads((tmp_path / "pruning_report.json").read_text())["extra"]["eval"]
+    assert entry["steps"] == {"before": 0, "after": 24}
+    assert entry["before"]["loss"] == logs[0]["eval_loss"] == pytest.approx(_mean_loss(dense, held_out), rel=1e-5)
+    assert entry["after"]["loss"] == logs[24]["eval_loss"] == pytest.approx(_mean_loss(model, held_out), rel=1e-5)
+    assert entry["after"]["perplexity"] == pytest.approx(math.exp(logs[24]["eval_loss"]))
+    assert "runtime" not in entry["after"] and "samples_per_second" not in entry["after"]
+    assert entry["dataset"] == {"type": "tiny-held-out", "name": "tiny-held-out", "split": "validation"}
+
+    card = hf_prune.build_model_card(callback.report, model_class_name="LlamaForCausalLM")
+    indexed = {r.metric_type: r for r in card.data.eval_results}
+    assert indexed["loss"].metric_value == entry["after"]["loss"]
+    assert indexed["perplexity"].metric_value == entry["after"]["perplexity"]
+    assert indexed["loss"].dataset_name == "tiny-held-out" and indexed["loss"].dataset_split == "validation"
+    assert indexed["loss"].task_type == "text-generation"
+    assert "the dense model at step 0 and the pruned model at step 24" in card.text
+    assert "not evaluated" not in card.text
+
+
+def test_without_a_dense_evaluation_the_card_says_so(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance="magnitude"))
+    args = _args(tmp_path, eval_strategy="steps", eval_steps=20)
+    T.Trainer(
+        model=model, args=args, train_dataset=_dataset(), eval_dataset=_eval_dataset(), callbacks=[callback]
+    ).train()
+    entry = callback.report.extra["eval"]
+    assert entry["before"] is None and entry["steps"] == {"after": 24}
+    text = hf_prune.build_model_card(callback.report).text
+    assert "The dense model was not evaluated before pruning started" in text
+    assert hf_prune.evaluation.check_collapse(entry) is None  # nothing to compare with: no verdict
+
+
+def test_pruning_trainer_evaluates_the_dense_and_the_final_model_itself(tmp_path: Path) -> None:
+    """With an eval_dataset and no evaluation strategy, PruningTrainer measures both ends of the run."""
+    model = CASES_BY_NAME["llama"].build()
+    dense = copy.deepcopy(model)
+    held_out = _eval_dataset()
+    args = _args(tmp_path)
+    trainer = hf_prune.PruningTrainer(
+        model=model, args=args, train_dataset=_dataset(), eval_dataset=held_out, pruning=_config()
+    )
+    trainer.train()
+    assert sorted(_eval_logs(trainer)) == [0, 24]
+    assert args.eval_on_start is False, "the user's TrainingArguments are left as they were"
+    entry = trainer.pruning_callback.report.extra["eval"]
+    assert entry["before"]["loss"] == pytest.approx(_mean_loss(dense, held_out), rel=1e-5)
+    assert entry["after"]["loss"] == pytest.approx(_mean_loss(model, held_out), rel=1e-5)
+    trainer.create_model_card()
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "## Evaluation" in card and "the dense model at step 0 and the pruned model at step 24" in card
+
+
+def test_eval_on_start_measures_the_dense_model_before_an_update_due_at_step_0(tmp_path: Path) -> None:
+    """one_shot magnitude prunes at step 0, when training begins: eval_on_start's evaluation comes first, and the
+    run ends with the same structure as without it."""
+    config = _config(importance="magnitude", schedule="one_shot")
+    plain = hf_prune.PruningCallback(config)
+    T.Trainer(
+        model=CASES_BY_NAME["llama"].build(),
+        args=_args(tmp_path / "plain"),
+        train_dataset=_dataset(),
+        callbacks=[plain],
+    ).train()
+    model = CASES_BY_NAME["llama"].build()
+    dense, held_out = copy.deepcopy(model), _eval_dataset()
+    trainer = hf_prune.PruningTrainer(
+        model=model, args=_args(tmp_path / "evaluated"), train_dataset=_dataset(), eval_dataset=held_out, pruning=config
+    )
+    trainer.train()
+    entry = trainer.pruning_callback.report.extra["eval"]
+    assert entry["before"]["loss"] == pytest.approx(_mean_loss(dense, held_out), rel=1e-5)
+    assert entry["steps"] == {"before": 0, "after": 24}
+    assert trainer.pruning_callback.report.kept == plain.report.kept
+
+
+def test_an_evaluation_after_train_updates_the_report(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(importance="magnitude"))
+    held_out = _eval_dataset()
+    trainer = T.Trainer(
+        model=model, args=_args(tmp_path), train_dataset=_dataset(), eval_dataset=held_out, callbacks=[callback]
+    )
+    trainer.train()
+    assert "eval" not in callback.report.extra  # nothing was evaluated during training
+    metrics = trainer.evaluate()
+    saved = json.loads((tmp_path / "pruning_report.json").read_text())["extra"]["eval"]
+    assert saved["after"]["loss"] == metrics["eval_loss"] and saved["before"] is None
+    assert callback.report.extra["eval"] == saved
+
+
+def test_the_dense_figure_survives_resume(tmp_path: Path) -> None:
+    def run(resume: str | None, callbacks: list[T.TrainerCallback]) -> tuple[T.Trainer, hf_prune.PruningCallback]:
+        callback = hf_prune.PruningCallback(_config(importance="magnitude"))
+        args = _args(tmp_path, save_strategy="steps", save_steps=4, eval_on_start=resume is None)
+        trainer = T.Trainer(
+            model=CASES_BY_NAME["llama"].build(),
+            args=args,
+            train_dataset=_dataset(),
+            eval_dataset=_eval_dataset(),
+            callbacks=[callback, *callbacks],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, callback
+
+    with pytest.warns(UserWarning, match="pruned less than the target"):
+        first, _ = run(None, [_StopAt(8)])
+    dense_loss = _eval_logs(first)[0]["eval_loss"]
+    resumed, callback = run(str(tmp_path / "checkpoint-8"), [])
+    evaluations = [h["step"] for h in resumed.state.log_history if "eval_loss" in h]
+    assert evaluations == [0], "the first run's evaluation, restored with the state; none in the resumed run"
+    assert callback.report.extra["eval"]["before"]["loss"] == dense_loss
+    assert callback.report.extra["eval"]["steps"]["before"] == 0
+
+
+class _BreakAtTheEnd(T.TrainerCallback):
+    """Break the model on purpose after pruning (logits x50), before the final evaluation."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == state.max_steps:
+            with torch.no_grad():
+                model.lm_head.weight.mul_(50.0)
+
+
+def test_push_guard_refuses_a_training_run_whose_quality_collapsed(tmp_path: Path, local_hub: LocalHub) -> None:
+    repo = "user/collapsed"
+    output = tmp_path / "run"
+    args = _args(output, push_to_hub=True, hub_model_id=repo, hub_strategy="end")
+    trainer = hf_prune.PruningTrainer(
+        model=CASES_BY_NAME["llama"].build(),
+        args=args,
+        train_dataset=_dataset(),
+        eval_dataset=_eval_dataset(),
+        pruning=_config(importance="magnitude"),
+        callbacks=[_BreakAtTheEnd()],
+    )
+    with pytest.raises(hf_prune.evaluation.QualityCollapseError, match=r"refusing to push.*perplexity went from"):
+        trainer.train()
+    assert "model.safetensors" not in local_hub.files(repo), "nothing was uploaded"
+    assert (output / "model.safetensors").is_file() and (output / "README.md").is_file(), "but it is saved"
+    with pytest.raises(hf_prune.evaluation.QualityCollapseError):
+        trainer.push_to_hub()
+    assert "model.safetensors" not in local_hub.files(repo)
+    trainer.push_to_hub(force=True)
+    assert "model.safetensors" in local_hub.files(repo)

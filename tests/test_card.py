@@ -256,6 +256,21 @@ def test_eval_results_before_and_after(uniform: tuple) -> None:
         build_model_card(report, eval_results={"after": {}, "datasets": {}})
 
 
+def test_eval_section_says_which_stage_is_missing_and_when_each_was_measured(uniform: tuple) -> None:
+    """One plain line for a stage nobody measured; figures taken during training say at which step."""
+    _, report = uniform
+    only_dense = {"before": {"loss": 2.5}, "after": None, "dataset": {}, "task_type": None, "steps": {"before": 0}}
+    section = _section(build_model_card(report, eval_results=only_dense).text, "Evaluation")
+    assert "| loss | 2.5 | — |" in section
+    assert "The pruned model was not evaluated after its final pruning update." in section
+    assert "Measured by the Trainer during training: the dense model at step 0." in section
+    assert "dense model was not evaluated" not in section
+    only_pruned = {"before": None, "after": {"loss": 2.75}, "steps": {"after": 1200}}
+    section = _section(build_model_card(report, eval_results=only_pruned).text, "Evaluation")
+    assert section.count("not evaluated") == 1 and "The dense model was not evaluated before pruning" in section
+    assert "the pruned model at step 1,200." in section
+
+
 def test_card_parses_back_round_trips_and_validates_on_the_hub(
     heterogeneous: tuple, local_hub: LocalHub, tmp_path: Path
 ) -> None:

@@ -75,3 +75,11 @@ def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: 
     assert [s.heads for s in ModelStructure(saved).shapes()] == [len(k["keep_heads"]) for k in ranks[0]["kept"]]
     assert [s.neurons for s in ModelStructure(saved).shapes()] == [len(k["keep_neurons"]) for k in ranks[0]["kept"]]
     assert len(list(tmp_path.glob("pruning_report.json"))) == 1
+
+    # The Trainer's evaluations reach every rank's report alike; only the main process writes the file.
+    evaluations = [r["eval"] for r in ranks]
+    assert evaluations[0] == evaluations[1] and evaluations[0]["steps"] == {"before": 0, "after": 16}
+    assert evaluations[0]["before"]["loss"] > 0 and evaluations[0]["after"]["loss"] > 0
+    saved_eval = json.loads((tmp_path / "pruning_report.json").read_text())["extra"]["eval"]
+    assert saved_eval == evaluations[0]
+    assert ranks[0]["writes"] == ["pruning_report.json"] * 2 and ranks[1]["writes"] == []
