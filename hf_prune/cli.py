@@ -11,7 +11,6 @@ import dataclasses
 import json
 import sys
 import types
-import warnings
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -31,7 +30,7 @@ from .calibration import (
 from .card import card_files, source_license
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
-from .evaluation import METRICS, Evaluation, choose_metric
+from .evaluation import METRICS, Evaluation, check_overlap, choose_metric
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
 from .prune import calibration_needs, gather_calibration, prune
@@ -104,10 +103,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"loading {args.model} ...", file=sys.stderr)
     model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
     evaluation = _evaluation(args, config, model, tokenizer)  # bad eval data fails here, before any pruning
+    if config.calibration_data is None:
+        calibration = _self_calibration(model, config, output)
+    else:  # read now, to fail before the evaluation and to compare the two
+        calibration = gather_calibration(model, config, None, tokenizer, fitted=False)
     if evaluation is not None:
+        if calibration is not None:
+            check_overlap(evaluation.data, calibration, tokenizer)
         print(f"evaluating the dense model on {evaluation.data.source} ...", file=sys.stderr)
         evaluation.before(model)
-    calibration = _self_calibration(model, config, output) if config.calibration_data is None else None
+    cached = calibration is not None and calibration.self_generated
     dense = copy.deepcopy(model) if args.measure_latency else None
     report = prune(model, config, calibration=calibration, tokenizer=tokenizer)
     if evaluation is not None:
@@ -133,7 +138,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         extra_files={
             "pruning_report.json": report.to_json(),
             **card,
-            **({SELF_CALIBRATION_FILE: save_self_calibration(calibration)} if calibration is not None else {}),
+            **({SELF_CALIBRATION_FILE: save_self_calibration(calibration)} if cached else {}),
         },
     )
     print(report.summary())
@@ -150,14 +155,6 @@ def _evaluation(args: argparse.Namespace, config: PruningConfig, model: Any, tok
     """The evaluation data and metric of ``--eval-data``, checked before any pruning."""
     if not args.eval_data:
         return None
-    same_source = config.calibration_data and Path(args.eval_data).resolve() == Path(config.calibration_data).resolve()
-    if same_source and args.eval_split == config.calibration_split:
-        warnings.warn(
-            f"the evaluation data is the calibration data ({args.eval_data}, split '{args.eval_split}'): the "
-            "figures will look better than on unseen text. Evaluate on held-out data.",
-            UserWarning,
-            stacklevel=2,
-        )
     data = prepare_calibration(
         model,
         args.eval_data,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import warnings
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+import transformers
 from huggingface_hub import ModelCard
 
 import hf_prune
+from hf_prune import cli
+from hf_prune import evaluation as evaluation_module
 from hf_prune.cli import main
 from hf_prune.evaluation import Evaluation, check_collapse, choose_metric, evaluate_model
 
@@ -132,7 +138,7 @@ def test_cli_eval_data_without_the_column_fails_before_pruning(
 def test_eval_on_the_calibration_data_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "data.txt"
     source.write_text("\n".join(texts(60)), encoding="utf-8")
-    with pytest.warns(UserWarning, match="the evaluation data is the calibration data"):
+    with pytest.warns(UserWarning, match="the evaluation data overlaps the calibration data: 4 of 4"):
         code, _, err = _run(
             capsys, "prune", _saved(tmp_path, tiny_llama()), "--heads", "0.5", "--output", tmp_path / "out",
             "--calibration-data", source, "--calibration-samples", "4", "--calibration-seq-len", "16",
@@ -177,3 +183,151 @@ def test_push_guard_blocks_a_collapsed_model_and_force_passes(
     code, _, err = _run(capsys, "push", folder, "test-user/broken", "--force")
     assert code == 0, err
     assert "config.json" in local_hub.files("test-user/broken")
+
+
+# -- sequence classification through the CLI --------------------------------------------------------------------
+
+
+def _reviews(count: int, seed: int) -> list[str]:
+    """Random-letter "reviews": no two share a run of 32 characters (byte tokens), so they never overlap."""
+    rng = random.Random(seed)
+    return [" ".join("".join(rng.choices("abcdefghij", k=5)) for _ in range(8)) for _ in range(count)]
+
+
+def _labelled_csv(path: Path, rows: list[str], seed: int, labels: bool = True) -> Path:
+    columns: dict[str, list] = {"text": rows}
+    if labels:
+        columns["label"] = [random.Random(seed + i).randint(0, 1) for i in range(len(rows))]
+    datasets.Dataset.from_dict(columns).to_csv(str(path), index=False)
+    return path
+
+
+def _saved_classifier(tmp_path: Path) -> Path:
+    folder = tmp_path / "classifier"
+    tiny_bert_classifier().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _independent_accuracy(model: torch.nn.Module, source: Path) -> dict[str, float]:
+    """Accuracy and F1 of class 1, one unpadded review at a time, counted by hand."""
+    rows = datasets.load_dataset("csv", data_files=str(source), split="train")
+    tokenizer = byte_tokenizer()
+    with torch.no_grad():
+        predicted = [int(model.eval()(**tokenizer(t, return_tensors="pt")).logits.argmax(-1)) for t in rows["text"]]
+    truth = list(rows["label"])
+    tp = sum(p == t == 1 for p, t in zip(predicted, truth, strict=True))
+    return {
+        "accuracy": sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth),
+        "f1": 2 * tp / (sum(predicted) + sum(truth)),
+    }
+
+
+def test_cli_classifier_eval_figures_in_report_and_card_equal_an_independent_computation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], local_hub: LocalHub
+) -> None:
+    dense_folder = _saved_classifier(tmp_path)
+    calibration = _labelled_csv(tmp_path / "train.csv", _reviews(16, seed=0), seed=0)
+    held_out = _labelled_csv(tmp_path / "held_out.csv", _reviews(24, seed=1), seed=100)
+    output = tmp_path / "pruned"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = _run(
+            capsys,
+            "prune", dense_folder, "--heads", "0.5", "--neurons", "0.5", "--output", output,
+            "--calibration-data", calibration, "--calibration-samples", "16",
+            "--eval-data", held_out, "--eval-samples", "24",
+        )  # fmt: skip
+    assert code == 0, err
+    assert not [w for w in caught if "overlaps" in str(w.message)], "held-out data: no overlap warning"
+    entry = json.loads((output / "pruning_report.json").read_text())["extra"]["eval"]
+    dense = transformers.AutoModelForSequenceClassification.from_pretrained(dense_folder)
+    expected_before = _independent_accuracy(dense, held_out)
+    expected_after = _independent_accuracy(hf_prune.from_pretrained(output), held_out)
+    assert entry["before"] == pytest.approx(expected_before)
+    assert entry["after"] == pytest.approx(expected_after)
+    assert entry["dataset"] == {"type": "held_out.csv", "name": "held_out.csv"}
+
+    card = ModelCard.load(output / "README.md")
+    card.validate()
+    indexed = {r.metric_type: r for r in card.data.eval_results}
+    assert indexed.keys() == {"accuracy", "f1"}
+    assert indexed["accuracy"].metric_value == pytest.approx(expected_after["accuracy"])
+    assert indexed["f1"].metric_value == pytest.approx(expected_after["f1"])
+    assert indexed["accuracy"].task_type == "text-classification"
+    assert indexed["accuracy"].dataset_name == "held_out.csv"
+    row = next(line for line in card.text.splitlines() if line.startswith("| accuracy"))
+    assert f"{expected_before['accuracy']:.4g}" in row and f"{expected_after['accuracy']:.4g}" in row
+    assert f"accuracy {expected_before['accuracy']:.4g} -> {expected_after['accuracy']:.4g}" in out
+
+
+@pytest.fixture
+def no_pruning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad evaluation input must fail before any pruning: pruning at all fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pruning started")
+
+    monkeypatch.setattr(cli, "prune", refuse)
+
+
+def test_cli_metric_that_does_not_fit_the_classifier_fails_before_pruning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_pruning: None
+) -> None:
+    held_out = _labelled_csv(tmp_path / "held_out.csv", _reviews(8, seed=1), seed=0)
+    output = tmp_path / "pruned"
+    code, _, err = _run(
+        capsys, "prune", _saved_classifier(tmp_path), "--heads", "0.5", "--output", output,
+        "--eval-data", held_out, "--eval-samples", "8", "--eval-metric", "perplexity",
+    )  # fmt: skip
+    assert code == 2
+    assert "evaluation metric 'perplexity' does not fit BertForSequenceClassification" in err
+    assert "evaluating the dense model" not in err and not output.exists()
+
+
+@pytest.mark.parametrize("metric", ["auto", "accuracy"])
+def test_cli_classifier_eval_data_without_labels_fails_before_pruning(
+    metric: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_pruning: None
+) -> None:
+    held_out = _labelled_csv(tmp_path / "held_out.csv", _reviews(8, seed=1), seed=0, labels=False)
+    output = tmp_path / "pruned"
+    code, _, err = _run(
+        capsys, "prune", _saved_classifier(tmp_path), "--heads", "0.5", "--output", output,
+        "--eval-data", held_out, "--eval-samples", "8", "--eval-metric", metric,
+    )  # fmt: skip
+    assert code == 2
+    assert "the evaluation data has no label column ('label' or 'labels'): give data with one" in err
+    assert "evaluating the dense model" not in err and not output.exists()
+
+
+def test_cli_eval_set_overlapping_the_calibration_set_warns_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three held-out reviews are copies of calibration ones: the warning counts them and quotes one."""
+    train = _reviews(16, seed=0)
+    copied = train[3:6]
+    calibration = _labelled_csv(tmp_path / "train.csv", train, seed=0)
+    held_out = _labelled_csv(tmp_path / "held_out.csv", _reviews(9, seed=1) + copied, seed=0)
+    with pytest.warns(UserWarning, match="overlaps the calibration data: 3 of 12 evaluation sequences") as caught:
+        code, _, err = _run(
+            capsys, "prune", _saved_classifier(tmp_path), "--heads", "0.5", "--output", tmp_path / "pruned",
+            "--calibration-data", calibration, "--calibration-samples", "16",
+            "--eval-data", held_out, "--eval-samples", "12",
+        )  # fmt: skip
+    assert code == 0, err
+    message = next(str(w.message) for w in caught if "overlaps" in str(w.message))
+    assert any(text[:20] in message for text in copied) and "held_out.csv" in message and "train.csv" in message
+
+
+def test_check_overlap_counts_shared_runs_of_a_causal_lm_windows() -> None:
+    """Windows of 48 tokens: one of the three evaluation texts is also in the calibration stream."""
+    model, tokenizer = tiny_llama(), byte_tokenizer()
+    calibration_texts, held_out = _reviews(12, seed=0), _reviews(6, seed=1)
+    calibration = hf_prune.prepare_calibration(model, calibration_texts, tokenizer, samples=8, seq_len=48)
+    unseen = hf_prune.prepare_calibration(model, held_out, tokenizer, samples=4, seq_len=48)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for held-out text
+        assert evaluation_module.check_overlap(unseen, calibration, tokenizer) == 0
+    repeated = hf_prune.prepare_calibration(model, calibration_texts[:2], tokenizer, samples=1, seq_len=48)
+    with pytest.warns(UserWarning, match="1 of 1 evaluation sequences share 32 consecutive tokens"):
+        assert evaluation_module.check_overlap(repeated, calibration, tokenizer) == 1
