@@ -405,7 +405,8 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
         f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {heads[0]} of {heads[1]} "
         f"attention heads and {neurons[0]:,} of {neurons[1]:,} MLP neurons: {report.after.parameters:,} parameters "
         f"instead of {report.before.parameters:,} ({report.parameter_ratio:.1%}), and a theoretical speedup of "
-        f"x{report.flops_ratio:.2f} in FLOPs per token."
+        f"x{report.flops_ratio:.2f} in FLOPs per token (x{report.block_flops_ratio:.2f} in the attention and MLP "
+        "blocks alone)."
     )
 
 
@@ -529,9 +530,10 @@ def build_model_card(
         f"![Kept attention heads and MLP neurons per layer]({PICTURE_NAME})",
         "## Size and compute\n\n"
         + _cost_table(report)
-        + "\n\nCounted by hf_prune on the model itself: FLOPs are 2 x the multiply-accumulates of every linear "
-        f"layer, plus attention scores over a context of {report.after.seq_len} tokens. "
-        f"Theoretical speedup (FLOPs before / after): x{report.flops_ratio:.2f}.",
+        + "\n\nCounted by hf_prune on the model itself, as saved here (with the embeddings and whatever head "
+        "the checkpoint holds): FLOPs are 2 x the multiply-accumulates of every linear layer, plus attention scores "
+        f"over a context of {report.after.seq_len} tokens. Theoretical speedup (FLOPs before / after): "
+        f"x{report.flops_ratio:.2f} for the whole model, x{report.block_flops_ratio:.2f} for the pruned blocks.",
         _latency_section(report.extra),
         _eval_section(rows, eval_results.get("steps") if isinstance(eval_results, Mapping) else None) or NOT_EVALUATED,
         _method_section(report),

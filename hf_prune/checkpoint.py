@@ -24,6 +24,7 @@ import transformers
 from torch import nn
 
 from . import __version__
+from .loading import HUB_KWARGS, choose_model_class
 from .modeling_pruned import pruned_class
 from .structure import ModelStructure
 from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access, recorded_meta
@@ -131,7 +132,7 @@ def _reloadable_overrides(config: Any, per_layer: dict[int, dict[str, Any]]) -> 
     return {}
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> None:
+def check_output_dir(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"'{path}' exists and is not a directory; choose another output path.")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -139,6 +140,14 @@ def _check_output_dir(path: Path, overwrite: bool) -> None:
             f"'{path}' already exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose another "
             "output directory. Nothing was written."
         )
+
+
+def _relative_name(name: str) -> Path:
+    """An ``extra_files`` name as a path inside the checkpoint folder (``1_Pooling/config.json``), never outside."""
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"extra file name {name!r} must be a relative path inside the checkpoint folder.")
+    return path
 
 
 def save_pretrained(
@@ -153,9 +162,11 @@ def save_pretrained(
 
     Everything is written to a temporary sibling directory that replaces ``save_directory`` in one rename,
     so an interrupted save never leaves a half-written checkpoint (or destroys the previous one).
+    ``extra_files`` maps names relative to the folder (subfolders allowed: ``1_Pooling/config.json``) to contents.
     """
     target = Path(save_directory).resolve()
-    _check_output_dir(target, overwrite)
+    check_output_dir(target, overwrite)
+    extra = {_relative_name(name): content for name, content in (extra_files or {}).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     drop_dequantized_marker(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -163,9 +174,11 @@ def save_pretrained(
         model.save_pretrained(staging, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        for name, content in (extra_files or {}).items():
+        for name, content in extra.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             mode = "wb" if isinstance(content, bytes) else "w"
-            with open(staging / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
+            with open(path, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as handle:
                 handle.write(content)
         if target.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
@@ -185,36 +198,25 @@ def save_pretrained(
     return target
 
 
-def _model_class(config: Any, model_class: type | str | None) -> type:
-    if isinstance(model_class, str):
-        model_class = getattr(transformers, model_class)
-    if model_class is not None and hasattr(model_class, "_model_mapping"):
-        model_class = model_class._model_mapping[type(config)]
-    if model_class is None:
-        architectures = getattr(config, "architectures", None) or []
-        if not architectures or not hasattr(transformers, architectures[0]):
-            raise ValueError(
-                "the checkpoint's config.json names no transformers architecture; pass model_class= "
-                "(e.g. transformers.AutoModelForCausalLM)."
-            )
-        model_class = getattr(transformers, architectures[0])
-    return model_class
-
-
 def from_pretrained(path: str | os.PathLike[str], model_class: type | str | None = None, **kwargs: Any) -> nn.Module:
-    """Load a checkpoint saved by hf_prune (pruned or not) as the right transformers class.
+    """Load a checkpoint (pruned by hf_prune or not) as the transformers class whose weights it holds.
 
     Args:
         path: local directory or Hub id.
-        model_class: optional class or Auto class (``AutoModelForCausalLM``...); by default the
-            checkpoint's ``architectures``.
+        model_class: optional Auto class (``AutoModelForCausalLM``...) or transformers class, or its name. By
+            default the class is read from the checkpoint itself: its ``architectures`` when they hold exactly its
+            weights, else the Auto class that does (see :func:`hf_prune.loading.choose_model_class`), so nothing is
+            randomly initialised and nothing the checkpoint holds is dropped.
         **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``revision``...).
+
+    Raises:
+        ModelClassError: ``model_class`` is unknown or does not fit the checkpoint, or no class holds its weights.
     """
     config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
-        path, **{k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+        path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     )
     meta = recorded_meta(config.get_text_config(), __version__) or {}  # before any weight is read
-    cls = _model_class(config, model_class)
+    cls = choose_model_class(path, config, model_class, **kwargs).cls
     model = pruned_class(cls).from_pretrained(path, config=config, **kwargs)
     if meta.get("vanilla_loadable", True):
         model.__class__ = cls  # the config describes the model: no need for the restoring subclass

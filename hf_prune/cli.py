@@ -33,29 +33,52 @@ from .config import PruningConfig
 from .evaluation import METRICS, Evaluation, check_overlap, choose_metric
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
+from .loading import resolve_model_class
 from .prune import calibration_needs, gather_calibration, prune
 from .recipe import recipes_dir, shipped_recipes
+from .sentence_files import sentence_transformers_files
 from .structure import ModelStructure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODEL_CLASS_HELP = (
+    "load as this class: an Auto class (AutoModel, AutoModelForSequenceClassification...) or a transformers class "
+    "name (default: the class whose weights the checkpoint holds)"
+)
 
 
-def load_model(path: str, gguf_file: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
-    """Load a model (any head, pruned or not) and its tokenizer, if it has one, from a path or Hub id."""
+def load_model(
+    path: str, gguf_file: str | None = None, dtype: str | None = None, model_class: str | None = None
+) -> tuple[Any, Any]:
+    """Load a model and its tokenizer, if it has one, from a path or Hub id.
+
+    The class is ``model_class`` (an Auto class or transformers class name) or, by default, the one whose weights
+    the checkpoint holds (:func:`hf_prune.loading.choose_model_class`); a GGUF file loads as a causal LM.
+    """
     kwargs: dict[str, Any] = {}
     if dtype:
         kwargs["dtype"] = DTYPES[dtype]
     if gguf_file:
         # transformers dequantizes GGUF weights to plain tensors; hf_prune saves them as a plain checkpoint.
         kwargs.setdefault("dtype", torch.float32)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, **kwargs)
+        cls: Any = transformers.AutoModelForCausalLM
+        if model_class:
+            cls = resolve_model_class(transformers.AutoConfig.from_pretrained(path, gguf_file=gguf_file), model_class)
+        model = cls.from_pretrained(path, gguf_file=gguf_file, **kwargs)
     else:
-        model = from_pretrained(path, **kwargs)
+        model = from_pretrained(path, model_class, **kwargs)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError, TypeError):
         tokenizer = None
     return model, tokenizer
+
+
+def _pipeline_files(source: str, model: Any) -> dict[str, bytes]:
+    """The source's sentence-transformers files (``modules.json``, ``1_Pooling/``...), checked against the model."""
+    files = sentence_transformers_files(source, getattr(model.config.get_text_config(), "hidden_size", None))
+    if files:
+        print(f"carrying the sentence-transformers pipeline over: {', '.join(sorted(files))}", file=sys.stderr)
+    return files
 
 
 def _step_or_fraction(text: str) -> int | float:
@@ -101,7 +124,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_repo_id(args.push_to_hub)
         check_token()
     print(f"loading {args.model} ...", file=sys.stderr)
-    model, tokenizer = load_model(args.model, args.gguf_file, args.dtype)
+    model, tokenizer = load_model(args.model, args.gguf_file, args.dtype, args.model_class)
+    print(f"loaded as {type(model).__name__}", file=sys.stderr)
+    pipeline = _pipeline_files(args.model, model)
     evaluation = _evaluation(args, config, model, tokenizer)  # bad eval data fails here, before any pruning
     if config.calibration_data is None:
         calibration = _self_calibration(model, config, output)
@@ -136,6 +161,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         tokenizer=tokenizer,
         overwrite=args.overwrite,
         extra_files={
+            **pipeline,
             "pruning_report.json": report.to_json(),
             **card,
             **({SELF_CALIBRATION_FILE: save_self_calibration(calibration)} if cached else {}),
@@ -207,7 +233,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    model, _ = load_model(args.model, args.gguf_file, args.dtype)
+    model, _ = load_model(args.model, args.gguf_file, args.dtype, args.model_class)
     structure = ModelStructure(model, args.recipe)
     cost = measure_cost(structure)
     shapes = structure.shapes()
@@ -264,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with PruningConfig fields (flags override it)")
     p.add_argument("--gguf-file", help="load this GGUF file from the model folder (dequantized to float32)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="load the model in this dtype")
+    p.add_argument("--model-class", metavar="NAME", help=MODEL_CLASS_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.add_argument(
         "--measure-latency", action="store_true", help="time the model before and after (batch 8, 128 tokens)"
@@ -288,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="auto")
     p.add_argument("--gguf-file")
     p.add_argument("--dtype", choices=sorted(DTYPES))
+    p.add_argument("--model-class", metavar="NAME", help=MODEL_CLASS_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 

