@@ -209,12 +209,22 @@ def from_pretrained(path: str | os.PathLike[str], model_class: type | str | None
             randomly initialised and nothing the checkpoint holds is dropped.
         **kwargs: passed to ``from_pretrained`` (``dtype``, ``device_map``, ``revision``...).
 
+    A checkpoint pruned by transformers 4's ``prune_heads`` (``config.pruned_heads``) loads too, as hf_prune's
+    per-layer structure: saving it with :func:`save_pretrained` converts it (CLI: ``hf-prune convert``).
+
     Raises:
         ModelClassError: ``model_class`` is unknown or does not fit the checkpoint, or no class holds its weights.
+        LegacyCheckpointError: ``config.pruned_heads`` disagrees with the model or with the tensors' shapes.
     """
     config = kwargs.pop("config", None) or transformers.AutoConfig.from_pretrained(
         path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
     )
+    from .legacy import check_shapes, legacy_pruned_heads, structured_config  # legacy builds on this module
+
+    removed = legacy_pruned_heads(config)
+    if removed:  # pruned by transformers 4's prune_heads: read as hf_prune's per-layer structure
+        config = structured_config(config)
+        check_shapes(path, config, removed, **kwargs)
     meta = recorded_meta(config.get_text_config(), __version__) or {}  # before any weight is read
     cls = choose_model_class(path, config, model_class, **kwargs).cls
     model = pruned_class(cls).from_pretrained(path, config=config, **kwargs)

@@ -28,16 +28,18 @@ from .calibration import (
     usable_seq_len,
 )
 from .card import card_files, source_license
-from .checkpoint import from_pretrained, save_pretrained
+from .checkpoint import check_output_dir, from_pretrained, save_pretrained
 from .config import PruningConfig
 from .evaluation import METRICS, Evaluation, check_overlap, choose_metric
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
+from .legacy import LEGACY_KEY, LegacyCheckpointError, legacy_pruned_heads
 from .loading import resolve_model_class
 from .prune import calibration_needs, gather_calibration, prune
 from .recipe import recipes_dir, shipped_recipes
 from .sentence_files import sentence_transformers_files
 from .structure import ModelStructure
+from .surgery import recorded_meta
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODEL_CLASS_HELP = (
@@ -232,6 +234,29 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    check_output_dir(output, args.overwrite)  # before any loading
+    removed = legacy_pruned_heads(transformers.AutoConfig.from_pretrained(args.source))
+    if not removed:
+        raise LegacyCheckpointError(
+            f"'{args.source}' has no config.{LEGACY_KEY}: it is no transformers-4 pruned checkpoint, so there is "
+            "nothing to convert (hf_prune.from_pretrained and `hf-prune prune` read it as it is)."
+        )
+    print(f"loading {args.source} (heads removed by transformers 4: {removed}) ...", file=sys.stderr)
+    model, tokenizer = load_model(args.source, model_class=args.model_class)
+    pipeline = _pipeline_files(args.source, model)
+    save_pretrained(model, output, tokenizer=tokenizer, overwrite=args.overwrite, extra_files=pipeline)
+    print(f"{type(model).__name__}, recipe '{ModelStructure(model).recipe.name}'")
+    print("layer  heads  kv_heads  neurons")
+    for i, shape in enumerate(ModelStructure(model).shapes()):
+        print(f"{i:>5}  {shape.heads:>5}  {shape.kv_heads:>8}  {shape.neurons:>7}")
+    vanilla = (recorded_meta(model.config.get_text_config()) or {}).get("vanilla_loadable", False)
+    how = "plain transformers from_pretrained" if vanilla else "hf_prune.from_pretrained, or trust_remote_code=True"
+    print(f"saved to {output}: loads with {how}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, args.gguf_file, args.dtype, args.model_class)
     structure = ModelStructure(model, args.recipe)
@@ -318,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-class", metavar="NAME", help=MODEL_CLASS_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = commands.add_parser(
+        "convert", help="convert a checkpoint pruned by transformers 4's prune_heads (config.pruned_heads)"
+    )
+    p.add_argument("source", metavar="SRC", help="local path or Hub id of the transformers-4 pruned checkpoint")
+    p.add_argument("output", metavar="DST", help="directory to write the hf_prune checkpoint to")
+    p.add_argument("--model-class", metavar="NAME", help=MODEL_CLASS_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("push", help="push a pruned folder (with its model card) to the Hub in one commit")
     p.add_argument("folder", metavar="DIR", help="folder written by `hf-prune prune` or hf_prune.save_pretrained")
