@@ -2,6 +2,9 @@
 
     python benchmarks/quality_oneshot.py                 # about 40 minutes on 2 CPU cores (run nothing else)
     python benchmarks/quality_oneshot.py --smoke         # tiny random Llama, seconds (CI)
+    python benchmarks/quality_oneshot.py --criteria taylor --reconstructions bias+weights \
+        --default taylor:bias+weights --calibration-windows 32 --output benchmarks/results/quality_oneshot_default.json \
+        --generate "The capital of Italy is" "To be, or not to be:"   # the default path at 10/20/30%
 
 Every model is pruned to a fraction of the attention+MLP parameters (global ranking) and scored on two held-out
 texts: Hamlet (the calibration plays' domain, never seen in calibration) and modern prose (IMDB reviews), since a
@@ -64,6 +67,17 @@ def evaluate(model: torch.nn.Module, evaluations: dict[str, list]) -> dict[str, 
     return {name: perplexity(model, batches) for name, batches in evaluations.items()}
 
 
+@torch.inference_mode()
+def greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], tokens: int = 24) -> dict[str, str]:
+    """Greedy continuations of ``prompts`` (what a reader of the README compares, dense vs pruned)."""
+    out = {}
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        sequence = model.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        out[prompt] = tokenizer.decode(sequence[0, ids.shape[1] :], skip_special_tokens=True)
+    return out
+
+
 def run_point(
     dense: torch.nn.Module,
     criterion: hf_prune.Importance,
@@ -71,6 +85,7 @@ def run_point(
     params: float,
     reconstruction: str,
     evaluations: dict[str, list],
+    generation: tuple[Any, list[str]] | None = None,
 ) -> dict[str, Any]:
     model = copy.deepcopy(dense)
     start = time.perf_counter()
@@ -93,6 +108,7 @@ def run_point(
         "calibration": "self-generated" if calibration.self_generated else "plays",
         "prune_seconds": round(seconds, 1),
         "eval": evaluate(model, evaluations),
+        "generation": greedy(model, *generation) if generation else {},
         "reconstruction_summary": {k: v for k, v in summary.items() if k != "per_block"},
     }
 
@@ -107,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--generate", nargs="*", default=[], help="prompts to continue greedily at the default points")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -123,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         "modern_prose": windows(tokenizer, imdb_texts(400), length, args.eval_windows),
     }
     start = time.perf_counter()
-    generated = hf_prune.self_generate(dense, count, length, seed=0, batch_size=8)
+    generated = hf_prune.self_generate(dense, count, length, seed=0, batch_size=1)
     data: dict[str, Any] = {
         "dense": evaluate(dense, evaluations),
+        "dense_generation": greedy(dense, tokenizer, args.generate),
         "self_calibration_seconds": round(time.perf_counter() - start, 1),
         "points": [],
     }
@@ -146,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(data, indent=2) + "\n")
 
+    generation = (tokenizer, args.generate)
     fitted: dict[tuple[str, str], hf_prune.Importance] = {}
     for source, calibration in sources.items():
         for name in args.criteria:
@@ -153,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
             fitted[(source, name)] = hf_prune.calibrate(copy.deepcopy(dense), calibration.batches, name)
             seconds = round(time.perf_counter() - start, 1)
             for reconstruction in args.reconstructions:
-                point = run_point(dense, fitted[(source, name)], calibration, args.target, reconstruction, evaluations)
+                point = run_point(
+                    dense, fitted[(source, name)], calibration, args.target, reconstruction, evaluations, generation
+                )
                 point["calibrate_seconds"] = seconds
                 data["points"].append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "reconstruction_summary"}), flush=True)
@@ -164,7 +185,9 @@ def main(argv: list[str] | None = None) -> None:
             for params in args.default_targets:
                 if params == args.target:
                     continue
-                point = run_point(dense, fitted[(source, name)], calibration, params, reconstruction, evaluations)
+                point = run_point(
+                    dense, fitted[(source, name)], calibration, params, reconstruction, evaluations, generation
+                )
                 data["points"].append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "reconstruction_summary"}), flush=True)
                 save()

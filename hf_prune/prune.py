@@ -225,23 +225,28 @@ MAGNITUDE_ON_DECODERS = (
 )
 
 
-def resolve_importance(name: str, model: nn.Module, calibration: CalibrationData | None) -> str:
+def resolve_importance(
+    name: str, model: nn.Module, calibration: CalibrationData | None, reconstructs: bool = True
+) -> str:
     """The criterion ``'auto'`` stands for: the best measured one the data allows (benchmarks/README.md)."""
     if name != "auto":
         return name
     if calibration is None:
         return "magnitude"
     if is_causal_lm(model):
-        return AUTO_CAUSAL_LM
+        return AUTO_CAUSAL_LM if reconstructs or not calibration.self_generated else AUTO_SELF_GENERATED_BARE
     labelled = all("labels" in batch for batch in calibration.batches)
     return AUTO_LABELLED if labelled else AUTO_UNLABELLED
 
 
 # The defaults behind importance='auto' (README, "One-shot pruning without retraining"): Taylor was the best
-# causal-LM criterion under every reconstruction in benchmarks/quality_oneshot.py; Fisher the best one-shot
-# criterion on MiniLM-L6 with labels, and activation the best data-only one on SmolLM2 without reconstruction
-# (benchmarks/quality_encoder.py, quality_decoder.py).
+# causal-LM criterion with reconstruction in benchmarks/quality_oneshot.py, on the plays and on self-generated
+# text. Without reconstruction, on text the model sampled itself, Fisher: there the expected loss gradient is zero
+# (the score-function identity), so Taylor's summed-gradient scores are noise (SmolLM2 at 20%: perplexity 805 vs
+# Fisher's 117). Fisher is the best one-shot criterion on MiniLM-L6 with labels, and activation the best data-only
+# one on SmolLM2 without reconstruction (benchmarks/quality_encoder.py, quality_decoder.py).
 AUTO_CAUSAL_LM = "taylor"
+AUTO_SELF_GENERATED_BARE = "fisher"
 AUTO_LABELLED = "fisher"
 AUTO_UNLABELLED = "activation"
 
@@ -336,8 +341,9 @@ def prune(
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)
+    reconstructs = config.reconstruct is not False and data is not None
     if criterion is None:
-        name = resolve_importance(config.importance, model, data)
+        name = resolve_importance(config.importance, model, data, reconstructs)
         if name == "magnitude" and is_causal_lm(model):
             warnings.warn(MAGNITUDE_ON_DECODERS, UserWarning, stacklevel=2)
         criterion = get_importance(name)
@@ -349,11 +355,7 @@ def prune(
                 )
             criterion = calibrate(model, data.batches, name, recipe=config.recipe)
     plans = plan_for(structure, criterion.scores(structure), config)
-    reconstruction = (
-        Reconstruction(data.batches, refit=config.reconstruct_refit)
-        if config.reconstruct is not False and data is not None
-        else None
-    )
+    reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit) if reconstructs else None
     vanilla = apply_plan(structure, plans, reconstruction)
     report = PruningReport(
         model_type=structure.config.model_type,

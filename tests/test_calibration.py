@@ -159,6 +159,18 @@ def test_prune_without_data_self_calibrates_a_causal_lm_and_records_it() -> None
     assert report.extra["reconstruction"]["projections"] > 0
 
 
+def test_auto_criterion_without_reconstruction_is_fisher_on_self_generated_text_only() -> None:
+    """On a model's own samples the expected loss gradient is zero, so Taylor scores are noise there: without
+    reconstruction to make up for it, 'auto' picks Fisher; on real text it stays Taylor."""
+    settings = {"heads": 0.5, "neurons": 0.5, "reconstruct": False, "calibration_samples": 4}
+    report = hf_prune.prune(tiny_llama(), calibration_seq_len=SEQ_LEN, **settings)
+    assert report.extra["calibration"]["self_generated"] and report.config["importance"] == "fisher"
+    given = hf_prune.prune(
+        tiny_llama(), calibration=texts(40), tokenizer=byte_tokenizer(), calibration_seq_len=16, **settings
+    )
+    assert given.config["importance"] == "taylor"
+
+
 def test_an_encoder_without_data_warns_and_names_the_flag() -> None:
     model = tiny_bert_classifier()
     with pytest.warns(UserWarning, match="--calibration-data"):
