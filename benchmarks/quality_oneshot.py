@@ -3,7 +3,8 @@
     python benchmarks/quality_oneshot.py                 # about 40 minutes on 2 CPU cores (run nothing else)
     python benchmarks/quality_oneshot.py --smoke         # tiny random Llama, seconds (CI)
     python benchmarks/quality_oneshot.py --criteria taylor --reconstructions bias+weights \
-        --default taylor:bias+weights --calibration-windows 32 --output benchmarks/results/quality_oneshot_default.json \
+        --default taylor:bias+weights --calibration-windows 32 \
+        --output benchmarks/results/quality_oneshot_default.json \
         --generate "The capital of Italy is" "To be, or not to be:"   # the default path at 10/20/30%
 
 Every model is pruned to a fraction of the attention+MLP parameters (global ranking) and scored on two held-out
