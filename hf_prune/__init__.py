@@ -15,10 +15,11 @@ from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
 from .masks import MaskSet
 from .prune import PruningReport, apply_plan, prune
-from .recipe import Recipe, shipped_recipes
+from .recipe import Recipe, RecipeError, shipped_recipes
 from .schedule import Schedule
 from .structure import ModelStructure
 from .trainer import DistillationConfig, PruningTrainer
+from .verify import PrunedModelError
 
 __all__ = [
     "CalibrationData",
@@ -30,11 +31,13 @@ __all__ = [
     "LayerPlan",
     "MaskSet",
     "ModelStructure",
+    "PrunedModelError",
     "PruningCallback",
     "PruningConfig",
     "PruningReport",
     "PruningTrainer",
     "Recipe",
+    "RecipeError",
     "Schedule",
     "__version__",
     "apply_plan",

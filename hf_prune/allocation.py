@@ -121,6 +121,7 @@ def plan_pruning(
     protected_layers: Sequence[int] = (),
     masked_heads: Sequence[torch.Tensor] | None = None,
     masked_neurons: Sequence[torch.Tensor] | None = None,
+    tied_heads: bool = False,
 ) -> list[LayerPlan]:
     """Choose the heads and neurons every block keeps.
 
@@ -138,18 +139,31 @@ def plan_pruning(
         masked_heads / masked_neurons: per block, bool tensors of groups already removed (gradual pruning);
             they stay removed whatever the fractions (nothing masked ever comes back), and the rest of the
             removal comes from the live groups.
+        tied_heads: every block keeps the same heads (a per-head tensor outside the blocks is shared by all of
+            them): the blocks' normalised head scores are summed and the head fraction is removed uniformly,
+            whatever ``ranking`` says (it still applies to neurons). Needs the same head layout in every block.
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
     n_layers = len(head_scores)
     protected = set(protected_layers)
     head_scores = [_prepare(s, None if masked_heads is None else masked_heads[i]) for i, s in enumerate(head_scores)]
+    if tied_heads:
+        if len({s.numel() for s in head_scores}) > 1 or len(set(kv_heads)) > 1:
+            raise ValueError("tied_heads needs the same number of query and KV heads in every block.")
+        tied = torch.stack(head_scores).sum(0)
+        head_scores = [tied] * n_layers
     neuron_scores = [
         _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
     ]
     # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine). The
     # callback always passes masks, all False until a head is removed: only a removed head asks for units.
     prune_heads = heads_fraction > 0 or (masked_heads is not None and any(bool(m.any()) for m in masked_heads))
+    if tied_heads and prune_heads and protected:
+        raise ValueError(
+            "protected layers keep all their heads, but tied_heads needs the same heads in every block: protect no "
+            "layer, or remove no heads."
+        )
     units = [
         head_units(s, kv, gqa_mode) if prune_heads else HeadUnits([], [], [])
         for s, kv in zip(head_scores, kv_heads, strict=True)
@@ -157,16 +171,18 @@ def plan_pruning(
     n_heads_units = [len(u.scores) for u in units]
     n_neurons = [s.numel() for s in neuron_scores]
 
-    if ranking == "uniform":
+    if ranking == "uniform" or tied_heads:
         remove_units = [
             0 if i in protected else count_to_remove(heads_fraction, n) for i, n in enumerate(n_heads_units)
         ]
+    else:
+        remove_units = _global_counts([torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1)
+    if ranking == "uniform":
         remove_neurons = [
             0 if i in protected else count_to_remove(neurons_fraction, n, neuron_multiple)
             for i, n in enumerate(n_neurons)
         ]
     else:
-        remove_units = _global_counts([torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1)
         remove_neurons = _global_counts(list(neuron_scores), neurons_fraction, protected, multiple=neuron_multiple)
 
     # What is already removed stays removed, whatever the new counts say: a smaller head fraction (a cost target

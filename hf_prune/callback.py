@@ -28,6 +28,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from .calibration import is_causal_lm
+from .checkpoint import not_vanilla_because
 from .config import PruningConfig
 from .evaluation import TrainerEvaluations
 from .flops import measure_cost, unit_costs
@@ -343,6 +344,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             after=measure_cost(self.structure, self.config.flops_seq_len),
             vanilla_loadable=vanilla,
             kept=[asdict(plan) for plan in plans],
+            not_vanilla_because=not_vanilla_because(self.structure.config),
             extra={
                 "schedule": {
                     "kind": self.config.schedule,

@@ -14,20 +14,29 @@ Two cases:
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
+from transformers.integrations.heterogeneity import AmbiguousGlobalPerLayerAttributeError
 
 from . import __version__
 from .loading import HUB_KWARGS, choose_model_class
 from .modeling_pruned import pruned_class
+from .recipe import Recipe
 from .structure import ModelStructure
 from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access, recorded_meta
+
+# What config classes raise when their validation refuses values (strict dataclass validators, __post_init__
+# checks, and heterogeneous configs whose global value a validator reads).
+CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError, AmbiguousGlobalPerLayerAttributeError)
 
 
 def drop_dequantized_marker(model: nn.Module) -> None:
@@ -61,13 +70,67 @@ def check_sliceable(model: nn.Module) -> None:
     )
 
 
-def record_structure(structure: ModelStructure) -> bool:
-    """Write the model's current per-layer structure into its config; returns True if vanilla-loadable."""
+def _planned_config(config: Any, recipe: Recipe, heads: int, kv_heads: int, head_dim: int, neurons: int) -> Any:
+    """A copy of ``config`` that states these counts for every layer (what a vanilla checkpoint would say)."""
+    att = recipe.attention
+    candidate = copy.deepcopy(config)
+    if candidate.is_heterogeneous:
+        candidate.per_layer_config = None
+    candidate.__dict__.pop("allow_global_per_layer_attribute_access", None)
+    setattr(candidate, att.heads_attribute, heads)
+    if att.kv_heads_attribute:
+        setattr(candidate, att.kv_heads_attribute, kv_heads)
+    setattr(candidate, att.head_dim_attribute, head_dim)
+    setattr(candidate, recipe.mlp.intermediate_attribute, neurons)
+    return candidate
+
+
+def _config_error(build: Callable[[], Any]) -> str | None:
+    """What the config class says against the config that ``build`` makes: its own validation, run the way
+    saving (``validate()``) and loading (``from_dict``) run it; ``None`` if it accepts it."""
+    try:
+        config = build()
+        reloaded = type(config).from_dict(config.to_dict())
+        for candidate in (config, reloaded):
+            if hasattr(candidate, "validate"):
+                candidate.validate()
+    except CONFIG_ERRORS as err:
+        cause = err.__cause__ if isinstance(err, StrictDataclassError) and err.__cause__ else err
+        return " ".join(str(cause).split())
+    return None
+
+
+def layout_refusal(structure: ModelStructure, counts: Sequence[tuple[int, int, int]]) -> str | None:
+    """Why a vanilla config cannot describe blocks with these ``(heads, kv_heads, neurons)`` counts, or ``None``
+    when it can (then the checkpoint loads with plain ``from_pretrained``).
+
+    Asked before any surgery. Besides the layers differing and a head size derived from ``hidden_size / heads``,
+    the config class itself may refuse the counts (Gemma 3 and Llama want ``hidden_size`` to be a multiple of the
+    heads; Phi-3's long-RoPE factors follow ``hidden_size / heads``): its own validation decides, on a copy.
+    """
+    recipe = structure.recipe
+    if len(set(counts)) > 1:
+        return "the layers keep different counts, which a config without per-layer values cannot state"
+    if recipe.attention.head_dim_attribute is None:
+        return f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
+    heads, kv_heads, neurons = counts[0]
+    config = structure.config
+    error = _config_error(lambda: _planned_config(config, recipe, heads, kv_heads, structure.head_dim, neurons))
+    if error is None:
+        return None
+    return f"{type(config).__name__} refuses {heads} attention heads of size {structure.head_dim}: {error}"
+
+
+def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
+    """Write the model's current per-layer structure into its config; returns True if vanilla-loadable.
+
+    ``refusal`` is :func:`layout_refusal`'s answer for these counts: ``None`` writes the vanilla config fields,
+    a reason records the per-layer structure for hf_prune's loader (and says why in the ``hf_prune`` block).
+    """
     model, config, recipe = structure.model, structure.config, structure.recipe
     shapes = structure.shapes()
     att, mlp = recipe.attention, recipe.mlp
-    uniform = len({(s.heads, s.kv_heads, s.neurons) for s in shapes}) == 1
-    vanilla = uniform and att.head_dim_attribute is not None
+    vanilla = refusal is None
 
     if config.is_heterogeneous:
         config.per_layer_config = None
@@ -78,6 +141,7 @@ def record_structure(structure: ModelStructure) -> bool:
         "head_dim": structure.head_dim,
         "layers": [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes],
         "vanilla_loadable": vanilla,
+        **({} if vanilla else {"not_vanilla_because": refusal}),
     }
     setattr(config, CONFIG_KEY, meta)
     if vanilla:
@@ -106,29 +170,39 @@ def record_structure(structure: ModelStructure) -> bool:
     return False
 
 
+def not_vanilla_because(config: Any) -> str:
+    """Why a pruned config needs hf_prune's loader (empty when plain ``from_pretrained`` loads it)."""
+    return (recorded_meta(config) or {}).get("not_vanilla_because", "")
+
+
 def _reloadable_overrides(config: Any, per_layer: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Drop per-layer attributes that this config class cannot reload heterogeneously.
 
     Some config classes validate global head counts when they are built (Gemma 3 checks
-    ``hidden_size % num_attention_heads``), which transformers refuses on a heterogeneous config. Such an
-    attribute stays global; the exact counts are in the ``hf_prune`` block, which the loader reads.
+    ``hidden_size % num_attention_heads``), which transformers refuses on a heterogeneous config, and per-layer
+    validators may refuse a layer's counts. Such an attribute stays global; the exact counts are in the
+    ``hf_prune`` block, which the loader reads.
     """
-    from transformers.integrations.heterogeneity import AmbiguousGlobalPerLayerAttributeError
-
     per_layer = {i: dict(overrides) for i, overrides in per_layer.items()}
-    while any(per_layer.values()):
+
+    def error(overrides: dict[int, dict[str, Any]]) -> str | None:
         data = config.to_dict()
         data.pop("allow_global_per_layer_attribute_access", None)
-        data["per_layer_config"] = per_layer
-        try:
-            type(config).from_dict(data)
+        data["per_layer_config"] = overrides
+        return _config_error(lambda: type(config).from_dict(data))
+
+    def without(name: str) -> dict[int, dict[str, Any]]:
+        return {i: {k: v for k, v in o.items() if k != name} for i, o in per_layer.items()}
+
+    while any(per_layer.values()):
+        message = error(per_layer)
+        if message is None:
             return per_layer
-        except AmbiguousGlobalPerLayerAttributeError as err:
-            culprit = next((a for a in per_layer[0] if f"'{a}'" in str(err)), None)
-            if culprit is None:
-                raise
-            for overrides in per_layer.values():
-                overrides.pop(culprit, None)
+        names = list(dict.fromkeys(name for overrides in per_layer.values() for name in overrides))
+        named = [name for name in names if f"'{name}'" in message]
+        # The attribute the error names; else the first one whose removal alone satisfies the class; else any.
+        culprit = named[0] if named else next((n for n in names if error(without(n)) is None), names[0])
+        per_layer = without(culprit)
     return {}
 
 

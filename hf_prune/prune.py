@@ -15,13 +15,16 @@ from transformers.utils import logging
 
 from .allocation import LayerPlan, budget_fractions, plan_pruning
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
-from .checkpoint import check_sliceable, drop_dequantized_marker, record_structure
+from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
 from .flops import Cost, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance
+from .masks import MaskSet
+from .recipe import RecipeError
 from .reconstruct import Reconstruction, SublayerPlan
 from .structure import LayerShape, ModelStructure
-from .surgery import prune_attention, prune_mlp
+from .surgery import prune_attention, prune_mlp, prune_shared_heads
+from .verify import check_pruned, masked_reference, probe_inputs
 
 logger = logging.get_logger(__name__)
 
@@ -44,6 +47,7 @@ class PruningReport:
     vanilla_loadable: bool
     kept: list[dict[str, list[int]]] = field(default_factory=list)  # indices kept per layer (original numbering)
     extra: dict[str, Any] = field(default_factory=dict)
+    not_vanilla_because: str = ""  # why the checkpoint needs hf_prune's loader (empty when vanilla-loadable)
 
     @property
     def parameter_ratio(self) -> float:
@@ -96,6 +100,7 @@ class PruningReport:
             "loads with plain transformers from_pretrained"
             if self.vanilla_loadable
             else "loads with hf_prune.from_pretrained, or transformers with trust_remote_code=True"
+            + (f" (per-layer structure recorded: {self.not_vanilla_because})" if self.not_vanilla_because else "")
         )
         return "\n".join(lines)
 
@@ -127,19 +132,69 @@ def apply_plan(
 ) -> bool:
     """Physically remove everything the plans do not keep; returns True if the result is vanilla-loadable.
 
-    With ``reconstruction``, blocks are pruned in order and each pruned output projection is reconstructed on
-    its calibration data (:mod:`hf_prune.reconstruct`); what was done per block lands in ``reconstruction.log``.
+    With ``reconstruction``, each output projection that loses units is first reconstructed on its calibration
+    data, block by block (:mod:`hf_prune.reconstruct`); what was done per block lands in ``reconstruction.log``.
+    Before any surgery the layout of the checkpoint is chosen: vanilla config fields where the config class
+    accepts the planned counts, else the recorded per-layer structure. After surgery the pruned model is run
+    once against the masked one (:mod:`hf_prune.verify`): if it fails or disagrees, :class:`PrunedModelError`
+    says why, before anything can be written.
     """
     check_sliceable(structure.model)
+    model, recipe, head_dim = structure.model, structure.recipe_dict, structure.head_dim
     subplans = [sublayer_plans(structure, i, plan) for i, plan in enumerate(plans)]
+    changed = [sub for pair in subplans for sub in pair if len(sub.keep_units) != sub.units]
+    shared = structure.recipe.attention.shared_head_tensors
+    if shared and len({tuple(p.keep_heads) for p in plans}) > 1:
+        raise ValueError(
+            f"recipe '{structure.recipe.name}' declares per-head tensors shared by every block "
+            f"({', '.join(e.parameter for e in shared)}): every block must keep the same heads. Plan with "
+            "hf_prune's allocation (it ties the heads of such models), or give every block the same keep_heads."
+        )
+    refusal = layout_refusal(structure, [(len(p.keep_heads), len(p.keep_kv_heads), len(p.keep_neurons)) for p in plans])
+    masks = MaskSet(structure)
+    masks.set_from_plan(plans)
     if reconstruction is not None:
-        reconstruction.run(structure, subplans)
-    else:
-        for sub in (sub for pair in subplans for sub in pair):
-            if len(sub.keep_units) != sub.units:
-                sub.remove()
-    drop_dequantized_marker(structure.model)
-    return record_structure(structure)
+        reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
+    probe, reference = (probe_inputs(model), None) if changed else (None, None)
+    if probe is not None:
+        masks.attach()
+        try:
+            reference = masked_reference(model, probe)  # None (with a warning) if this model cannot be probed
+        finally:
+            masks.detach()
+    for sub in changed:
+        sub.remove()
+    if shared:
+        prune_shared_heads(model, recipe, head_dim, plans[0].keep_heads, asdict(structure.shape(0)))
+    if probe is not None and reference is not None:
+        check_pruned(model, probe, reference, structure.recipe.name)
+    drop_dequantized_marker(model)
+    return record_structure(structure, refusal)
+
+
+def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected: Sequence[int]) -> None:
+    """Refuse head pruning that would leave a per-head tensor outside the blocks stale, before any work: one the
+    recipe does not declare, or a declared shared one with protected layers (they would keep heads the others
+    lose, and the one tensor cannot have both)."""
+    if not prunes_heads:
+        return
+    recipe = structure.recipe
+    undeclared = structure.undeclared_head_tensors()
+    if undeclared:
+        raise RecipeError(
+            f"{type(structure.model).__name__} has parameter(s) outside the blocks with one entry per attention head "
+            f"that recipe '{recipe.name}' does not describe: {', '.join(undeclared)}. Removing heads would leave them "
+            "with the old head count and the pruned model would fail. If such a tensor is shared by every layer "
+            "(a relative attention bias), declare it under `attention.shared_head_tensors` in the recipe (see "
+            "'Adding an architecture' in the README); or prune neurons only (heads=0, CLI: --heads 0)."
+        )
+    if recipe.attention.shared_head_tensors and protected:
+        raise ValueError(
+            f"recipe '{recipe.name}' declares per-head tensors shared by every block "
+            f"({', '.join(e.parameter for e in recipe.attention.shared_head_tensors)}), so every block keeps the same "
+            f"heads; protected layers {list(protected)} would keep heads that the others lose. Protect no layer, or "
+            "prune neurons only (heads=0)."
+        )
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
@@ -156,13 +211,16 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     """Fractions and protected layers, falling back to the recipe's defaults where the config is unset.
 
     Every path that prunes (``prune()``, and ``PruningCallback`` when it sets up) resolves its targets here, so
-    out-of-range protected layers are refused the same way everywhere.
+    out-of-range protected layers, and head pruning that per-head tensors outside the blocks forbid, are refused
+    the same way everywhere.
     """
     targets = structure.recipe.targets
     heads = targets.heads if config.heads is None else config.heads
     neurons = targets.neurons if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
     check_protected_layers(protected, structure.num_layers)
+    cost_target = config.flops is not None or config.params is not None
+    check_head_tensors(structure, heads > 0 or (cost_target and config.heads is None), protected)
     return heads, neurons, list(protected)
 
 
@@ -192,6 +250,7 @@ def plan_for(
         protected_layers=protected,
         masked_heads=masked_heads,
         masked_neurons=masked_neurons,
+        tied_heads=bool(structure.recipe.attention.shared_head_tensors),
     )
     kv_heads = [s.kv_heads for s in shapes]
     cost_target = config.flops if config.flops is not None else config.params
@@ -374,6 +433,7 @@ def prune(
         after=measure_cost(structure, config.flops_seq_len),
         vanilla_loadable=vanilla,
         kept=[asdict(plan) for plan in plans],
+        not_vanilla_because=not_vanilla_because(structure.config),
     )
     if data is not None:
         report.extra["calibration"] = data.describe()

@@ -18,6 +18,35 @@ import yaml
 QUANTITIES = ("heads", "kv_heads", "kv_groups", "head_dim", "q_width", "kv_width", "neurons")
 
 
+class RecipeError(ValueError):
+    """A recipe is malformed, or does not describe the model it is applied to (names the key and the fix)."""
+
+
+@dataclass
+class SharedHeadTensor:
+    """A per-head tensor outside the blocks that every block reads (MPNet's and T5's relative attention bias).
+
+    It is sliced with the heads, so every block must keep the same heads: a model with one is pruned with the
+    same head indices in every block.
+    """
+
+    parameter: str = field(
+        metadata={"help": "parameter path under the base model, e.g. encoder.relative_attention_bias.weight"}
+    )
+    dim: int = field(metadata={"help": "the axis with one entry per query head"})
+    module_attributes: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "{attribute: quantity} of the module that owns the parameter, updated after slicing"},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 0:
+            raise RecipeError(
+                f"shared head tensor '{self.parameter}': `dim` must be an axis index >= 0, got {self.dim!r}."
+            )
+        _check_quantities(f"shared head tensor '{self.parameter}'", {"": self.module_attributes})
+
+
 @dataclass
 class AttentionSpec:
     """Where a block's attention projections live and how its heads are counted."""
@@ -44,13 +73,26 @@ class AttentionSpec:
         default=None,
         metadata={"help": "config flag that gives q/k/v/o a bias (bias compensation needs one on o); unset: none"},
     )
+    shared_head_tensors: list[SharedHeadTensor] = field(
+        default_factory=list,
+        metadata={"help": "per-head tensors outside the blocks, shared by every block, sliced with the heads"},
+    )
 
     def __post_init__(self) -> None:
         if self.qkv is None and not (self.q and self.k and self.v):
-            raise ValueError("attention needs either `qkv` (fused) or all of `q`, `k` and `v`.")
+            raise RecipeError("attention needs either `qkv` (fused) or all of `q`, `k` and `v`.")
         if self.qkv is not None and (self.q or self.k or self.v):
-            raise ValueError("attention: give either `qkv` or `q`/`k`/`v`, not both.")
+            raise RecipeError("attention: give either `qkv` or `q`/`k`/`v`, not both.")
         _check_quantities("attention", self.module_attributes, self.module_config)
+        if not isinstance(self.shared_head_tensors, list):
+            raise RecipeError(
+                "attention: `shared_head_tensors` is a list of {parameter, dim, module_attributes} entries, got "
+                f"{type(self.shared_head_tensors).__name__}."
+            )
+        self.shared_head_tensors = [
+            _build(SharedHeadTensor, entry, "attention shared_head_tensors") if isinstance(entry, dict) else entry
+            for entry in self.shared_head_tensors
+        ]
 
 
 @dataclass
@@ -73,9 +115,9 @@ class MLPSpec:
 
     def __post_init__(self) -> None:
         if (self.up is None) == (self.gate_up is None):
-            raise ValueError("mlp needs exactly one of `up` or `gate_up` (fused).")
+            raise RecipeError("mlp needs exactly one of `up` or `gate_up` (fused).")
         if self.gate_up is not None and self.gate is not None:
-            raise ValueError("mlp: `gate` cannot be combined with the fused `gate_up`.")
+            raise RecipeError("mlp: `gate` cannot be combined with the fused `gate_up`.")
         _check_quantities("mlp", self.module_attributes, self.module_config)
 
 
@@ -114,13 +156,13 @@ class Recipe:
         if isinstance(self.layers, str):
             self.layers = [self.layers]
         if not self.model_types or not self.layers:
-            raise ValueError(f"recipe '{self.name}' needs non-empty `model_types` and `layers`.")
+            raise RecipeError(f"recipe '{self.name}' needs non-empty `model_types` and `layers`.")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
         """Build a recipe from its plain-dict (YAML/JSON) form, with errors that name the bad key."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping at the top level, got {type(data).__name__}.")
+            raise RecipeError(f"{source}: expected a mapping at the top level, got {type(data).__name__}.")
         return _build(cls, data, source)
 
     @classmethod
@@ -131,7 +173,7 @@ class Recipe:
             with path.open(encoding="utf-8") as handle:
                 data = yaml.safe_load(handle)
         except yaml.YAMLError as err:
-            raise ValueError(f"recipe file '{path}' is not valid YAML: {err}") from None
+            raise RecipeError(f"recipe file '{path}' is not valid YAML: {err}") from None
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +196,7 @@ def _check_quantities(where: str, *mappings: dict[str, dict[str, str]]) -> None:
         for attributes in mapping.values():
             for attribute, quantity in attributes.items():
                 if quantity not in QUANTITIES:
-                    raise ValueError(
+                    raise RecipeError(
                         f"{where}: attribute '{attribute}' maps to unknown quantity '{quantity}'; "
                         f"choose one of {', '.join(QUANTITIES)}."
                     )
@@ -164,11 +206,11 @@ def _build(cls: type, data: dict[str, Any], source: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(names)}.")
+        raise RecipeError(f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(names)}.")
     try:
         return cls(**data)
     except TypeError as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise RecipeError(f"{source}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,7 +237,7 @@ def recipe_for_model_type(model_type: str) -> Recipe:
     for recipe in recipes.values():
         if model_type in recipe.model_types:
             return recipe
-    raise ValueError(
+    raise RecipeError(
         f"no recipe for model_type '{model_type}'. Shipped recipes: {', '.join(sorted(recipes))}. "
         "Write a YAML recipe for it (see 'Adding an architecture' in the README; "
         "`hf-prune recipes --show llama` prints a complete example) and pass recipe='path/to/recipe.yaml'."
@@ -211,7 +253,7 @@ def resolve_recipe(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], mod
     text = str(recipe)
     if text == "auto":
         if model_type is None:
-            raise ValueError("recipe='auto' needs a model with `config.model_type`; pass a recipe explicitly.")
+            raise RecipeError("recipe='auto' needs a model with `config.model_type`; pass a recipe explicitly.")
         return recipe_for_model_type(model_type)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
         if not Path(text).is_file():
@@ -219,5 +261,5 @@ def resolve_recipe(recipe: str | os.PathLike[str] | Recipe | dict[str, Any], mod
         return Recipe.from_yaml(text)
     recipes = shipped_recipes()
     if text not in recipes:
-        raise ValueError(f"unknown recipe '{text}'. Shipped recipes: {', '.join(sorted(recipes))}.")
+        raise RecipeError(f"unknown recipe '{text}'. Shipped recipes: {', '.join(sorted(recipes))}.")
     return recipes[text]

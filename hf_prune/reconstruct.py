@@ -244,18 +244,28 @@ def plan_fix(
     return fix
 
 
-def apply_fix(module: nn.Module, fix: ProjectionFix, unit_width: int) -> None:
-    """Refit the (kept) input columns of an already-pruned projection and add the bias, in place."""
+def apply_fix(module: nn.Module, fix: ProjectionFix, unit_width: int, keep_units: Sequence[int] | None = None) -> None:
+    """Refit the kept input columns of a projection and add the bias, in place.
+
+    ``keep_units=None``: the projection is already pruned (its columns are the kept ones). Otherwise it is still
+    dense: the removed units' columns are zeroed (which computes what removing them does) and the kept ones
+    refitted, so that surgery afterwards cuts out exactly the reconstructed model.
+    """
     with torch.no_grad():
+        weight = module.weight.T if isinstance(module, Conv1D) else module.weight  # an (out, in) view
+        columns: slice | torch.Tensor = slice(None)
+        if keep_units is not None:
+            keep = torch.as_tensor(sorted(keep_units), dtype=torch.long)
+            columns = (keep[:, None] * unit_width + torch.arange(unit_width)[None, :]).reshape(-1)
+            removed = torch.ones(weight.shape[1], dtype=torch.bool)
+            removed[columns] = False
+            weight[:, removed.to(weight.device)] = 0
+            columns = columns.to(weight.device)
         if fix.weight_values is not None:
-            new = fix.weight_values.to(module.weight.dtype).to(module.weight.device)
-            module.weight.copy_(new.T if isinstance(module, Conv1D) else new)
+            weight[:, columns] = fix.weight_values.to(weight.dtype).to(weight.device)
         elif fix.scale_values is not None:
-            factors = fix.scale_values.repeat_interleave(unit_width).to(module.weight.dtype).to(module.weight.device)
-            if isinstance(module, Conv1D):
-                module.weight.mul_(factors[:, None])
-            else:
-                module.weight.mul_(factors[None, :])
+            factors = fix.scale_values.repeat_interleave(unit_width).to(weight.dtype).to(weight.device)
+            weight[:, columns] = weight[:, columns] * factors[None, :]
         if fix.bias_values is not None:
             if module.bias is None:
                 raise RuntimeError("enable the projection's bias before applying a bias compensation.")
@@ -406,10 +416,13 @@ def reconstruct_sequentially(
     bias: bool = True,
     refit: str = "weights",
 ) -> list[dict[str, Any]]:
-    """Prune block by block and reconstruct each pruned output projection (module docstring).
+    """Reconstruct block by block each output projection that loses units (module docstring).
 
-    ``plans[i]`` is ``(attention, mlp)`` for block ``i``: what stays and a callable that performs the surgery,
-    or ``None`` where nothing is removed. Returns what was done per block, for the report.
+    ``plans[i]`` is ``(attention, mlp)`` for block ``i``: what stays, or ``None`` where nothing is removed. The
+    model stays dense-shaped: the removed units' input columns of ``o`` / ``down`` are zeroed, which computes what
+    removing them does, so the shapes that every block's captured arguments assume (and per-head tensors shared by
+    all blocks) stay valid throughout; the caller removes the units afterwards (:func:`hf_prune.apply_plan`, which
+    checks the pruned model against this masked one). Returns what was done per block, for the report.
     """
     model = structure.model
     device = next(model.parameters()).device
@@ -450,8 +463,7 @@ def reconstruct_sequentially(
                     can_bias[part],
                     refit=refit,
                 )
-                sub.remove()
-                apply_fix(projection, fix, width // sub.units)
+                apply_fix(projection, fix, width // sub.units, keep_units=sub.keep_units)
                 entry[part] = fix.summary()
             with torch.no_grad():
                 hidden = [

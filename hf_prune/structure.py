@@ -12,7 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import __version__, surgery
-from .recipe import Recipe, resolve_recipe
+from .recipe import Recipe, RecipeError, resolve_recipe
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,55 @@ class ModelStructure:
                 raise ValueError(
                     f"layer {index} has {shape.heads} query heads, not a multiple of {shape.kv_heads} KV heads."
                 )
+        self._check_shared_head_tensors()
+
+    def _check_shared_head_tensors(self) -> None:
+        """Declared shared per-head tensors exist, and their head axis has one entry per query head of every
+        block (they are sliced once for all blocks, so every block has the same heads)."""
+        heads = {s.heads for s in self.shapes()}
+        for entry in self.recipe.attention.shared_head_tensors:
+            try:
+                owner, name = surgery.shared_head_parameter(self.model, entry.parameter)
+            except AttributeError as err:
+                raise RecipeError(f"recipe '{self.recipe.name}': {err}") from None
+            shape = tuple(getattr(owner, name).shape)
+            if entry.dim >= len(shape) or {shape[entry.dim]} != heads:
+                raise RecipeError(
+                    f"recipe '{self.recipe.name}': shared head tensor '{entry.parameter}' has shape {shape}; its axis "
+                    f"{entry.dim} should have one entry per query head ({sorted(heads)} in the blocks). Fix `dim`, or "
+                    "the blocks' head counts differ (a shared tensor needs the same heads in every block)."
+                )
+
+    def undeclared_head_tensors(self) -> list[str]:
+        """Parameters of the base model, outside the recipe's projections and declared shared tensors, with an axis
+        as long as the blocks' query heads: probably per-head tensors that removing heads would leave stale (MPNet's
+        relative attention bias, for a recipe that does not declare it). Sizes that are also the hidden size, the
+        head size, a neuron count or the vocabulary are not taken as a sign."""
+        shapes = self.shapes()
+        heads = {s.heads for s in shapes}
+        ambiguous = {self.head_dim, *(s.neurons for s in shapes)}
+        ambiguous |= {surgery._config_get(self.config, a) for a in ("hidden_size", "vocab_size")}
+        sizes = heads - ambiguous - {1}
+        if not sizes:
+            return []
+        known = {
+            id(p) for i in range(self.num_layers) for role in self._roles() for p in self.module(i, role).parameters()
+        }
+        known |= {
+            id(getattr(*surgery.shared_head_parameter(self.model, e.parameter)))
+            for e in self.recipe.attention.shared_head_tensors
+        }
+        root = getattr(self.model, "base_model", self.model)
+        return [
+            f"{name} {tuple(p.shape)}"
+            for name, p in root.named_parameters()
+            if id(p) not in known and sizes & set(p.shape)
+        ]
+
+    def _roles(self) -> list[str]:
+        att, mlp = self.recipe.attention, self.recipe.mlp
+        roles = ["qkv", "o"] if att.qkv else ["q", "k", "v", "o"]
+        return roles + (["gate_up", "down"] if mlp.gate_up else [r for r in ("up", "gate", "down") if getattr(mlp, r)])
 
     def shape(self, index: int) -> LayerShape:
         """Current counts of block ``index`` (read from weight shapes)."""

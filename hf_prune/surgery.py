@@ -287,6 +287,44 @@ def prune_mlp(layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep_neur
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Per-head tensors outside the blocks, shared by every block (MPNet's relative attention bias): one slice for
+# all blocks, so every block keeps the same heads.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def shared_head_parameter(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that owns the shared per-head parameter ``path`` (under the base model), and its name."""
+    root = getattr(model, "base_model", model)
+    owner_path, _, name = path.rpartition(".")
+    owner = get_submodule(root, owner_path) if owner_path else root
+    if not isinstance(getattr(owner, name, None), nn.Parameter):
+        raise AttributeError(
+            f"shared head tensor '{path}': {type(owner).__name__} has no parameter '{name}'. Give the parameter's "
+            "path under the base model (see `model.base_model.named_parameters()`)."
+        )
+    return owner, name
+
+
+def prune_shared_heads(
+    model: nn.Module, recipe: dict[str, Any], head_dim: int, keep_heads: Sequence[int], counts: dict[str, int]
+) -> None:
+    """Keep only the query heads ``keep_heads`` of every shared per-head tensor the recipe declares, in place.
+
+    ``counts`` are the blocks' new counts (the same in every block), for the owners' ``module_attributes``.
+    """
+    keep = torch.as_tensor(sorted(int(h) for h in keep_heads), dtype=torch.long, device="cpu")
+    for entry in recipe["attention"].get("shared_head_tensors") or []:
+        owner, name = shared_head_parameter(model, entry["parameter"])
+        parameter = getattr(owner, name)
+        if parameter.shape[entry["dim"]] == len(keep):
+            continue  # already this size
+        _replace_parameter(owner, name, parameter.detach().index_select(entry["dim"], keep.to(parameter.device)))
+        values = _quantities(counts, head_dim)
+        for attribute, quantity in (entry.get("module_attributes") or {}).items():
+            setattr(owner, attribute, values[quantity])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Recording the structure in the config, and rebuilding it when a checkpoint is loaded.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -380,3 +418,5 @@ def restore_structure(model: nn.Module) -> None:
             prune_attention(layer, recipe, head_dim, keep_heads, list(range(target["kv_heads"])))
         if target["neurons"] != counts["neurons"]:
             prune_mlp(layer, recipe, head_dim, list(range(target["neurons"])))
+    if recipe["attention"].get("shared_head_tensors"):
+        prune_shared_heads(model, recipe, head_dim, range(structure[0]["heads"]), structure[0])

@@ -387,3 +387,31 @@ def test_removed_groups_stay_removed_when_a_fraction_shrinks() -> None:
         )
         assert not {1, 2, 5, 6} & set(plans[0].keep_heads), ranking
         assert not set(range(16)) & set(plans[1].keep_neurons), ranking
+
+
+@pytest.mark.parametrize("ranking", ["uniform", "global"])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(6, 6), (8, 2), (8, 1)], ids=["mha", "gqa", "mqa"])
+def test_tied_heads_keep_the_same_heads_in_every_block(ranking: str, heads: int, kv_heads: int) -> None:
+    """A per-head tensor shared by every block (MPNet's position bias) allows one set of heads: the blocks' head
+    scores are summed and the same heads go everywhere, whatever the ranking; neurons still follow the ranking."""
+    g = torch.Generator().manual_seed(3)
+    head_scores = [torch.rand(heads, generator=g) for _ in range(3)]
+    neuron_scores = [torch.rand(32, generator=g) * (i + 1) ** 3 for i in range(3)]
+    plans = plan_pruning(head_scores, [kv_heads] * 3, neuron_scores, 0.5, 0.5, ranking=ranking, tied_heads=True)
+    assert len({tuple(p.keep_heads) for p in plans}) == 1 and len({tuple(p.keep_kv_heads) for p in plans}) == 1
+    assert 0 < len(plans[0].keep_heads) < heads
+    normalised = torch.stack([s / s.norm() for s in head_scores]).sum(0)
+    kept, removed = set(plans[0].keep_heads), set(range(heads)) - set(plans[0].keep_heads)
+    if kv_heads == heads:  # one head per unit: the kept heads are the best by the summed scores
+        assert min(normalised[h] for h in kept) >= max(normalised[h] for h in removed)
+    if ranking == "global":
+        assert len({len(p.keep_neurons) for p in plans}) > 1  # neurons are ranked across blocks as asked
+    untied = plan_pruning(head_scores, [kv_heads] * 3, neuron_scores, 0.5, 0.5, ranking=ranking)
+    assert [p.keep_neurons for p in untied] == [p.keep_neurons for p in plans]
+
+
+def test_tied_heads_refuse_protected_layers() -> None:
+    scores = [torch.rand(4) for _ in range(2)]
+    with pytest.raises(ValueError, match="tied_heads needs the same heads in every block"):
+        plan_pruning(scores, [4, 4], [torch.rand(8)] * 2, 0.5, 0.0, protected_layers=[0], tied_heads=True)
+    plan_pruning(scores, [4, 4], [torch.rand(8)] * 2, 0.0, 0.5, protected_layers=[0], tied_heads=True)  # no heads

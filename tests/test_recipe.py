@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 import yaml
 
-from hf_prune.recipe import QUANTITIES, Recipe, recipe_for_model_type, recipes_dir, resolve_recipe, shipped_recipes
+from hf_prune.recipe import (
+    QUANTITIES,
+    Recipe,
+    RecipeError,
+    SharedHeadTensor,
+    recipe_for_model_type,
+    recipes_dir,
+    resolve_recipe,
+    shipped_recipes,
+)
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES, Case
@@ -128,4 +137,38 @@ def test_inconsistent_recipes_are_rejected(edit: Any, match: str) -> None:
     data = _llama_dict()
     edit(data)
     with pytest.raises(ValueError, match=match):
+        Recipe.from_dict(data)
+
+
+def test_shared_head_tensors_parse_and_round_trip() -> None:
+    recipe = shipped_recipes()["mpnet"]
+    (entry,) = recipe.attention.shared_head_tensors
+    assert isinstance(entry, SharedHeadTensor)
+    assert (entry.parameter, entry.dim, entry.module_attributes) == (
+        "encoder.relative_attention_bias.weight",
+        1,
+        {"embedding_dim": "heads"},
+    )
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
+    assert shipped_recipes()["llama"].attention.shared_head_tensors == []  # optional: absent from every other recipe
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ({"encoder.bias.weight": 1}, "a list of"),
+        ([{"parameter": "encoder.bias.weight"}], "missing 1 required positional argument: 'dim'"),
+        ([{"parameter": "encoder.bias.weight", "dim": -1}], "`dim` must be an axis index >= 0"),
+        ([{"parameter": "encoder.bias.weight", "dim": 1, "axis": 1}], r"unknown key\(s\) \['axis'\]"),
+        (
+            [{"parameter": "encoder.bias.weight", "dim": 1, "module_attributes": {"n": "columns"}}],
+            "maps to unknown quantity 'columns'",
+        ),
+    ],
+    ids=["not-a-list", "no-dim", "negative-dim", "unknown-key", "unknown-quantity"],
+)
+def test_malformed_shared_head_tensors_are_recipe_errors(entries: Any, match: str) -> None:
+    data = _llama_dict()
+    data["attention"]["shared_head_tensors"] = entries
+    with pytest.raises(RecipeError, match=match):
         Recipe.from_dict(data)
