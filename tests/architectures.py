@@ -1,6 +1,13 @@
 """Tiny random models of every shipped architecture: the test matrix (one row per recipe/case).
 
-Adding an architecture = one recipe file + one row here.
+Two kinds of rows:
+- ``CASES``: small synthetic dimensions (8 heads, 96 neurons, 3 layers) that unit tests elsewhere count on;
+- ``PUBLISHED``: each family's smallest real checkpoint, from its published config. Head counts, KV heads, head
+  size and hidden size are the real ones (Phi-3 and Mistral are scaled down keeping the head size and the ratios),
+  so that divisibility, GQA layouts and config validators behave as on the real model; only the layers (2), the
+  vocabulary and the MLP width (which nothing divides) are shrunk, to keep each case at a fraction of a second.
+
+Adding an architecture = one recipe file + one row in each list.
 """
 
 from __future__ import annotations
@@ -129,4 +136,98 @@ CASES = [
     Case("phi3", _phi3, True, False, False, 2, False, True),
 ]
 
-CASES_BY_NAME = {case.name: case for case in CASES}
+
+def _published(
+    config_cls: type, model_cls: type, layers: str = "num_hidden_layers", **fields: object
+) -> Callable[[], torch.nn.Module]:
+    """A published config with 2 layers and a 128-token vocabulary (``layers``: the config's name for the count)."""
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return model_cls(config_cls(**{layers: 2, "vocab_size": 128, **fields})).eval()
+
+    return build
+
+
+_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+_ROBERTA_IDS = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "max_position_embeddings": 66}
+
+
+def _decoder(name: str, config_cls: type, model_cls: type, qkv_bias: bool = False, **fields: object) -> Case:
+    """A gated-MLP decoder (Llama family): vanilla-loadable when uniform; Qwen2 has q/k/v biases."""
+    build = _published(config_cls, model_cls, max_position_embeddings=64, **_IDS, **fields)
+    return Case(name, build, True, qkv_bias, qkv_bias, 2, False, True)
+
+
+def _encoder(name: str, config_cls: type, model_cls: type, **fields: object) -> Case:
+    """A BERT-like encoder classifier: biases everywhere, head size derived from hidden/heads."""
+    return Case(name, _published(config_cls, model_cls, num_labels=3, **fields), False, True, True, 1, True, False)
+
+
+# A table, one row per family with its published dimensions: kept dense rather than one field per line.
+# fmt: off
+PUBLISHED = [
+    # google/gemma-3-270m: 640 hidden, 4 query heads, 1 KV head (MQA), head_dim 256 (4 x 256 != 640), FFN 2048.
+    _decoder(
+        "gemma3-270m", T.Gemma3TextConfig, T.Gemma3ForCausalLM, hidden_size=640, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, intermediate_size=256, query_pre_attn_scalar=256, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
+    # HuggingFaceTB/SmolLM2-135M: 576 hidden, 9 query heads in 3 KV groups, head_dim 64, FFN 1536, tied embeddings.
+    _decoder(
+        "smollm2-135m", T.LlamaConfig, T.LlamaForCausalLM, hidden_size=576, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, intermediate_size=192, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    ),
+    # Qwen/Qwen2.5-0.5B: 896 hidden, 14 query heads in 2 KV groups, head_dim 64, FFN 4864, q/k/v biases.
+    _decoder(
+        "qwen2.5-0.5b", T.Qwen2Config, T.Qwen2ForCausalLM, qkv_bias=True, hidden_size=896, num_attention_heads=14,
+        num_key_value_heads=2, intermediate_size=608, tie_word_embeddings=True,
+    ),
+    # Qwen/Qwen3-0.6B: 1024 hidden, 16 query heads in 8 KV groups, head_dim 128 (16 x 128 != 1024), q/k norms.
+    _decoder(
+        "qwen3-0.6b", T.Qwen3Config, T.Qwen3ForCausalLM, hidden_size=1024, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, intermediate_size=384, tie_word_embeddings=True,
+    ),
+    # microsoft/Phi-3-mini-4k-instruct (3072 hidden, 32 heads of 96, MHA, fused qkv): scaled to 8 heads of 96.
+    _decoder(
+        "phi3-mini", T.Phi3Config, T.Phi3ForCausalLM, hidden_size=768, num_attention_heads=8, num_key_value_heads=8,
+        intermediate_size=256,
+    ),
+    # mistralai/Mistral-7B-v0.1 (4096 hidden, 32 heads of 128 in 8 KV groups): scaled to 8 heads of 128 in 2 groups.
+    _decoder(
+        "mistral-7b", T.MistralConfig, T.MistralForCausalLM, hidden_size=1024, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=128, intermediate_size=448,
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 (BERT): 384 hidden, 12 heads of 32, FFN 1536.
+    _encoder(
+        "minilm-l6", T.BertConfig, T.BertForSequenceClassification, hidden_size=384, num_attention_heads=12,
+        intermediate_size=192, max_position_embeddings=64,
+    ),
+    # distilbert-base-uncased: 768 hidden, 12 heads of 64, FFN 3072.
+    _encoder(
+        "distilbert-base", T.DistilBertConfig, T.DistilBertForSequenceClassification, layers="n_layers", dim=768,
+        n_heads=12, hidden_dim=384, max_position_embeddings=64,
+    ),
+    # FacebookAI/roberta-base: 768 hidden, 12 heads of 64, FFN 3072.
+    _encoder(
+        "roberta-base", T.RobertaConfig, T.RobertaForSequenceClassification, hidden_size=768, num_attention_heads=12,
+        intermediate_size=384, **_ROBERTA_IDS,
+    ),
+    # openai-community/gpt2: 768 hidden, 12 heads of 64, FFN 3072, fused Conv1D qkv, biases everywhere.
+    Case(
+        "gpt2-124m",
+        _published(T.GPT2Config, T.GPT2LMHeadModel, layers="n_layer", n_embd=768, n_head=12, n_inner=384, **_IDS),
+        True, True, True, 1, True, False,
+    ),
+    # sentence-transformers/all-mpnet-base-v2 (MPNet): 768 hidden, 12 heads of 64, FFN 3072, and one relative
+    # attention bias with a column per head, shared by all layers.
+    _encoder(
+        "mpnet-base", T.MPNetConfig, T.MPNetForSequenceClassification, hidden_size=768, num_attention_heads=12,
+        intermediate_size=384, **_ROBERTA_IDS,
+    ),
+]
+
+# fmt: on
+
+CASES_BY_NAME = {case.name: case for case in CASES + PUBLISHED}

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,16 @@ import hf_prune
 from hf_prune.importance import get_importance
 from hf_prune.structure import ModelStructure
 
-from .architectures import CASES, STRUCTURE_ONLY, Case
+from .architectures import CASES, CASES_BY_NAME, PUBLISHED, STRUCTURE_ONLY, Case
 
 ATOL = 1e-5
-IDS = [case.name for case in CASES]
+MATRIX = CASES + PUBLISHED  # synthetic rows, and every family at its smallest real checkpoint's dimensions
+IDS = [case.name for case in MATRIX]
+# The published rows' masked == pruned and save/load are the fraction sweep's and the CLI's job (further down);
+# here they run in the full suite only, to keep CI short.
+HEAVY = [pytest.param(case, id=case.name, marks=pytest.mark.slow) for case in PUBLISHED]
+SYNTHETIC_IDS = [case.name for case in CASES]
+PUBLISHED_IDS = [case.name for case in PUBLISHED]
 
 
 def _inputs(case: Case) -> dict[str, torch.Tensor]:
@@ -42,7 +49,14 @@ def _plan(model: torch.nn.Module, ranking: str, importance: str = "random") -> l
     scores = get_importance(importance).scores(structure)
     shapes = structure.shapes()
     return hf_prune.plan_pruning(
-        scores.heads, [s.kv_heads for s in shapes], scores.neurons, 0.5, 0.5, ranking=ranking, neuron_multiple=1
+        scores.heads,
+        [s.kv_heads for s in shapes],
+        scores.neurons,
+        0.5,
+        0.5,
+        ranking=ranking,
+        neuron_multiple=1,
+        tied_heads=bool(structure.recipe.attention.shared_head_tensors),  # MPNet: one position bias for all layers
     )
 
 
@@ -62,7 +76,7 @@ def _masked_and_pruned(
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])  # eager reads num_key_value_groups: checks the recipes
 @pytest.mark.parametrize("ranking", ["uniform", "global"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [*CASES, *HEAVY], ids=[*SYNTHETIC_IDS, *PUBLISHED_IDS])
 def test_masked_model_equals_pruned_model(case: Case, ranking: str, attn: str) -> None:
     masked, pruned, plans = _masked_and_pruned(case, ranking, attn)
     dense = case.build()
@@ -75,7 +89,7 @@ def test_masked_model_equals_pruned_model(case: Case, ranking: str, attn: str) -
     assert any(s.heads < ModelStructure(masked).shape(0).heads for s in shapes)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.decoder], ids=[c.name for c in CASES if c.decoder])
+@pytest.mark.parametrize("case", [c for c in MATRIX if c.decoder], ids=[c.name for c in MATRIX if c.decoder])
 def test_generate_with_kv_cache_matches_masked_model(case: Case) -> None:
     masked, pruned, _ = _masked_and_pruned(case, "global")
     prompt = _inputs(case)["input_ids"][:1, :5]
@@ -88,7 +102,7 @@ def test_generate_with_kv_cache_matches_masked_model(case: Case) -> None:
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MATRIX, ids=IDS)
 def test_backward_reaches_pruned_weights(case: Case) -> None:
     _, pruned, _ = _masked_and_pruned(case, "global")
     pruned.train()
@@ -113,10 +127,14 @@ def _expected_parameters(case: Case, model: torch.nn.Module, before: list, after
         (b.heads - a.heads) * per_head + (b.kv_heads - a.kv_heads) * per_kv + (b.neurons - a.neurons) * per_neuron
         for b, a in zip(before, after, strict=True)
     )
-    return sum(p.numel() for p in case.build().parameters()) - removed
+    dense = case.build()
+    for entry in ModelStructure(dense).recipe.attention.shared_head_tensors:  # sliced once, with every block's heads
+        tensor = dense.base_model.get_parameter(entry.parameter)
+        removed += (before[0].heads - after[0].heads) * tensor.numel() // tensor.shape[entry.dim]
+    return sum(p.numel() for p in dense.parameters()) - removed
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MATRIX, ids=IDS)
 def test_parameter_count_matches_closed_form(case: Case) -> None:
     model = case.build()
     structure = ModelStructure(model)
@@ -130,7 +148,7 @@ def test_parameter_count_matches_closed_form(case: Case) -> None:
 
 
 @pytest.mark.parametrize("ranking", ["uniform", "global"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", [*CASES, *HEAVY], ids=[*SYNTHETIC_IDS, *PUBLISHED_IDS])
 def test_save_and_load_with_hf_prune_round_trips(case: Case, ranking: str, tmp_path: Path) -> None:
     model = case.build()
     report = hf_prune.prune(model, heads=0.5, neurons=0.5, ranking=ranking, importance="random", reconstruct=False)
@@ -179,10 +197,15 @@ LOADER = textwrap.dedent(
 def test_checkpoints_load_without_hf_prune(tmp_path: Path) -> None:
     """Vanilla from_pretrained where promised, trust_remote_code otherwise; hf_prune not importable."""
     items = []
-    for case in CASES:
+    for case in CASES:  # the published rows: test_cli_checkpoints_of_every_published_family_load_without_hf_prune
         for ranking in ("uniform", "global"):
             items.append(_save_case(case, ranking, tmp_path / f"{case.name}-{ranking}"))
     assert any(item["vanilla"] for item in items) and not all(item["vanilla"] for item in items)
+    _assert_loads_without_hf_prune(items)
+
+
+def _assert_loads_without_hf_prune(items: list[dict[str, object]]) -> None:
+    """Load every saved item in one process where hf_prune cannot be imported, and compare with its logits."""
     result = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps(items)], capture_output=True, text=True, timeout=600, check=False
     )
@@ -225,3 +248,165 @@ def test_gpt2_conv1d_sizes_follow_the_sliced_weights(tmp_path: Path) -> None:
         assert conv1d
         for name, module in conv1d.items():
             assert (module.nx, module.nf) == tuple(module.weight.shape), name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every family at its smallest real checkpoint's dimensions, at the fractions users choose, through the CLI.
+# ---------------------------------------------------------------------------------------------------------
+
+FRACTIONS = (0.1, 0.25, 0.3, 0.5)
+
+
+def _auto_class(case: Case) -> str:
+    return "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
+
+
+def _target(fraction: float) -> dict[str, object]:
+    """Alternate the two kinds of target users set: a fraction of heads and neurons, or of the parameters (with
+    both rankings), so that every family meets each kind at two fractions."""
+    if fraction in (0.1, 0.3):
+        return {"params": fraction, "ranking": "global" if fraction == 0.3 else "uniform"}
+    return {"heads": fraction, "neurons": fraction, "ranking": "global" if fraction == 0.5 else "uniform"}
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+@pytest.mark.parametrize("case", PUBLISHED, ids=PUBLISHED_IDS)
+def test_published_dimensions_prune_save_and_load_at_every_fraction(
+    case: Case, fraction: float, tmp_path: Path
+) -> None:
+    """masked == pruned, a valid GQA layout, and a checkpoint that loads: vanilla where the report promises it (the
+    config class accepted the counts), through hf_prune otherwise, with the reason recorded."""
+    model = case.build()
+    report = hf_prune.prune(model, importance="magnitude", reconstruct=False, **_target(fraction))
+    inputs = _inputs(case)
+    masked = case.build()
+    masks = hf_prune.MaskSet(ModelStructure(masked))
+    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
+    masks.attach()
+    expected = _logits(model, inputs)
+    torch.testing.assert_close(expected, _logits(masked, inputs), atol=ATOL, rtol=0)
+    for layer in report.layers_after:
+        assert layer["heads"] % layer["kv_heads"] == 0 and layer["heads"] >= 1 and layer["neurons"] >= 1
+    assert report.after.parameters < report.before.parameters
+
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    loaded = hf_prune.from_pretrained(tmp_path / "pruned").eval()
+    torch.testing.assert_close(_logits(loaded, inputs), expected, atol=ATOL, rtol=0)
+    if report.vanilla_loadable:
+        assert report.not_vanilla_because == ""
+        vanilla = getattr(T, _auto_class(case)).from_pretrained(tmp_path / "pruned").eval()
+        assert type(vanilla).__module__.startswith("transformers.models.")
+        torch.testing.assert_close(_logits(vanilla, inputs), expected, atol=ATOL, rtol=0)
+    else:
+        assert report.not_vanilla_because, "a checkpoint that needs hf_prune's loader says why"
+
+
+def test_gemma3_270m_with_three_heads_falls_back_to_the_recorded_structure(tmp_path: Path) -> None:
+    """Gemma 3 270M keeps 3 of its 4 heads at 0.25: Gemma3TextConfig refuses 640 % 3 != 0, so the checkpoint
+    records its structure instead of crashing in save_pretrained (it did, after all the work)."""
+    model = CASES_BY_NAME["gemma3-270m"].build()
+    report = hf_prune.prune(model, heads=0.25, neurons=0.25, importance="magnitude", reconstruct=False)
+    assert [layer["heads"] for layer in report.layers_after] == [3, 3]
+    assert not report.vanilla_loadable
+    assert "Gemma3TextConfig refuses 3 attention heads" in report.not_vanilla_because
+    assert "not a multiple of the number of attention heads (3)" in report.not_vanilla_because
+    assert report.not_vanilla_because in report.summary()
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert config["num_attention_heads"] == 4 and "auto_map" in config  # global values stay the valid dense ones
+    inputs = _inputs(CASES_BY_NAME["gemma3-270m"])
+    torch.testing.assert_close(
+        _logits(hf_prune.from_pretrained(tmp_path / "pruned"), inputs), _logits(model, inputs), atol=ATOL, rtol=0
+    )
+
+
+def test_phi3_long_rope_refuses_fewer_heads_and_falls_back(tmp_path: Path) -> None:
+    """Phi-3's long-RoPE factors must have (hidden_size / heads) / 2 entries: fewer heads fail Phi3Config's own
+    validation, although the modeling code reads head_dim. The same mechanism catches it (no Phi-3 rule)."""
+    head_dim = 96
+    config = T.Phi3Config(
+        vocab_size=128,
+        hidden_size=768,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=64,
+        original_max_position_embeddings=32,
+        pad_token_id=0,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "short_factor": [1.0] * (head_dim // 2),
+            "long_factor": [2.0] * (head_dim // 2),
+            "partial_rotary_factor": 1.0,
+        },
+    )
+    torch.manual_seed(0)
+    model = T.Phi3ForCausalLM(config).eval()
+    report = hf_prune.prune(model, heads=0.25, neurons=0.25, importance="magnitude", reconstruct=False)
+    assert not report.vanilla_loadable and "short_factor" in report.not_vanilla_because
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    inputs = _inputs(CASES_BY_NAME["phi3-mini"])
+    torch.testing.assert_close(
+        _logits(hf_prune.from_pretrained(tmp_path / "pruned"), inputs), _logits(model, inputs), atol=ATOL, rtol=0
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    """`hf-prune prune --heads 0.25 --neurons 0.25` on every published family, as a user runs it: decoders
+    self-calibrate (Taylor + reconstruction, with a little sampled text), encoders without data fall back to
+    magnitude. One run per family, shared by the tests below."""
+    from hf_prune.cli import main
+
+    root = tmp_path_factory.mktemp("published")
+    runs: dict[str, dict[str, object]] = {}
+    for case in PUBLISHED:
+        case.build().save_pretrained(root / case.name)
+        output = root / f"{case.name}-pruned"
+        argv = [str(root / case.name), "--heads", "0.25", "--neurons", "0.25", "--output", str(output)]
+        argv += ["--calibration-samples", "2", "--calibration-seq-len", "16"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the encoders' "no calibration data" fallback
+            code = main(["prune", *argv])
+        runs[case.name] = {"code": code, "output": output}
+    return runs
+
+
+@pytest.mark.parametrize("case", PUBLISHED, ids=PUBLISHED_IDS)
+def test_cli_prunes_every_published_family(case: Case, cli_pruned: dict[str, dict[str, object]]) -> None:
+    run = cli_pruned[case.name]
+    assert run["code"] == 0
+    output = Path(str(run["output"]))
+    report = json.loads((output / "pruning_report.json").read_text())
+    loaded = hf_prune.from_pretrained(output).eval()
+    assert [vars(s) for s in ModelStructure(loaded).shapes()] == report["layers_after"]
+    assert report["layers_after"] != report["layers_before"]
+    if case.decoder:
+        assert report["extra"]["reconstruction"]["projections"] > 0  # the default path, verified before saving
+    assert report["vanilla_loadable"] or report["not_vanilla_because"], "the report says which way it went"
+    if case.name == "gemma3-270m":  # 3 of 4 heads: the config refuses 640 / 3, the structure is recorded
+        assert report["layers_after"][0]["heads"] == 3 and "Gemma3TextConfig refuses" in report["not_vanilla_because"]
+    inputs = _inputs(case)
+    if report["vanilla_loadable"]:
+        vanilla = getattr(T, _auto_class(case)).from_pretrained(output).eval()
+        torch.testing.assert_close(_logits(vanilla, inputs), _logits(loaded, inputs), atol=ATOL, rtol=0)
+
+
+def test_cli_checkpoints_of_every_published_family_load_without_hf_prune(
+    cli_pruned: dict[str, dict[str, object]],
+) -> None:
+    """What the CLI wrote loads with plain transformers: vanilla where the report promises it, else with
+    trust_remote_code; the outputs equal hf_prune's loader's."""
+    items = []
+    for case in PUBLISHED:
+        output = Path(str(cli_pruned[case.name]["output"]))
+        inputs = _inputs(case)
+        torch.save(
+            {"inputs": inputs, "logits": _logits(hf_prune.from_pretrained(output).eval(), inputs)}, f"{output}.pt"
+        )
+        report = json.loads((output / "pruning_report.json").read_text())
+        items.append({"dir": str(output), "auto": _auto_class(case), "vanilla": report["vanilla_loadable"]})
+    assert any(item["vanilla"] for item in items) and not all(item["vanilla"] for item in items)
+    _assert_loads_without_hf_prune(items)
