@@ -247,3 +247,24 @@ def test_half_precision_rounding_passes_and_a_wrong_model_still_fails(dtype: tor
     recipe = _scaling_recipe(tmp_path, "neurons")
     with pytest.raises(PrunedModelError, match="disagrees with the masked model"):
         hf_prune.prune(broken, recipe=recipe, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
+
+
+def test_a_model_that_cannot_be_probed_is_pruned_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the unpruned model does not run on token ids alone, nothing can be compared: that is said, not
+    mistaken for a broken pruned model."""
+    from hf_prune import verify
+
+    run_probe = verify.run_probe
+    calls = []
+
+    def masked_model_needs_more(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        calls.append(model)
+        if len(calls) == 1:
+            raise TypeError("forward() missing 1 required argument: 'pixel_values'")
+        return run_probe(model, inputs)
+
+    monkeypatch.setattr(verify, "run_probe", masked_model_needs_more)
+    model = CASES_BY_NAME["bert"].build()
+    with pytest.warns(UserWarning, match="could not be verified: the masked model does not run on a probe"):
+        report = hf_prune.prune(model, heads=0.5, neurons=0.5, **STRUCTURE_ONLY)
+    assert len(calls) == 1 and report.layers_after[0]["heads"] == 4
