@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import transformers
 
-from .checkpoint import record_structure
+from .checkpoint import layout_refusal, record_structure
 from .loading import candidate_classes, probe
 from .recipe import Recipe
 from .structure import ModelStructure
@@ -72,7 +72,9 @@ def structured_config(config: Any, recipe: str | os.PathLike[str] | Recipe | dic
             )
         keep = [h for h in range(total) if h not in heads]
         prune_attention(structure.layers[layer], structure.recipe_dict, structure.head_dim, keep)
-    record_structure(structure)
+    record_structure(
+        structure, layout_refusal(structure, [(s.heads, s.kv_heads, s.neurons) for s in structure.shapes()])
+    )
     return skeleton.config
 
 

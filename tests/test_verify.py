@@ -15,12 +15,12 @@ import yaml
 from torch import nn
 
 import hf_prune
-from hf_prune.cli import main
 from hf_prune.recipe import RecipeError, recipes_dir
 from hf_prune.structure import ModelStructure
 from hf_prune.verify import PrunedModelError
 
 from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
+from .cli_run import run_cli
 from .test_callback import _args, _dataset
 from .test_errors import _assert_untouched, _snapshot
 
@@ -88,8 +88,7 @@ def test_the_cli_refuses_an_undeclared_per_head_tensor_and_writes_nothing(
     recipe.write_text(yaml.safe_dump(_mpnet_recipe(False)), encoding="utf-8")
     output = tmp_path / "pruned"
     argv = ["prune", tmp_path / "dense", "--recipe", recipe, "--heads", "0.5", "--neurons", "0.5", "--output", output]
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "relative_attention_bias" in err and "shared_head_tensors" in err
     assert not output.exists()
 
@@ -134,8 +133,7 @@ def test_the_cli_writes_nothing_when_the_pruned_model_disagrees(
     output = tmp_path / "pruned"
     argv = ["prune", tmp_path / "dense", "--recipe", _scaling_recipe(tmp_path), "--heads", "0.5", "--neurons", "0.5"]
     argv += ["--importance", "magnitude", "--no-reconstruct", "--output", output]
-    code = main([str(a) for a in argv])
-    _, err = capsys.readouterr()
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "disagrees with the masked model" in err
     assert not output.exists()
 
