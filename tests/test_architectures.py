@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -353,40 +354,83 @@ def test_phi3_long_rope_refuses_fewer_heads_and_falls_back(tmp_path: Path) -> No
     )
 
 
+def _cli_target(fraction: float) -> list[str]:
+    """The same targets as `_target`, spelled as a user types them."""
+    argv = []
+    for name, value in _target(fraction).items():
+        argv += [f"--{name}", str(value)]
+    return argv
+
+
+# 0.25 takes the CLI's default path (decoders self-calibrate: Taylor + reconstruction on a little sampled text,
+# encoders without data fall back to magnitude). The other fractions check what the CLI maps and saves at that
+# size, with the cheap data-free criterion, so that the sweep stays within CI's time.
+CLI_RUNS = [(case, fraction) for case in PUBLISHED for fraction in FRACTIONS]
+CLI_IDS = [f"{case.name}-{fraction}" for case, fraction in CLI_RUNS]
+
+
 @pytest.fixture(scope="module")
 def cli_pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    """`hf-prune prune --heads 0.25 --neurons 0.25` on every published family, as a user runs it: decoders
-    self-calibrate (Taylor + reconstruction, with a little sampled text), encoders without data fall back to
-    magnitude. One run per family, shared by the tests below."""
+    """`hf-prune prune` on every published family at every fraction, as a user runs it. One run per family and
+    fraction, shared by the tests below."""
     from hf_prune.cli import main
 
     root = tmp_path_factory.mktemp("published")
     runs: dict[str, dict[str, object]] = {}
     for case in PUBLISHED:
         case.build().save_pretrained(root / case.name)
-        output = root / f"{case.name}-pruned"
-        argv = [str(root / case.name), "--heads", "0.25", "--neurons", "0.25", "--output", str(output)]
-        argv += ["--calibration-samples", "2", "--calibration-seq-len", "16"]
+    for (case, fraction), run_id in zip(CLI_RUNS, CLI_IDS, strict=True):
+        output = root / f"{run_id}-pruned"
+        argv = [str(root / case.name), *_cli_target(fraction), "--output", str(output)]
+        if fraction == 0.25:
+            argv += ["--calibration-samples", "2", "--calibration-seq-len", "16"]
+        else:
+            argv += ["--importance", "magnitude", "--no-reconstruct"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the encoders' "no calibration data" fallback
             code = main(["prune", *argv])
-        runs[case.name] = {"code": code, "output": output}
+        runs[run_id] = {"code": code, "output": output}
     return runs
 
 
-@pytest.mark.parametrize("case", PUBLISHED, ids=PUBLISHED_IDS)
-def test_cli_prunes_every_published_family(case: Case, cli_pruned: dict[str, dict[str, object]]) -> None:
-    run = cli_pruned[case.name]
+def _expected_heads(case: Case, fraction: float, before: list[dict[str, int]]) -> list[int] | None:
+    """Uniform head targets have a closed form: each layer keeps heads minus round(fraction * heads), in whole KV
+    groups for GQA (at least one unit). Parameter targets and global ranking are checked by their budget instead."""
+    target = _target(fraction)
+    if "heads" not in target or target["ranking"] != "uniform":
+        return None
+    kept = []
+    for layer in before:
+        groups = layer["kv_heads"] if layer["kv_heads"] not in (1, layer["heads"]) else layer["heads"]
+        per_group = layer["heads"] // groups
+        kept.append(per_group * max(1, groups - math.ceil(fraction * groups - 0.5)))  # ties keep more
+    return kept
+
+
+@pytest.mark.parametrize(("case", "fraction"), CLI_RUNS, ids=CLI_IDS)
+def test_cli_prunes_every_published_family_at_every_fraction(
+    case: Case, fraction: float, cli_pruned: dict[str, dict[str, object]]
+) -> None:
+    run = cli_pruned[f"{case.name}-{fraction}"]
     assert run["code"] == 0
     output = Path(str(run["output"]))
     report = json.loads((output / "pruning_report.json").read_text())
     loaded = hf_prune.from_pretrained(output).eval()
     assert [vars(s) for s in ModelStructure(loaded).shapes()] == report["layers_after"]
     assert report["layers_after"] != report["layers_before"]
-    if case.decoder:
+    for layer in report["layers_after"]:
+        assert layer["heads"] % layer["kv_heads"] == 0 and layer["heads"] >= 1 and layer["neurons"] >= 1
+    target = _target(fraction)
+    if "params" in target:  # the block-parameter budget is met, up to the rounding of tiny layers
+        removed = 1 - report["after"]["block_parameters"] / report["before"]["block_parameters"]
+        assert abs(removed - fraction) <= 0.02, removed
+    expected = _expected_heads(case, fraction, report["layers_before"])
+    if expected is not None:
+        assert [layer["heads"] for layer in report["layers_after"]] == expected
+    if case.decoder and fraction == 0.25:
         assert report["extra"]["reconstruction"]["projections"] > 0  # the default path, verified before saving
     assert report["vanilla_loadable"] or report["not_vanilla_because"], "the report says which way it went"
-    if case.name == "gemma3-270m":  # 3 of 4 heads: the config refuses 640 / 3, the structure is recorded
+    if case.name == "gemma3-270m" and fraction == 0.25:  # 3 of 4 heads: the config refuses 640 / 3
         assert report["layers_after"][0]["heads"] == 3 and "Gemma3TextConfig refuses" in report["not_vanilla_because"]
     inputs = _inputs(case)
     if report["vanilla_loadable"]:
@@ -397,11 +441,11 @@ def test_cli_prunes_every_published_family(case: Case, cli_pruned: dict[str, dic
 def test_cli_checkpoints_of_every_published_family_load_without_hf_prune(
     cli_pruned: dict[str, dict[str, object]],
 ) -> None:
-    """What the CLI wrote loads with plain transformers: vanilla where the report promises it, else with
-    trust_remote_code; the outputs equal hf_prune's loader's."""
+    """What the CLI wrote at every fraction loads with plain transformers: vanilla where the report promises it,
+    else with trust_remote_code; the outputs equal hf_prune's loader's."""
     items = []
-    for case in PUBLISHED:
-        output = Path(str(cli_pruned[case.name]["output"]))
+    for (case, _), run_id in zip(CLI_RUNS, CLI_IDS, strict=True):
+        output = Path(str(cli_pruned[run_id]["output"]))
         inputs = _inputs(case)
         torch.save(
             {"inputs": inputs, "logits": _logits(hf_prune.from_pretrained(output).eval(), inputs)}, f"{output}.pt"
