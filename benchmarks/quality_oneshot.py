@@ -6,6 +6,8 @@
         --default taylor:bias+weights --calibration-windows 32 \
         --output benchmarks/results/quality_oneshot_default.json \
         --generate "The capital of Italy is" "To be, or not to be:"   # the default path at 10/20/30%
+    python benchmarks/quality_oneshot.py --criteria taylor --reconstructions bias+weights --calibration-windows 32 \
+        --default-targets --peer --output benchmarks/results/quality_oneshot_peer.json   # Torch-Pruning, 20%
 
 Every model is pruned to a fraction of the attention+MLP parameters (global ranking) and scored on two held-out
 texts: Hamlet (the calibration plays' domain, never seen in calibration) and modern prose (IMDB reviews), since a
@@ -114,17 +116,74 @@ def run_point(
     }
 
 
+def peer_points(
+    dense: torch.nn.Module,
+    criterion: hf_prune.Importance,
+    calibration: hf_prune.CalibrationData,
+    params: float,
+    reconstruction: str,
+    evaluations: dict[str, list],
+) -> list[dict[str, Any]]:
+    """Torch-Pruning next to hf_prune at identical per-layer counts. TP keeps every KV head under GQA and
+    removes the same number of query heads from each group, so hf_prune plans with ``gqa_mode="query_heads"``
+    (its default path otherwise, reconstruction included) and TP prunes a dense copy to those counts with its
+    own Taylor scores on the same calibration windows. TP has no reconstruction: what it builds is evaluated
+    as it is."""
+    from peer_torch_pruning import prune_smollm2_tp
+
+    ours = copy.deepcopy(dense)
+    report = hf_prune.prune(
+        ours,
+        params=params,
+        importance=criterion,
+        ranking="global",
+        gqa_mode="query_heads",
+        calibration=calibration,
+        **RECONSTRUCTIONS[reconstruction],
+    )
+    dense_cost = hf_prune.measure_cost(hf_prune.ModelStructure(dense))
+    start = time.perf_counter()
+    peer = prune_smollm2_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration.batches)
+    seconds = time.perf_counter() - start
+    layers = [vars(s) for s in hf_prune.ModelStructure(peer).shapes()]
+    peer_cost = hf_prune.measure_cost(hf_prune.ModelStructure(peer))
+    source = "self-generated" if calibration.self_generated else "plays"
+    common = {"target": params, "calibration": source, "peer_comparison": True}
+    return [
+        common
+        | {
+            "criterion": f"{criterion.name}, query heads only",
+            "reconstruction": reconstruction,
+            "params_removed": 1 - report.after.block_parameters / report.before.block_parameters,
+            "eval": evaluate(ours, evaluations),
+        },
+        common
+        | {
+            "criterion": "Torch-Pruning taylor",
+            "reconstruction": "none",
+            "params_removed": 1 - peer_cost.block_parameters / dense_cost.block_parameters,
+            "matches_hf_prune_counts": layers == report.layers_after,
+            "prune_seconds": round(seconds, 1),
+            "eval": evaluate(peer, evaluations),
+        },
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--criteria", nargs="+", default=["taylor", "fluctuation"])
     parser.add_argument("--reconstructions", nargs="+", default=list(RECONSTRUCTIONS), choices=list(RECONSTRUCTIONS))
     parser.add_argument("--target", type=float, default=0.2, help="the sweep's fraction of block parameters")
-    parser.add_argument("--default-targets", nargs="+", type=float, default=[0.1, 0.2, 0.3])
+    parser.add_argument("--default-targets", nargs="*", type=float, default=[0.1, 0.2, 0.3])
     parser.add_argument("--default", help="criterion+reconstruction of the default path, e.g. taylor:bias+scales")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=8)
     parser.add_argument("--generate", nargs="*", default=[], help="prompts to continue greedily at the default points")
+    parser.add_argument(
+        "--sources", nargs="+", default=["plays", "self-generated"], choices=["plays", "self-generated"]
+    )
+    parser.add_argument("--peer", action="store_true", help="Torch-Pruning at the default points' counts (plays)")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -140,18 +199,18 @@ def main(argv: list[str] | None = None) -> None:
         "hamlet": windows(tokenizer, [shakespeare(EVALUATION_PLAY)], length, args.eval_windows),
         "modern_prose": windows(tokenizer, imdb_texts(400), length, args.eval_windows),
     }
-    start = time.perf_counter()
-    generated = hf_prune.self_generate(dense, count, length, seed=0, batch_size=1)
     data: dict[str, Any] = {
         "dense": evaluate(dense, evaluations),
         "dense_generation": greedy(dense, tokenizer, args.generate),
-        "self_calibration_seconds": round(time.perf_counter() - start, 1),
         "points": [],
     }
-    sources = {
-        "plays": hf_prune.CalibrationData(plays, "plays"),
-        "self-generated": generated,
-    }
+    sources = {"plays": hf_prune.CalibrationData(plays, "plays")}
+    if "self-generated" in args.sources:
+        start = time.perf_counter()
+        sources["self-generated"] = hf_prune.self_generate(dense, count, length, seed=0, batch_size=1)
+        data["self_calibration_seconds"] = round(time.perf_counter() - start, 1)
+    if "plays" not in args.sources:
+        del sources["plays"]
 
     def save(complete: bool = False) -> None:
         data["meta"] = run_meta(args.smoke) | {
@@ -192,6 +251,22 @@ def main(argv: list[str] | None = None) -> None:
                 data["points"].append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "reconstruction_summary"}), flush=True)
                 save()
+    if args.peer:
+        name, reconstruction = (args.default or "taylor:bias+weights").split(":")
+        for params in sorted({args.target, *args.default_targets}):
+            if ("plays", name) not in fitted:
+                fitted[("plays", name)] = hf_prune.calibrate(copy.deepcopy(dense), plays, name)
+            for point in peer_points(
+                dense,
+                fitted[("plays", name)],
+                hf_prune.CalibrationData(plays, "plays"),
+                params,
+                reconstruction,
+                evaluations,
+            ):
+                data["points"].append(point)
+                print(json.dumps(point), flush=True)
+            save()
     save(complete=True)
 
 

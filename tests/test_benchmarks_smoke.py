@@ -177,3 +177,35 @@ def test_quality_oneshot_smoke(tmp_path: Path) -> None:
         assert 0 < point["params_removed"] < 1
         assert bool(point["reconstruction_summary"]) == (point["reconstruction"] != "none")
     assert all(p["reconstruction_summary"]["refit_weights"] == 0 for p in sweep if p["reconstruction"] == "bias")
+
+
+def test_oneshot_cost_smoke(tmp_path: Path) -> None:
+    """The cost benchmark times calibration and reconstruction apart and reports peak memory against the model."""
+    output = tmp_path / "cost.json"
+    _run_script("oneshot_cost.py", "--smoke", "--threads", "1", "--output", str(output))
+    data = json.loads(output.read_text())
+    assert data["meta"]["smoke"] is True and data["threads"] == 1
+    assert data["calibrate_seconds"] > 0 and data["prune_and_reconstruct_seconds"] > 0
+    assert data["total_seconds"] == pytest.approx(
+        data["calibrate_seconds"] + data["prune_and_reconstruct_seconds"], abs=0.11
+    )
+    assert data["rss_peak_bytes"] >= data["rss_before_bytes"] > data["rss_interpreter_bytes"] > 0
+    assert data["model_fp32_bytes"] > 0 and 0 < data["params_removed"] < 1
+    assert data["reconstruction_summary"]["projections"] > 0
+
+
+def test_quality_oneshot_peer_smoke(tmp_path: Path) -> None:
+    """Torch-Pruning is measured in the same run as hf_prune's default path, at identical per-layer counts."""
+    output = tmp_path / "peer.json"
+    args = ["--criteria", "taylor", "--reconstructions", "bias+weights", "--default-targets", "--sources", "plays"]
+    _run_script("quality_oneshot.py", "--smoke", *args, "--peer", "--output", str(output))
+    data = json.loads(output.read_text())
+    assert data["meta"]["complete"] is True and "self_calibration_seconds" not in data
+    ours, theirs = (p for p in data["points"] if p.get("peer_comparison"))
+    assert ours["criterion"] == "taylor, query heads only" and ours["reconstruction"] == "bias+weights"
+    assert theirs["criterion"] == "Torch-Pruning taylor" and theirs["matches_hf_prune_counts"] is True
+    # Same heads and neurons; hf_prune's bias compensation adds bias vectors (a few per mille on a real model,
+    # more on this tiny one), so it removed slightly fewer parameters than TP did.
+    assert ours["params_removed"] < theirs["params_removed"] < ours["params_removed"] + 0.02
+    for point in (ours, theirs):
+        assert point["eval"]["hamlet"]["ppl"] > 0 and point["eval"]["modern_prose"]["ppl"] > 0
