@@ -2,6 +2,7 @@
 
     python benchmarks/quality_encoder.py            # needs outputs/minilm-dense (benchmarks/gradual_minilm.sh)
     python benchmarks/quality_encoder.py --smoke           # tiny random BERT, seconds (CI)
+    python benchmarks/quality_encoder.py --default-path --targets 0.4 0.6   # the default one-shot path vs TP
 
 The dense model is the fine-tuned one from the gradual benchmark (same seed, same 1,000 held-out reviews).
 Each criterion prunes a copy to 25/40/50/60% fewer attention+MLP FLOPs, ranked globally, calibrated on 32
@@ -9,6 +10,12 @@ training batches where it needs data; the gradual results (with recovery) are re
 benchmarks/results/minilm_gradual.jsonl when present. Torch-Pruning prunes to the per-layer counts of hf_prune's
 uniform plan with its own magnitude and Taylor criteria, next to hf_prune at exactly those counts.
 Writes benchmarks/results/quality_encoder.json and quality_encoder.png.
+
+``--default-path`` measures what ``hf_prune.prune(model, flops=F, calibration=batches)`` does by default instead
+(Fisher scores from the labelled batches, global ranking, block-by-block removal with bias compensation and the
+weight refit), the same without reconstruction, and Torch-Pruning at the default path's per-layer counts with its
+own Taylor scores (it has no reconstruction). Differences come with a paired standard error over the same 1,000
+reviews. Writes benchmarks/results/quality_encoder_default.json.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import copy
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +42,80 @@ CRITERIA = ["magnitude", "taylor", "fisher", "activation", "random"]
 
 
 @torch.inference_mode()
-def accuracy(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+def correct(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """1.0 where the model classifies a held-out review right, else 0.0 (for paired comparisons)."""
     model.eval()
-    correct = total = 0
+    hits = []
     for batch in batches:
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
-    return correct / total
+        hits.append((logits.argmax(-1) == batch["labels"]).float())
+    return torch.cat(hits)
+
+
+def accuracy(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    return float(correct(model, batches).mean())
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Accuracy of ``a`` minus that of ``b`` on the same examples, with its standard error."""
+    diff = a - b
+    return {"difference": float(diff.mean()), "se": float(diff.std(unbiased=True) / len(diff) ** 0.5)}
+
+
+def default_path(
+    dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float], smoke: bool
+) -> dict[str, Any]:
+    """The default one-shot path, its no-reconstruction ablation and Torch-Pruning at its counts, paired."""
+    from peer_torch_pruning import prune_minilm_tp
+
+    dense_hits = correct(dense, evaluation)
+    points = []
+    for flops in targets:
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        report = hf_prune.prune(model, flops=flops, calibration=calibration, ranking="global", neuron_multiple=1)
+        seconds = time.perf_counter() - start
+        ours = correct(model, evaluation)
+        removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
+        summary = {k: v for k, v in report.extra.get("reconstruction", {}).items() if k != "per_block"}
+        common = {"target": flops, "flops_removed": removed}
+        points.append(
+            common
+            | {
+                "method": f"hf_prune default ({report.config['importance']}, reconstruction)",
+                "accuracy": float(ours.mean()),
+                "vs_dense": paired(ours, dense_hits),
+                "prune_seconds": round(seconds, 1),
+                "layers_after": report.layers_after,
+                "reconstruction_summary": summary,
+            }
+        )
+        bare = copy.deepcopy(dense)
+        hf_prune.prune(
+            bare, flops=flops, calibration=calibration, ranking="global", neuron_multiple=1, reconstruct=False
+        )
+        hits = correct(bare, evaluation)
+        points.append(
+            common
+            | {
+                "method": "hf_prune, no reconstruction",
+                "accuracy": float(hits.mean()),
+                "default_minus": paired(ours, hits),
+            }
+        )
+        peer = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration)
+        hits = correct(peer, evaluation)
+        points.append(
+            common
+            | {
+                "method": "Torch-Pruning taylor, at hf_prune's counts",
+                "accuracy": float(hits.mean()),
+                "default_minus": paired(ours, hits),
+            }
+        )
+        for point in points[-3:]:
+            print(json.dumps({k: v for k, v in point.items() if k not in ("layers_after", "reconstruction_summary")}))
+    return {"dense_accuracy": float(dense_hits.mean()), "points": points}
 
 
 def batches_of(dataset: Any, tokenizer: Any, size: int, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
@@ -104,6 +178,7 @@ def main() -> None:
     parser.add_argument("--criteria", nargs="+", default=CRITERIA)
     parser.add_argument("--calibration-batches", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-path", action="store_true", help="the default one-shot path vs Torch-Pruning")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing JSON")
     args = parser.parse_args()
@@ -126,6 +201,13 @@ def main() -> None:
     train, test = rotten_tomatoes(tokenizer, args.seed, 64 if args.smoke else None)
     calibration = batches_of(train.shuffle(seed=args.seed), tokenizer, 32, args.calibration_batches)
     evaluation = batches_of(test, tokenizer, 64)
+    if args.default_path:
+        data = default_path(dense, calibration, evaluation, args.targets, args.smoke)
+        data["meta"] = run_meta(args.smoke) | {"calibration_batches": args.calibration_batches, "seed": args.seed}
+        name = "quality_encoder_default-smoke" if args.smoke else "quality_encoder_default"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+        return
     data: dict[str, Any] = {"dense_accuracy": accuracy(dense, evaluation), "curves": {}}
 
     for criterion in args.criteria:

@@ -209,3 +209,22 @@ def test_quality_oneshot_peer_smoke(tmp_path: Path) -> None:
     assert ours["params_removed"] < theirs["params_removed"] < ours["params_removed"] + 0.02
     for point in (ours, theirs):
         assert point["eval"]["hamlet"]["ppl"] > 0 and point["eval"]["modern_prose"]["ppl"] > 0
+
+
+def test_quality_encoder_default_path_smoke() -> None:
+    """The encoder's default one-shot path is measured with its ablation and Torch-Pruning at its counts,
+    each difference with a paired standard error."""
+    path = BENCHMARKS / "results" / "quality_encoder_default-smoke.json"
+    path.unlink(missing_ok=True)
+    _run_script("quality_encoder.py", "--smoke", "--default-path")
+    data = json.loads(path.read_text())
+    methods = [p["method"] for p in data["points"]]
+    assert methods == [
+        "hf_prune default (fisher, reconstruction)",
+        "hf_prune, no reconstruction",
+        "Torch-Pruning taylor, at hf_prune's counts",
+    ]
+    default, bare, peer = data["points"]
+    assert default["reconstruction_summary"]["projections"] > 0 and default["vs_dense"]["se"] >= 0
+    for point in (bare, peer):
+        assert point["flops_removed"] == default["flops_removed"] and point["default_minus"]["se"] >= 0
