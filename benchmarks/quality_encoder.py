@@ -94,25 +94,15 @@ def default_path(
         hf_prune.prune(
             bare, flops=flops, calibration=calibration, ranking="global", neuron_multiple=1, reconstruct=False
         )
-        hits = correct(bare, evaluation)
-        points.append(
-            common
-            | {
-                "method": "hf_prune, no reconstruction",
-                "accuracy": float(hits.mean()),
-                "default_minus": paired(ours, hits),
-            }
-        )
         peer = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration)
-        hits = correct(peer, evaluation)
-        points.append(
-            common
-            | {
-                "method": "Torch-Pruning taylor, at hf_prune's counts",
-                "accuracy": float(hits.mean()),
-                "default_minus": paired(ours, hits),
-            }
-        )
+        for method, other in (
+            ("hf_prune, no reconstruction", bare),
+            ("Torch-Pruning taylor, at hf_prune's counts", peer),
+        ):
+            hits = correct(other, evaluation)
+            points.append(
+                common | {"method": method, "accuracy": float(hits.mean()), "default_minus": paired(ours, hits)}
+            )
         for point in points[-3:]:
             print(json.dumps({k: v for k, v in point.items() if k not in ("layers_after", "reconstruction_summary")}))
     return {"dense_accuracy": float(dense_hits.mean()), "points": points}
