@@ -2,6 +2,8 @@
 
     python benchmarks/quality_depth.py            # about 35 minutes on one CPU core (run nothing else)
     python benchmarks/quality_depth.py --smoke    # tiny random Llama, seconds (CI)
+    python benchmarks/quality_depth.py --latency-only benchmarks/results/quality_depth.json   # re-time, 2 min
+
 
 For 10/20/30% of the 30 blocks, each depth criterion (Block Influence, angular distance over consecutive blocks,
 calibration-loss increase) removes whole blocks; width pruning (the default one-shot path: Taylor scores, global
@@ -10,6 +12,10 @@ as blocks and the rest as heads and neurons. Every model is scored on held-out H
 reviews), with one standard error, and timed per decoding step with the KV cache (128-token context) at batch 1
 and batch 8. Calibration: 16 windows of 512 tokens from four other plays. Writes
 benchmarks/results/quality_depth.json.
+
+Timings only depend on the shapes, so ``--latency-only`` rebuilds every point's shapes from the results (the
+removed blocks and each remaining block's counts) and times them again, in a few minutes: run it on an idle
+machine (the quality run takes long enough that something else usually runs meanwhile).
 """
 
 from __future__ import annotations
@@ -58,7 +64,41 @@ def measure(
         point["parameters"] = report.after.parameters
         point["blocks"] = len(report.layers_before) - len(report.removed_layers)
         point["removed_layers"] = report.removed_layers
+        point["layers_after"] = report.layers_after
     return point
+
+
+def same_shapes(dense: torch.nn.Module, removed: list[int], layers_after: list[dict[str, int]]) -> torch.nn.Module:
+    """A copy of ``dense`` with the blocks ``removed`` and every other block cut to its counts (the first heads of
+    each KV group, the first neurons): the shapes of a pruned point, for timing (without the biases that
+    reconstruction adds, a few thousand parameters that take no measurable time)."""
+    model = copy.deepcopy(dense)
+    structure = hf_prune.ModelStructure(model)
+    if removed:
+        hf_prune.remove_blocks(structure, removed)
+        structure = hf_prune.ModelStructure(model)
+    counts = [a for i, a in enumerate(layers_after) if i not in removed]
+    plans = []
+    for want, shape in zip(counts, structure.shapes(), strict=True):
+        group, old_group = want["heads"] // want["kv_heads"], shape.heads // shape.kv_heads
+        heads = [kv * old_group + i for kv in range(want["kv_heads"]) for i in range(group)]
+        plans.append(hf_prune.LayerPlan(heads, list(range(want["kv_heads"])), list(range(want["neurons"]))))
+    hf_prune.apply_plan(structure, plans)
+    return model
+
+
+def retime(path: Path, dense: torch.nn.Module, batch_sizes: list[int], repeats: int) -> None:
+    """Time every point of a results file again (shapes rebuilt), and the dense model, and write it back."""
+    data = json.loads(path.read_text())
+    data["dense"]["decode_ms"] = decode_ms(dense, batch_sizes, repeats)
+    for point in data["points"]:
+        model = same_shapes(dense, point["removed_layers"], point["layers_after"])
+        kept = [a for i, a in enumerate(point["layers_after"]) if i not in point["removed_layers"]]
+        assert [vars(s) for s in hf_prune.ModelStructure(model).shapes()] == kept, point["method"]
+        point["decode_ms"] = decode_ms(model, batch_sizes, repeats)
+        print(point["kind"], point["method"], point["decode_ms"], flush=True)
+    data["meta"]["latency"] = run_meta(False) | {"threads": torch.get_num_threads(), "retimed": True}
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--latency-only", type=Path, metavar="RESULTS", help="re-time the points of a results file")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -80,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         args.window, args.calibration_windows, args.eval_windows, args.fractions, args.repeats = 32, 2, 2, [0.5], 1
     else:
         dense, tokenizer = load_smollm2(plain=True)
+    if args.latency_only:
+        retime(args.latency_only, dense, args.batch_sizes, args.repeats)
+        return
     output = args.output or RESULTS / ("quality_depth-smoke.json" if args.smoke else "quality_depth.json")
     plays = windows(tokenizer, [shakespeare(p) for p in CALIBRATION_PLAYS], args.window, args.calibration_windows)
     calibration = hf_prune.CalibrationData(plays, "plays")

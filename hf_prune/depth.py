@@ -338,3 +338,83 @@ def remove_blocks(structure: ModelStructure, remove: Sequence[int]) -> None:
     # Per-layer records (a width-pruned model's per_layer_config, which the KV cache reads) follow the new numbering.
     counts = [(s.heads, s.kv_heads, s.neurons) for s in structure.shapes()]
     record_structure(structure, layout_refusal(structure, counts))
+
+
+# -- gradual depth (PruningCallback) ----------------------------------------------------------------------------------
+
+
+class BlockSkips:
+    """The masked form of depth pruning during training: hooks that skip chosen blocks, and Block Influence
+    accumulated from the training forward passes themselves (no extra pass).
+
+    Every block's ``1 - cos(input, output)`` is summed over the tokens of each training forward (evaluation passes
+    are not counted); a skipped block stays skipped (nothing skipped comes back), and at the end of training the
+    skipped blocks are removed with :func:`remove_blocks`.
+    """
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.layers = layers
+        self.skipped: list[int] = []
+        self.sums = torch.zeros(len(layers), dtype=torch.float64)
+        self.tokens = torch.zeros(len(layers), dtype=torch.float64)
+        self._handles: list[RemovableHandle] = []
+        self._on_device: dict[int, torch.Tensor] = {}  # sums not yet moved to the CPU (no sync in every forward)
+
+    def attach(self) -> None:
+        """Install the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [
+                layer.register_forward_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)
+            ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+            hidden = _hidden_output(output)
+            inputs = _hidden_input(args, kwargs, hidden)
+            if module.training:
+                with torch.no_grad():
+                    value = (1.0 - _cosines(inputs, hidden)).sum()
+                    previous = self._on_device.get(index)
+                    self._on_device[index] = value if previous is None else previous + value
+                    self.tokens[index] += hidden[..., 0].numel()
+            return _with_hidden(output, inputs) if index in self.skipped else None
+
+        return hook
+
+    def _flush(self) -> None:
+        for index, value in self._on_device.items():
+            self.sums[index] += float(value)
+        self._on_device.clear()
+
+    def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed Block Influence and token counts per block (what ranks add up under DDP)."""
+        self._flush()
+        return self.sums.clone(), self.tokens.clone()
+
+    def scores(self) -> torch.Tensor:
+        """Mean Block Influence of each block so far (zero where no token was seen)."""
+        sums, tokens = self.totals()
+        return (sums / tokens.clamp_min(1.0)).float()
+
+    def skip_more(self, count: int, scores: torch.Tensor, protected: Sequence[int] = ()) -> None:
+        """Skip the least important blocks until ``count`` are skipped (never fewer than already are)."""
+        extra = count - len(self.skipped)
+        if extra > 0:
+            live = [i for i in range(len(self.layers)) if i not in self.skipped]
+            chosen = choose_blocks(scores[live], extra, [live.index(p) for p in protected if p in live])
+            self.skipped = sorted(self.skipped + [live[i] for i in chosen])
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush()
+        return {"skipped": list(self.skipped), "sums": self.sums.tolist(), "tokens": self.tokens.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._on_device.clear()
+        self.skipped = [int(i) for i in state["skipped"]]
+        self.sums = torch.tensor(state["sums"], dtype=torch.float64)
+        self.tokens = torch.tensor(state["tokens"], dtype=torch.float64)

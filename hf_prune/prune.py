@@ -115,7 +115,7 @@ def _shape_dicts(shapes: Sequence[LayerShape]) -> list[dict[str, int]]:
     return [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes]
 
 
-def _in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty: Any) -> list[Any]:
+def in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty: Any) -> list[Any]:
     """Per-block entries of the blocks that remain, spread back over the original blocks (``empty`` for removed)."""
     entries = iter(per_kept)
     return [empty if i in set(removed) else next(entries) for i in range(len(per_kept) + len(removed))]
@@ -495,13 +495,13 @@ def prune(
         },
         head_dim=structure.head_dim,
         layers_before=_shape_dicts(before_shapes),
-        layers_after=_in_original_numbering(
+        layers_after=in_original_numbering(
             _shape_dicts(structure.shapes()), removed, {"heads": 0, "kv_heads": 0, "neurons": 0}
         ),
         before=before_cost,
         after=measure_cost(structure, config.flops_seq_len),
         vanilla_loadable=vanilla,
-        kept=_in_original_numbering(
+        kept=in_original_numbering(
             [asdict(plan) for plan in plans], removed, {"keep_heads": [], "keep_kv_heads": [], "keep_neurons": []}
         ),
         not_vanilla_because=not_vanilla_because(structure.config),

@@ -245,3 +245,8 @@ def test_quality_depth_smoke(tmp_path: Path) -> None:
     assert width["blocks"] == 2 and width["params_removed"] == pytest.approx(depth["params_removed"], abs=0.05)
     for point in [data["dense"], *data["points"]]:
         assert point["eval"]["hamlet"]["ppl"] > 0 and point["decode_ms"]["batch_1"] > 0
+    # Re-timing rebuilds each point's shapes (the parameter count is checked inside) and rewrites the timings.
+    _run_script("quality_depth.py", "--smoke", "--latency-only", str(output))
+    again = json.loads(output.read_text())
+    assert again["meta"]["latency"]["retimed"] is True
+    assert [p["eval"] for p in again["points"]] == [p["eval"] for p in data["points"]]

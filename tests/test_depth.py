@@ -248,14 +248,12 @@ def test_removing_every_block_is_refused() -> None:
     assert structure.num_layers == 3
 
 
-def test_an_encoder_without_data_and_the_callback_say_what_to_do() -> None:
+def test_an_encoder_without_data_and_an_unknown_criterion_say_what_to_do() -> None:
     model = CASES_BY_NAME["bert"].build()
     state = _state(model)
     with pytest.raises(ValueError, match="calibration-data"):
         hf_prune.prune(model, layers=ONE_OF_THREE)
     assert _unchanged(model, state)
-    with pytest.raises(ValueError, match="one-shot"):
-        hf_prune.PruningCallback(layers=0.25)
     with pytest.raises(ValueError, match="layer_importance"):
         hf_prune.PruningConfig(layers=0.25, layer_importance="cosine")
 
