@@ -65,6 +65,8 @@ def _masked_and_pruned(
     case: Case, ranking: str, attn: str = "sdpa"
 ) -> tuple[torch.nn.Module, torch.nn.Module, list[hf_prune.LayerPlan]]:
     pruned = case.build()
+    if attn == "sdpa" and not pruned._supports_sdpa:
+        attn = "eager"  # Gemma 2's soft-capping has no SDPA path: eager is what it runs
     pruned.set_attn_implementation(attn)
     masked = copy.deepcopy(pruned)
     plans = _plan(pruned, ranking)
