@@ -288,7 +288,8 @@ def _calibration_lines(extra: Mapping[str, Any]) -> list[str]:
             where = "text sampled from the model itself (self-calibration, seed " + f"{data.get('seed')})"
         else:
             where = f"`{data.get('source')}`"
-        lines.append(f"- Calibration data: {where}, {data.get('sequences')} sequences, {data.get('tokens'):,} tokens.")
+        tokens = f", {data['tokens']:,} tokens" if isinstance(data.get("tokens"), int) else ""
+        lines.append(f"- Calibration data: {where}, {data.get('sequences')} sequences{tokens}.")
     fix = extra.get("reconstruction")
     if isinstance(fix, Mapping):
         before, after = fix.get("mean_held_out_error_pruned", 0.0), fix.get("mean_held_out_error_after", 0.0)

@@ -35,6 +35,8 @@ class Case:
     mlp_in_bias: bool
     # A plain transformers checkpoint is promised when every layer keeps the same counts.
     vanilla_when_uniform: bool
+    # A batch of 2 inputs for models that do not read token ids (vision); unset: token ids.
+    inputs: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
 def _llama_like(config_cls: type, model_cls: type, **extra: object) -> Callable[[], torch.nn.Module]:
@@ -92,6 +94,21 @@ def _modernbert() -> torch.nn.Module:
         sep_token_id=2,
     )
     return T.ModernBertForSequenceClassification(config).eval()
+
+
+def _images(size: int) -> Callable[[], dict[str, torch.Tensor]]:
+    def inputs() -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))}
+
+    return inputs
+
+
+def _vision(config_cls: type, model_cls: type, size: int, **fields: object) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return model_cls(config_cls(image_size=size, num_channels=3, num_labels=3, **fields)).eval()
+
+    return build
 
 
 def _distilbert() -> torch.nn.Module:
@@ -166,6 +183,26 @@ CASES = [
         True,
     ),
     Case("modernbert", _modernbert, False, False, False, 2, False, False),
+    Case(
+        "vit",
+        _vision(
+            T.ViTConfig,
+            T.ViTForImageClassification,
+            16,
+            patch_size=4,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=8,
+            intermediate_size=96,
+        ),
+        False,
+        True,
+        True,
+        1,
+        True,
+        True,
+        _images(16),
+    ),
 ]
 
 
@@ -268,6 +305,24 @@ PUBLISHED = [
             global_attn_every_n_layers=3, cls_token_id=1, sep_token_id=2, **_IDS,
         ),
         False, False, False, 2, False, False,
+    ),
+    # google/vit-base-patch16-224: 768 hidden, 12 heads of 64, FFN 3072, 16-pixel patches (images cut to 32 pixels).
+    Case(
+        "vit-base",
+        _vision(
+            T.ViTConfig, T.ViTForImageClassification, 32, patch_size=16, hidden_size=768, num_hidden_layers=2,
+            num_attention_heads=12, intermediate_size=384,
+        ),
+        False, True, True, 1, True, True, _images(32),
+    ),
+    # facebook/deit-tiny-patch16-224: 192 hidden, 3 heads of 64, FFN 768, a distillation token besides CLS.
+    Case(
+        "deit-tiny",
+        _vision(
+            T.DeiTConfig, T.DeiTForImageClassification, 32, patch_size=16, hidden_size=192,
+            num_hidden_layers=2, num_attention_heads=3, intermediate_size=256,
+        ),
+        False, True, True, 1, True, True, _images(32),
     ),
     # sentence-transformers/all-mpnet-base-v2 (MPNet): 768 hidden, 12 heads of 64, FFN 3072, and one relative
     # attention bias with a column per head, shared by all layers.

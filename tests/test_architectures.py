@@ -32,6 +32,8 @@ PUBLISHED_IDS = [case.name for case in PUBLISHED]
 
 
 def _inputs(case: Case) -> dict[str, torch.Tensor]:
+    if case.inputs is not None:
+        return case.inputs()
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(3, 96, (2, 12), generator=generator)
     attention_mask = torch.ones_like(input_ids)
@@ -174,8 +176,7 @@ def _save_case(case: Case, ranking: str, directory: Path) -> dict[str, object]:
     inputs = _inputs(case)
     hf_prune.save_pretrained(model, directory)
     torch.save({"inputs": inputs, "logits": _logits(model, inputs)}, directory.parent / f"{directory.name}.pt")
-    auto = "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
-    return {"dir": str(directory), "auto": auto, "vanilla": report.vanilla_loadable}
+    return {"dir": str(directory), "auto": _auto_class(case), "vanilla": report.vanilla_loadable}
 
 
 LOADER = textwrap.dedent(
@@ -261,6 +262,8 @@ FRACTIONS = (0.1, 0.25, 0.3, 0.5)
 
 
 def _auto_class(case: Case) -> str:
+    if case.inputs is not None:
+        return "AutoModelForImageClassification"
     return "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
 
 

@@ -17,7 +17,7 @@ from hf_prune.structure import ModelStructure
 
 from .architectures import CASES, CASES_BY_NAME, Case
 from .cli_run import run_cli
-from .test_architectures import ATOL, _assert_loads_without_hf_prune, _inputs, _logits
+from .test_architectures import ATOL, _assert_loads_without_hf_prune, _auto_class, _inputs, _logits
 
 IDS = [case.name for case in CASES]
 DECODERS = [case for case in CASES if case.decoder]
@@ -25,6 +25,8 @@ ONE_OF_THREE = 0.34  # the matrix's models have 3 blocks: one goes
 
 
 def _batches(case: Case) -> list[dict[str, torch.Tensor]]:
+    if case.inputs is not None:
+        return [case.inputs() | {"labels": torch.tensor([0, 2])} for _ in range(2)]
     ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(2))
     batches = [{"input_ids": ids[i : i + 2], "attention_mask": torch.ones(2, 16, dtype=torch.long)} for i in (0, 2)]
     for batch in batches:
@@ -124,8 +126,7 @@ def test_depth_pruned_checkpoints_load_three_ways(tmp_path: Path) -> None:
                 assert report.vanilla_loadable, case.name
             reloaded = hf_prune.from_pretrained(directory).eval()
             torch.testing.assert_close(_logits(reloaded, inputs), logits, atol=ATOL, rtol=0)
-            auto = "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
-            items.append({"dir": str(directory), "auto": auto, "vanilla": report.vanilla_loadable})
+            items.append({"dir": str(directory), "auto": _auto_class(case), "vanilla": report.vanilla_loadable})
     assert not all(item["vanilla"] for item in items)
     _assert_loads_without_hf_prune(items)
 
@@ -273,3 +274,13 @@ def test_cli_removes_blocks_self_calibrated(tmp_path: Path, capsys: pytest.Captu
     assert json.loads((output / "config.json").read_text())["num_hidden_layers"] == 2
     loaded = hf_prune.from_pretrained(output)
     assert ModelStructure(loaded).num_layers == 2
+
+
+def test_a_vision_model_prunes_calibrated_on_images_and_its_card_says_so() -> None:
+    """Images instead of token ids: the probe, the calibration record and the card follow the model's input."""
+    case = CASES_BY_NAME["vit"]
+    model = case.build()
+    report = hf_prune.prune(model, layers=ONE_OF_THREE, heads=0.25, calibration=_batches(case), importance="fisher")
+    assert report.extra["calibration"]["sequences"] == 4 and "tokens" not in report.extra["calibration"]
+    assert "4 sequences." in str(hf_prune.build_model_card(report))
+    assert len(report.removed_layers) == 1 and report.vanilla_loadable
