@@ -37,6 +37,7 @@ from quality_oneshot import evaluate, imdb_texts
 from reporting import run_meta
 
 import hf_prune
+from hf_prune.depth import block_scores, blocks_to_remove, choose_blocks, choose_span
 from hf_prune.latency import measure_decode_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -151,24 +152,60 @@ def main(argv: list[str] | None = None) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(data, indent=2) + "\n")
 
+    def record(point: dict[str, Any]) -> dict[str, Any]:
+        data["points"].append(point)
+        print(json.dumps(point), flush=True)
+        save()
+        return point
+
     def add(kind: str, settings: dict[str, Any], label: str) -> dict[str, Any]:
         model = copy.deepcopy(dense)
         start = time.perf_counter()
         report = hf_prune.prune(model, calibration=calibration, **settings)
         seconds = round(time.perf_counter() - start, 1)
         point = {"kind": kind, "method": label, "settings": settings, "prune_seconds": seconds}
-        point |= measure(model, report, evaluations, args.batch_sizes, args.repeats)
-        data["points"].append(point)
-        print(json.dumps(point), flush=True)
-        save()
-        return point
+        return record(point | measure(model, report, evaluations, args.batch_sizes, args.repeats))
+
+    # Block Influence and the loss criterion score each block once, whatever the count: scored once here (what
+    # prune(layers=...) does per call), the blocks of every fraction are chosen from the same scores.
+    scores: dict[str, torch.Tensor] = {}
+    score_seconds: dict[str, float] = {}
+
+    def add_depth(fraction: float, criterion: str) -> dict[str, Any]:
+        model = copy.deepcopy(dense)
+        structure = hf_prune.ModelStructure(model)
+        count = blocks_to_remove(fraction, structure.num_layers)
+        start = time.perf_counter()
+        if criterion == "angular":  # the span depends on the count
+            remove = choose_span(block_scores(structure, plays, criterion, count), count)
+        else:
+            if criterion not in scores:
+                scores[criterion] = block_scores(structure, plays, criterion)
+                score_seconds[criterion] = round(time.perf_counter() - start, 1)
+            remove = choose_blocks(scores[criterion], count)
+        before = hf_prune.measure_cost(structure)
+        hf_prune.remove_blocks(structure, remove)
+        after = hf_prune.measure_cost(hf_prune.ModelStructure(model))
+        point = {
+            "kind": "depth",
+            "method": criterion,
+            "settings": {"layers": fraction, "layer_importance": criterion},
+            "score_seconds": score_seconds.get(criterion, round(time.perf_counter() - start, 1)),
+            "eval": evaluate(model, evaluations),
+            "decode_ms": decode_ms(model, args.batch_sizes, args.repeats),
+            "params_removed": round(1 - after.block_parameters / before.block_parameters, 4),
+            "parameters": after.parameters,
+            "blocks": structure.num_layers,
+            "removed_layers": remove,
+            "layers_after": [
+                {"heads": 0, "kv_heads": 0, "neurons": 0} if i in remove else vars(shape)
+                for i, shape in enumerate(hf_prune.ModelStructure(dense).shapes())
+            ],
+        }
+        return record(point)
 
     for fraction in args.fractions:
-        depth = {}
-        for criterion in args.criteria:
-            depth[criterion] = add(
-                "depth", {"layers": fraction, "layer_importance": criterion, "reconstruct": False}, criterion
-            )
+        depth = {criterion: add_depth(fraction, criterion) for criterion in args.criteria}
         if args.no_width:
             continue
         # Width at the parameter count the depth points reached (the same for every criterion: blocks are equal).
