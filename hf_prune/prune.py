@@ -17,7 +17,7 @@ from .allocation import LayerPlan, budget_fractions, plan_pruning
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
-from .depth import plan_depth, remove_blocks
+from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_blocks
 from .flops import Cost, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance
 from .masks import MaskSet
@@ -353,10 +353,10 @@ def gather_calibration(
     if data is None and not is_causal_lm(model):
         if required_by:
             verb = "needs" if len(required_by) == 1 else "need"
+            without = "" if config.layers else ", or use importance='magnitude' with reconstruct=False"
             raise ValueError(
                 f"{' and '.join(required_by)} {verb} calibration data, and {type(model).__name__} cannot generate its "
-                "own: pass calibration=... (CLI: --calibration-data FILE), or use importance='magnitude' with "
-                "reconstruct=False."
+                f"own: pass calibration=... (CLI: --calibration-data FILE){without}."
             )
         warnings.warn(
             f"{type(model).__name__} is not a causal LM, so it cannot calibrate itself, and no calibration data was "
@@ -451,6 +451,9 @@ def prune(
     check_sliceable(model)
     structure = ModelStructure(model, config.recipe)
     heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
+    if config.layers:  # before calibration, which may take minutes: the recipe and the count must allow it
+        check_depth_recipe(structure)
+        blocks_to_remove(config.layers, structure.num_layers, protected)
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)

@@ -6,6 +6,7 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -224,6 +225,19 @@ def test_a_recipe_without_depth_fields_is_refused_with_the_model_untouched() -> 
     with pytest.raises(RecipeError, match="no `depth` section"):
         hf_prune.prune(model, layers=ONE_OF_THREE, recipe=recipe, calibration=_batches(case))
     assert _unchanged(model, state)
+
+
+def test_depth_problems_are_refused_before_the_model_generates_its_calibration_text() -> None:
+    """Self-calibration takes minutes on a real model: a recipe or a count that cannot work fails first."""
+    model = CASES_BY_NAME["llama"].build()
+    recipe = hf_prune.shipped_recipes()["llama"].to_dict()
+    del recipe["depth"]
+    with mock.patch("hf_prune.prune.prepare_calibration", side_effect=AssertionError("calibrated")) as calibrate:
+        with pytest.raises(RecipeError, match="no `depth` section"):
+            hf_prune.prune(model, layers=ONE_OF_THREE, recipe=recipe)
+        with pytest.raises(ValueError, match="removes all 3 blocks"):
+            hf_prune.prune(model, layers=0.9)
+    calibrate.assert_not_called()
 
 
 def test_undeclared_block_indices_and_per_block_config_lists_are_refused() -> None:
