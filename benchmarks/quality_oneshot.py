@@ -89,7 +89,9 @@ def run_point(
     reconstruction: str,
     evaluations: dict[str, list],
     generation: tuple[Any, list[str]] | None = None,
-) -> dict[str, Any]:
+    gqa_mode: str = "auto",
+) -> tuple[dict[str, Any], list[dict[str, int]]]:
+    """hf_prune's one-shot path at one point, scored: (the result, the per-layer counts it kept)."""
     model = copy.deepcopy(dense)
     start = time.perf_counter()
     report = hf_prune.prune(
@@ -97,14 +99,15 @@ def run_point(
         params=params,
         importance=criterion,
         ranking="global",
+        gqa_mode=gqa_mode,
         calibration=calibration,
         **RECONSTRUCTIONS[reconstruction],
     )
     seconds = time.perf_counter() - start
     removed = 1 - report.after.block_parameters / report.before.block_parameters
     summary = report.extra.get("reconstruction", {})
-    return {
-        "criterion": criterion.name,
+    point = {
+        "criterion": criterion.name if gqa_mode == "auto" else f"{criterion.name}, query heads only",
         "target": params,
         "params_removed": removed,
         "reconstruction": reconstruction,
@@ -114,6 +117,7 @@ def run_point(
         "generation": greedy(model, *generation) if generation else {},
         "reconstruction_summary": {k: v for k, v in summary.items() if k != "per_block"},
     }
+    return point, report.layers_after
 
 
 def peer_points(
@@ -131,38 +135,24 @@ def peer_points(
     as it is."""
     from peer_torch_pruning import prune_smollm2_tp
 
-    ours = copy.deepcopy(dense)
-    report = hf_prune.prune(
-        ours,
-        params=params,
-        importance=criterion,
-        ranking="global",
-        gqa_mode="query_heads",
-        calibration=calibration,
-        **RECONSTRUCTIONS[reconstruction],
+    ours, layers_after = run_point(
+        dense, criterion, calibration, params, reconstruction, evaluations, gqa_mode="query_heads"
     )
     dense_cost = hf_prune.measure_cost(hf_prune.ModelStructure(dense))
     start = time.perf_counter()
-    peer = prune_smollm2_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration.batches)
+    peer = prune_smollm2_tp(copy.deepcopy(dense), layers_after, "taylor", calibration.batches)
     seconds = time.perf_counter() - start
     layers = [vars(s) for s in hf_prune.ModelStructure(peer).shapes()]
     peer_cost = hf_prune.measure_cost(hf_prune.ModelStructure(peer))
-    source = "self-generated" if calibration.self_generated else "plays"
-    common = {"target": params, "calibration": source, "peer_comparison": True}
+    common = {"target": params, "calibration": ours["calibration"], "peer_comparison": True}
     return [
-        common
-        | {
-            "criterion": f"{criterion.name}, query heads only",
-            "reconstruction": reconstruction,
-            "params_removed": 1 - report.after.block_parameters / report.before.block_parameters,
-            "eval": evaluate(ours, evaluations),
-        },
+        ours | common,
         common
         | {
             "criterion": "Torch-Pruning taylor",
             "reconstruction": "none",
             "params_removed": 1 - peer_cost.block_parameters / dense_cost.block_parameters,
-            "matches_hf_prune_counts": layers == report.layers_after,
+            "matches_hf_prune_counts": layers == layers_after,
             "prune_seconds": round(seconds, 1),
             "eval": evaluate(peer, evaluations),
         },
@@ -232,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             fitted[(source, name)] = hf_prune.calibrate(copy.deepcopy(dense), calibration.batches, name)
             seconds = round(time.perf_counter() - start, 1)
             for reconstruction in args.reconstructions:
-                point = run_point(
+                point, _ = run_point(
                     dense, fitted[(source, name)], calibration, args.target, reconstruction, evaluations, generation
                 )
                 point["calibrate_seconds"] = seconds
@@ -245,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             for params in args.default_targets:
                 if params == args.target:
                     continue
-                point = run_point(
+                point, _ = run_point(
                     dense, fitted[(source, name)], calibration, params, reconstruction, evaluations, generation
                 )
                 data["points"].append(point)
