@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import logging
 
+from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure
 
 logger = logging.get_logger(__name__)
@@ -187,15 +188,15 @@ class _Accumulating(Importance):
             return {"updates": 0}
         return {
             "updates": self.updates,
-            "heads": [h.tolist() for h in self.heads],
-            "neurons": [n.tolist() for n in self.neurons],
+            "heads": [pack_scores(h) for h in self.heads],
+            "neurons": [pack_scores(n) for n in self.neurons],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state.get("updates", 0))
-        if "heads" in state:
-            self.heads = [torch.tensor(h, dtype=torch.float32) for h in state["heads"]]
-            self.neurons = [torch.tensor(n, dtype=torch.float32) for n in state["neurons"]]
+        if "heads" in state:  # packed float32 (hf_prune.packed), or the plain lists older checkpoints hold
+            self.heads = [unpack_scores(h) for h in state["heads"]]
+            self.neurons = [unpack_scores(n) for n in state["neurons"]]
 
 
 def _shapes(tensors: list[torch.Tensor]) -> list[int]:

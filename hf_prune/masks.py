@@ -8,12 +8,14 @@ its input to the down projection. Everything upstream of a masked group then has
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .allocation import LayerPlan
+from .packed import pack_mask, unpack_mask
 from .structure import ModelStructure
 
 
@@ -53,12 +55,14 @@ class MaskSet:
             plans.append(LayerPlan(keep_heads, keep_kv, self.neurons[i].nonzero().flatten().tolist()))
         return plans
 
-    def state_dict(self) -> dict[str, list[list[bool]]]:
-        return {"heads": [m.tolist() for m in self.heads], "neurons": [m.tolist() for m in self.neurons]}
+    def state_dict(self) -> dict[str, list[dict[str, Any]]]:
+        """Packed bits per block (:mod:`hf_prune.packed`): JSON for ``trainer_state.json``, exact and small."""
+        return {"heads": [pack_mask(m) for m in self.heads], "neurons": [pack_mask(m) for m in self.neurons]}
 
-    def load_state_dict(self, state: dict[str, list[list[bool]]]) -> None:
-        self.heads = [torch.tensor(m, dtype=torch.bool) for m in state["heads"]]
-        self.neurons = [torch.tensor(m, dtype=torch.bool) for m in state["neurons"]]
+    def load_state_dict(self, state: dict[str, list[Any]]) -> None:
+        """Restore :meth:`state_dict`'s output (or the plain lists of bools that older checkpoints hold)."""
+        self.heads = [unpack_mask(m) for m in state["heads"]]
+        self.neurons = [unpack_mask(m) for m in state["neurons"]]
         self._cache.clear()
 
     @property
