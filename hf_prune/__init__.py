@@ -10,6 +10,7 @@ from .card import build_model_card, write_card
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .evaluation import Evaluation, evaluate_model
+from .export import ExportError, export_checkpoint
 from .flops import Cost, measure_cost
 from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
@@ -27,6 +28,7 @@ __all__ = [
     "Cost",
     "DistillationConfig",
     "Evaluation",
+    "ExportError",
     "Importance",
     "LayerPlan",
     "MaskSet",
@@ -45,6 +47,7 @@ __all__ = [
     "build_model_card",
     "calibrate",
     "evaluate_model",
+    "export_checkpoint",
     "from_pretrained",
     "get_importance",
     "measure_cost",

@@ -12,10 +12,10 @@ from typing import Any
 
 from .common import FORMATS, ExportError, check_checkpoint, check_choice, check_output, load_checkpoint
 
-__all__ = ["FORMATS", "ExportError", "export"]
+__all__ = ["FORMATS", "ExportError", "export_checkpoint"]
 
 
-def export(
+def export_checkpoint(
     directory: str | os.PathLike[str],
     output: str | os.PathLike[str],
     format: str,
@@ -43,9 +43,10 @@ def export(
     check_choice("export format", format, FORMATS)
     folder = check_checkpoint(directory)
     if format == "gguf":
-        from .gguf_export import OUTTYPES, write_gguf
+        from .gguf_export import preflight, write_gguf
 
-        outtype = check_choice("GGUF outtype", outtype or "f16", OUTTYPES)
+        outtype = outtype or "f16"
+        preflight(folder, outtype)
         target = check_output(output, overwrite, ".gguf")
         model = load_checkpoint(folder)
         info = write_gguf(model, folder, target, outtype)

@@ -40,28 +40,40 @@ class GGUFLayout:
     head_dim: int
 
 
-def gguf_spec(structure: ModelStructure) -> GGUFSpec:
-    """The recipe's llama.cpp description: the shipped recipe's for the model type (llama.cpp support moves
-    faster than checkpoints), else the one recorded in the checkpoint; an :class:`ExportError` if neither has one."""
-    model_type = getattr(structure.config, "model_type", None)
+def gguf_spec(config: Any, recorded: GGUFSpec | None = None) -> GGUFSpec:
+    """The recipe's llama.cpp description for a (text) config: the shipped recipe's for its model type (llama.cpp
+    support moves faster than checkpoints), else ``recorded``; an :class:`ExportError` if neither has one."""
+    model_type = getattr(config, "model_type", None)
     try:
-        spec = recipe_for_model_type(model_type).gguf if model_type else None
+        recipe = recipe_for_model_type(model_type) if model_type else None
     except RecipeError:
-        spec = None
-    spec = spec or structure.recipe.gguf
+        recipe = None
+    spec = (recipe.gguf if recipe else None) or recorded
     if spec is None:
         supported = sorted(name for name, r in shipped_recipes().items() if r.gguf is not None)
+        which = f"recipe '{recipe.name}'" if recipe else "its recipe"
         raise ExportError(
-            f"recipe '{structure.recipe.name}' (model type '{model_type}') has no `gguf:` section, so hf_prune does "
-            f"not know a llama.cpp architecture for it: GGUF export covers the decoder recipes {', '.join(supported)}. "
-            "Export it as ONNX instead (--format onnx), or add a `gguf:` section naming the llama.cpp architecture."
+            f"model type '{model_type}': {which} has no `gguf:` section, so hf_prune knows no llama.cpp architecture "
+            f"for it (GGUF export covers the decoder recipes {', '.join(supported)}). Export it as ONNX instead "
+            "(--format onnx), or add a `gguf:` section naming the llama.cpp architecture to the recipe."
         )
     return spec
 
 
+def preflight(folder: Path, outtype: str) -> None:
+    """Checks made before any weight is read: the outtype, its quantizer, and a llama.cpp architecture."""
+    import transformers
+
+    check_choice("GGUF outtype", outtype, OUTTYPES)
+    if outtype in LLAMA_CPP_OUTTYPES:
+        _llama_cpp()
+    config = transformers.AutoConfig.from_pretrained(folder).get_text_config()
+    gguf_spec(config)
+
+
 def plan_layout(structure: ModelStructure) -> GGUFLayout:
     """The llama.cpp architecture for this model's layout, or an :class:`ExportError` saying what is missing."""
-    spec = gguf_spec(structure)
+    spec = gguf_spec(structure.config, structure.recipe.gguf)
     shapes = tuple(structure.shapes())
     uniform = len(set(shapes)) == 1
     if uniform:
@@ -214,15 +226,21 @@ def _write_plain(model: Any, structure: ModelStructure, layout: GGUFLayout, fold
         writer.close()
 
 
-def _llama_cpp_quantize(source: Path, target: Path, outtype: str) -> None:
-    """Quantize a GGUF file with llama.cpp's own quantizer (through llama-cpp-python)."""
+def _llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError:
         raise ExportError(
-            f"outtype '{outtype}' is made by llama.cpp's quantizer, which needs llama-cpp-python: "
-            "pip install 'hf-prune[llama-cpp]' (it builds llama.cpp). f32, f16 and q8_0 need only the export extra."
+            f"outtypes {', '.join(LLAMA_CPP_OUTTYPES)} are made by llama.cpp's quantizer, which needs "
+            "llama-cpp-python: pip install 'hf-prune[llama-cpp]' (it builds llama.cpp). f32, f16 and q8_0 need only "
+            "the export extra."
         ) from None
+    return llama_cpp
+
+
+def _llama_cpp_quantize(source: Path, target: Path, outtype: str) -> None:
+    """Quantize a GGUF file with llama.cpp's own quantizer (through llama-cpp-python)."""
+    llama_cpp = _llama_cpp()
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}", None)
     if ftype is None:
         raise ExportError(f"this llama-cpp-python has no quantization type '{outtype}'.")
