@@ -1,8 +1,10 @@
-"""Tiny checkpoints for the export tests: a byte-level BPE tokenizer trained on a fixed text, and pruned Llama GQA
-and BERT models (global ranking, so that layers keep different counts) saved with it."""
+"""Tiny checkpoints for the export tests: a byte-level BPE tokenizer trained on a fixed text, and pruned Llama-family
+decoders and encoders saved with it. "global" prunes with global ranking and layer 0 protected, so that the layers
+keep different counts (8 heads in 2 KV groups in layer 0, 4 in 1 group after it)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -11,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import hf_prune
 
-from .architectures import STRUCTURE_ONLY
+from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
 
 TEXT = (
     "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings and arrows "
@@ -53,12 +55,27 @@ def tiny_llama(vocab_size: int, config_cls: type = T.LlamaConfig, model_cls: typ
     return model_cls(config_cls(**fields)).eval()
 
 
+def _prune(model: torch.nn.Module, ranking: str) -> None:
+    protected = [0] if ranking == "global" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # magnitude scores on a causal LM: fine for shapes
+        hf_prune.prune(model, heads=0.5, neurons=0.4, ranking=ranking, protected_layers=protected, **STRUCTURE_ONLY)
+
+
 def pruned_llama(
     folder: Path, ranking: str = "global", config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM
 ) -> Path:
-    """A tiny Llama-family decoder pruned (half the KV groups' heads and neurons) and saved with its tokenizer."""
+    """A tiny Llama-family decoder pruned (half the heads, 40% of the neurons) and saved with its tokenizer."""
     tokenizer = bpe_tokenizer()
     model = tiny_llama(len(tokenizer), config_cls, model_cls)
-    hf_prune.prune(model, heads=0.5, neurons=0.4, ranking=ranking, **STRUCTURE_ONLY)
+    _prune(model, ranking)
     hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
+    return folder
+
+
+def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") -> Path:
+    """A tiny encoder classifier of the test matrix (``CASES_BY_NAME[name]``), pruned and saved."""
+    model = CASES_BY_NAME[name].build()
+    _prune(model, ranking)
+    hf_prune.save_pretrained(model, folder)
     return folder
