@@ -418,17 +418,17 @@ def _export_lines(entry: Mapping[str, Any]) -> list[str]:
     if entry.get("format") == "gguf":
         layout = "per-layer counts" if entry.get("layout") == "per_layer" else "the same counts in every layer"
         return [
-            f"- **llama.cpp** (GGUF, `{entry.get('outtype')}`, llama.cpp architecture `{entry.get('arch')}`, {layout}): "
-            f"`{name}`. Run it with `llama-cli -m {name} -p \"...\"` or `llama-server -m {name}`, or from Python "
-            f'with llama-cpp-python: `Llama(model_path="{name}")`.'
+            f"- **llama.cpp** (GGUF, `{entry.get('outtype')}`, llama.cpp architecture `{entry.get('arch')}`, "
+            f'{layout}): `{name}`. Run it with `llama-cli -m {name} -p "..."` or `llama-server -m {name}`, or from '
+            f'Python with llama-cpp-python: `Llama(model_path="{name}")`.'
         ]
     diff = entry.get("max_abs_diff")
     checked = f", logits within {diff:.1e} of PyTorch's when exported" if isinstance(diff, float) else ""
     inputs = ", ".join(f"`{n}`" for n in entry.get("inputs", [])) or "the tokenizer's outputs"
     return [
         f"- **ONNX Runtime** (ONNX opset {entry.get('opset')}, fp32, dynamic batch and sequence axes{checked}): "
-        f"`{name}`. Run it with `onnxruntime.InferenceSession(\"{name}\").run(None, feeds)`, where `feeds` holds "
-        f"{inputs} as int64 arrays (from the tokenizer with `return_tensors=\"np\"`)."
+        f'`{name}`. Run it with `onnxruntime.InferenceSession("{name}").run(None, feeds)`, where `feeds` holds '
+        f'{inputs} as int64 arrays (from the tokenizer with `return_tensors="np"`).'
     ]
 
 
@@ -436,8 +436,13 @@ def exports_section(exports: Sequence[Mapping[str, Any]]) -> str | None:
     """The card section listing the runtimes a checkpoint was exported to and how to run each file."""
     if not exports:
         return None
-    lines = [EXPORTS_HEADING, "", "Exported from this checkpoint with `hf-prune export` (files not part of this "
-             "folder unless uploaded next to it):", ""]
+    lines = [
+        EXPORTS_HEADING,
+        "",
+        "Exported from this checkpoint with `hf-prune export` (files not part of this "
+        "folder unless uploaded next to it):",
+        "",
+    ]
     for entry in exports:
         lines += _export_lines(entry)
     return "\n".join(lines)

@@ -30,8 +30,8 @@ from .calibration import (
 from .card import card_files, source_license
 from .checkpoint import check_output_dir, from_pretrained, save_pretrained
 from .config import PruningConfig
-from .export import FORMATS, export_checkpoint
 from .evaluation import METRICS, Evaluation, check_overlap, choose_metric
+from .export import FORMATS, export_checkpoint
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
 from .legacy import LEGACY_KEY, LegacyCheckpointError, legacy_pruned_heads
@@ -261,7 +261,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     print(f"exporting {args.directory} as {args.format} ...", file=sys.stderr)
     info = export_checkpoint(
-        args.directory, args.output, args.format, outtype=args.outtype, overwrite=args.overwrite, record=not args.no_record
+        args.directory,
+        args.output,
+        args.format,
+        outtype=args.outtype,
+        overwrite=args.overwrite,
+        record=not args.no_record,
     )
     details = [f"outtype {info['outtype']}"]
     if args.format == "gguf":
@@ -370,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="export a checkpoint for llama.cpp (GGUF) or ONNX Runtime (ONNX)")
     p.add_argument("directory", metavar="DIR", help="checkpoint folder (pruned by hf_prune, or plain transformers)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="gguf: llama.cpp (Llama family); onnx: ONNX Runtime")
+    p.add_argument(
+        "--format", required=True, choices=FORMATS, help="gguf: llama.cpp (Llama family); onnx: ONNX Runtime"
+    )
     p.add_argument("--output", "-o", required=True, help="file to write (model.gguf, model.onnx)")
     p.add_argument(
         "--outtype",

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
 import transformers as T
 
 import hf_prune
-from hf_prune.export import ExportError, export_checkpoint
-from hf_prune.export import gguf_export
+from hf_prune.export import ExportError, export_checkpoint, gguf_export
 from hf_prune.structure import ModelStructure
 
 from .cli_run import run_cli
 from .export_models import pruned_encoder, pruned_llama
-
-import gguf
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +79,12 @@ def test_tensors_are_the_models_with_q_k_rows_in_llama_cpp_rope_order(
     tensors = _tensors(gguf.GGUFReader(tmp_path / "m.gguf"))
     model = hf_prune.from_pretrained(folder)
     layer = model.model.layers[1]
-    np.testing.assert_array_equal(np.asarray(tensors["token_embd.weight"].data), model.model.embed_tokens.weight.detach().numpy())
-    np.testing.assert_array_equal(np.asarray(tensors["blk.1.attn_v.weight"].data), layer.self_attn.v_proj.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(tensors["token_embd.weight"].data), model.model.embed_tokens.weight.detach().numpy()
+    )
+    np.testing.assert_array_equal(
+        np.asarray(tensors["blk.1.attn_v.weight"].data), layer.self_attn.v_proj.weight.detach().numpy()
+    )
     # transformers rotates the halves of a head (dims j and j + 8 pair up); llama.cpp's normal RoPE rotates
     # neighbours (2j, 2j + 1): row 2j of a head in the file is row j of the model, row 2j + 1 is row j + 8.
     q_file = np.asarray(tensors["blk.1.attn_q.weight"].data)
@@ -189,9 +191,9 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_unknown_outtype_lists_the_valid_ones(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="unknown GGUF outtype 'q9'.*f32, f16, q8_0"):
+    with pytest.raises(ExportError, match=r"unknown GGUF outtype 'q9'.*f32, f16, q8_0"):
         export_checkpoint(checkpoints["global"], tmp_path / "m.gguf", "gguf", outtype="q9")
-    with pytest.raises(ExportError, match="unknown export format 'tflite'.*gguf, onnx"):
+    with pytest.raises(ExportError, match=r"unknown export format 'tflite'.*gguf, onnx"):
         export_checkpoint(checkpoints["global"], tmp_path / "m.gguf", "tflite")
     assert _listing(tmp_path) == []
 
@@ -207,7 +209,7 @@ def test_llama_cpp_outtypes_need_llama_cpp_python(
 
 def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ExportError, match="not a pruned or plain transformers checkpoint.*config.json"):
+    with pytest.raises(ExportError, match=r"not a pruned or plain transformers checkpoint.*config\.json"):
         export_checkpoint(tmp_path / "empty", tmp_path / "m.gguf", "gguf")
     with pytest.raises(ExportError, match="is not a folder"):
         export_checkpoint(tmp_path / "missing", tmp_path / "m.gguf", "gguf")

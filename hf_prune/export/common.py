@@ -31,9 +31,7 @@ def check_checkpoint(directory: str | os.PathLike[str]) -> Path:
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
     if not (path / "config.json").is_file() or not has_weights:
         missing = " and ".join(
-            what
-            for what, ok in (("config.json", (path / "config.json").is_file()), ("weights", has_weights))
-            if not ok
+            what for what, ok in (("config.json", (path / "config.json").is_file()), ("weights", has_weights)) if not ok
         )
         raise ExportError(
             f"'{path}' is not a pruned or plain transformers checkpoint: it has no {missing} (*.safetensors). "

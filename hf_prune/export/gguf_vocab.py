@@ -87,11 +87,14 @@ def add_vocab(writer: Any, folder: Path, vocab_size: int) -> dict[str, str]:
         )
     data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     model = data.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (data.get("decoder") or {}).get("type") != (
-        "ByteLevel"
+    if (
+        model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or (data.get("decoder") or {}).get("type") != "ByteLevel"
     ):
+        fallback = " with byte fallback" if model.get("byte_fallback") else ""
         raise ExportError(
-            f"tokenizer.json is a {model.get('type')} tokenizer{' with byte fallback' if model.get('byte_fallback') else ''}; "
+            f"tokenizer.json is a {model.get('type')} tokenizer{fallback}; "
             "GGUF export writes byte-level BPE tokenizers (GPT-2 style) or SentencePiece ones (tokenizer.model)."
         )
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

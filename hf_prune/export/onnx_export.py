@@ -7,6 +7,7 @@ axes stay dynamic. After export the graph runs in ONNX Runtime at two shapes and
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,9 @@ def write_onnx(model: nn.Module, output: Path) -> dict[str, Any]:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ExportError(f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'hf-prune[export]' ({err}).")
+        raise ExportError(
+            f"ONNX export needs onnx, onnxscript and onnxruntime: pip install 'hf-prune[export]' ({err})."
+        ) from None
     names = input_names(model)
     wrapper = _Logits(model.eval(), names).eval()
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
@@ -99,7 +102,10 @@ def write_onnx(model: nn.Module, output: Path) -> dict[str, Any]:
     example = _example(model, names, *_SHAPES[0], seed=0)
     with atomic_output(output) as staging:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                # The exporter's own notices (dims sharing a constraint, a torch-internal deprecation): not the user's.
+                warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+                warnings.filterwarnings("ignore", message=".*treespec, LeafSpec", category=FutureWarning)
                 program = torch.onnx.export(
                     wrapper,
                     example,

@@ -31,7 +31,9 @@ def record_export(folder: Path, info: dict[str, Any]) -> None:
         "file": Path(info["file"]).name,
         "hf_prune_version": __version__,
     }
-    kept = [e for e in read_exports(folder) if (e.get("format"), e.get("outtype")) != (entry["format"], entry["outtype"])]
+    kept = [
+        e for e in read_exports(folder) if (e.get("format"), e.get("outtype")) != (entry["format"], entry["outtype"])
+    ]
     exports = [*kept, entry]
     atomic_write_text(folder / EXPORTS_NAME, json.dumps({"exports": exports}, indent=2) + "\n")
     card = folder / CARD_NAME
