@@ -284,3 +284,28 @@ def test_export_is_recorded_in_the_card(checkpoints: dict[str, Path], tmp_path: 
     assert "`c.gguf`" in card and "`b.gguf`" in card and "`a.gguf`" not in card
     assert "llama-cli -m c.gguf" in card
     assert str(tmp_path) not in card  # a card never names a local path
+
+
+def test_card_built_from_a_report_lists_the_exports(tmp_path: Path) -> None:
+    from hf_prune.card import build_model_card
+
+    from .export_models import bpe_tokenizer, tiny_llama
+
+    model = tiny_llama(len(bpe_tokenizer()))
+    report = hf_prune.prune(model, heads=0.5, neurons=0.5, importance="magnitude", reconstruct=False)
+    exports = [
+        {"format": "gguf", "file": "m.gguf", "outtype": "q8_0", "arch": "llama", "layout": "uniform"},
+        {
+            "format": "onnx",
+            "file": "m.onnx",
+            "outtype": "f32",
+            "opset": 18,
+            "inputs": ["input_ids"],
+            "max_abs_diff": 2e-7,
+        },
+    ]
+    card = str(build_model_card(report, exports=exports))
+    section = card[card.index("## Exported for deployment") :]
+    assert "llama-cli -m m.gguf" in section and "`q8_0`" in section
+    assert 'onnxruntime.InferenceSession("m.onnx")' in section and "within 2.0e-07 of PyTorch's" in section
+    assert "## Exported for deployment" not in str(build_model_card(report))
