@@ -28,9 +28,9 @@ from torch import nn
 from transformers.utils import logging
 
 from .card import CARD_NAME, REPO_PLACEHOLDER, TAGS, card_files
-from .export.record import read_exports
 from .checkpoint import save_pretrained
 from .evaluation import QualityCollapseError, check_collapse
+from .export.record import read_exports
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)

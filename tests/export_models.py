@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import transformers as T
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 import hf_prune
 
@@ -34,6 +34,19 @@ def bpe_tokenizer(vocab_size: int = 300) -> T.PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator([TEXT] * 4, trainer=trainer)
     return T.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def sentencepiece_style_tokenizer(vocab_size: int = 400) -> T.PreTrainedTokenizerFast:
+    """A Llama-2-style tokenizer (BPE with byte fallback, "▁" for spaces) trained on ``TEXT``."""
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator([TEXT] * 4, trainer=trainer)
+    return T.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def tiny_llama(vocab_size: int, config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM, **extra):

@@ -113,6 +113,24 @@ def test_tokenizer_goes_with_the_file(checkpoints: dict[str, Path], tmp_path: Pa
     assert _field(reader, "tokenizer.ggml.token_type")[vocab["<|endoftext|>"]] == gguf.TokenType.CONTROL
 
 
+def test_sentencepiece_style_tokenizer_becomes_llama_cpp_llama_vocab(tmp_path: Path) -> None:
+    from .export_models import sentencepiece_style_tokenizer, tiny_llama
+
+    tokenizer = sentencepiece_style_tokenizer()
+    hf_prune.save_pretrained(tiny_llama(len(tokenizer) + 4), tmp_path / "ckpt", tokenizer=tokenizer)  # padded rows
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "m.gguf", "gguf")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(reader, "tokenizer.ggml.model") == "llama"
+    tokens, types = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == len(tokenizer) + 4 and tokens[-1] == f"[PAD{len(tokenizer) + 3}]"
+    vocab = tokenizer.get_vocab()
+    assert types[vocab["<0x41>"]] == gguf.TokenType.BYTE and types[vocab["<s>"]] == gguf.TokenType.CONTROL
+    assert _field(reader, "tokenizer.ggml.bos_token_id") == vocab["<s>"]
+    scores = _field(reader, "tokenizer.ggml.scores")
+    later, earlier = vocab["▁the"], vocab["▁"]
+    assert scores[later] < scores[earlier]  # later merges score lower, as SentencePiece's BPE scores do
+
+
 def test_uniform_export_uses_the_plain_architecture(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     info = export_checkpoint(checkpoints["uniform"], tmp_path / "m.gguf", "gguf", outtype="f16")
     assert (info["arch"], info["layout"]) == ("llama", "uniform")

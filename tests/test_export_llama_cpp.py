@@ -82,3 +82,15 @@ def test_real_smollm2_pruned_perplexity_in_llama_cpp(tmp_path: Path) -> None:
         expected = bench.torch_perplexity(models[name], evaluation)
         got = bench.llama_cpp_perplexity(tmp_path / f"{name}.gguf", evaluation, threads=1)
         assert abs(got / expected - 1) < 0.02, (name, got, expected)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "sentencepiece_style"])
+def test_llama_cpp_tokenizes_text_as_transformers_does(tmp_path: Path, kind: str) -> None:
+    from .export_models import TEXT, bpe_tokenizer, sentencepiece_style_tokenizer, tiny_llama
+
+    tokenizer = bpe_tokenizer() if kind == "byte_level" else sentencepiece_style_tokenizer()
+    hf_prune.save_pretrained(tiny_llama(len(tokenizer)), tmp_path / "ckpt", tokenizer=tokenizer)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "m.gguf", "gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, vocab_only=True, verbose=False)
+    text = TEXT[:120]
+    assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False).input_ids

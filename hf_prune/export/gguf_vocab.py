@@ -1,7 +1,8 @@
 """The tokenizer inside a GGUF file: token list and types, BPE merges, special tokens, pre-tokenizer name.
 
 llama.cpp tokenizes with its own code, selected by ``tokenizer.ggml.model`` (``gpt2`` for byte-level BPE,
-``llama`` for SentencePiece) and, for BPE, ``tokenizer.ggml.pre`` (which splitting regexes run first).
+``llama`` for SentencePiece-style vocabularies) and, for BPE, ``tokenizer.ggml.pre`` (which splitting regexes run
+first). The ``gguf`` package's vocab readers serve the SentencePiece-style ones; byte-level BPE is read here.
 """
 
 from __future__ import annotations
@@ -60,26 +61,47 @@ def _bpe_tokens(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def _add_sentencepiece(writer: Any, vocab: Any, folder: Path, vocab_size: int) -> dict[str, str]:
+    """A SentencePiece-style vocabulary (``gguf``'s vocab readers) as llama.cpp's ``llama`` tokenizer."""
+    import gguf
+
+    texts, scores, types = (list(column) for column in zip(*vocab.all_tokens(), strict=True))
+    if isinstance(vocab, gguf.LlamaHfVocab):
+        # gguf's reader gives every token the same placeholder score, but llama.cpp's SentencePiece tokenizer merges
+        # by score: BPE vocabularies list merged pieces in merge order, so a lower id is an earlier merge.
+        scores = [-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)]
+    if len(texts) > vocab_size:
+        raise ExportError(f"the tokenizer has {len(texts)} tokens but the model's embedding only {vocab_size} rows.")
+    for index in range(len(texts), vocab_size):  # embedding rows the tokenizer never produces
+        texts.append(f"[PAD{index}]".encode())
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(texts)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    gguf.SpecialVocab(folder, load_merges=False, n_vocab=len(texts)).add_to_gguf(writer, quiet=True)
+    return {"model": "llama", "pre": "default"}
+
+
 def add_vocab(writer: Any, folder: Path, vocab_size: int) -> dict[str, str]:
-    """Write the tokenizer saved in ``folder`` into ``writer``; returns ``{model, pre}`` as written."""
+    """Write the tokenizer saved in ``folder`` into ``writer``; returns ``{model, pre}`` as written.
+
+    Byte-level BPE (GPT-2 style ``tokenizer.json``: SmolLM, Qwen, Llama 3) becomes llama.cpp's ``gpt2`` tokenizer;
+    BPE with byte fallback (``tokenizer.json`` of Llama 2 / Mistral) or a SentencePiece ``tokenizer.model`` its
+    ``llama`` tokenizer.
+    """
     import gguf
     import transformers
 
     tokenizer_json = folder / "tokenizer.json"
-    sentencepiece = folder / "tokenizer.model"
-    if sentencepiece.is_file() and not tokenizer_json.is_file():
-        try:
-            vocab = gguf.SentencePieceVocab(folder)
-        except (ImportError, ModuleNotFoundError) as err:
-            raise ExportError(f"reading tokenizer.model needs the sentencepiece package ({err}).") from None
-        texts, scores, types = zip(*vocab.all_tokens(), strict=True)
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(list(texts))
-        writer.add_token_scores(list(scores))
-        writer.add_token_types(list(types))
-        gguf.SpecialVocab(folder, load_merges=False, n_vocab=len(texts)).add_to_gguf(writer, quiet=True)
-        return {"model": "llama", "pre": ""}
     if not tokenizer_json.is_file():
+        if (folder / "tokenizer.model").is_file():
+            try:
+                return _add_sentencepiece(writer, gguf.SentencePieceVocab(folder), folder, vocab_size)
+            except RuntimeError as err:  # gguf raises this when sentencepiece is missing
+                raise ExportError(f"reading tokenizer.model needs the sentencepiece package ({err}).") from None
         raise ExportError(
             f"'{folder}' holds no tokenizer (tokenizer.json), and a GGUF file carries its tokenizer for llama.cpp. "
             "Save the tokenizer with the model (hf_prune.save_pretrained(model, DIR, tokenizer=tokenizer); "
@@ -87,15 +109,13 @@ def add_vocab(writer: Any, folder: Path, vocab_size: int) -> dict[str, str]:
         )
     data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     model = data.get("model") or {}
-    if (
-        model.get("type") != "BPE"
-        or model.get("byte_fallback")
-        or (data.get("decoder") or {}).get("type") != "ByteLevel"
-    ):
-        fallback = " with byte fallback" if model.get("byte_fallback") else ""
+    decoder = (data.get("decoder") or {}).get("type")
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return _add_sentencepiece(writer, gguf.LlamaHfVocab(folder), folder, vocab_size)
+    if model.get("type") != "BPE" or decoder != "ByteLevel":
         raise ExportError(
-            f"tokenizer.json is a {model.get('type')} tokenizer{fallback}; "
-            "GGUF export writes byte-level BPE tokenizers (GPT-2 style) or SentencePiece ones (tokenizer.model)."
+            f"tokenizer.json holds a {model.get('type')} tokenizer (decoder {decoder}); GGUF export writes byte-level "
+            "BPE tokenizers (GPT-2 style) and SentencePiece-style ones (BPE with byte fallback, tokenizer.model)."
         )
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     tokens, types = _bpe_tokens(tokenizer, vocab_size)
