@@ -184,16 +184,18 @@ def test_q8_0_quantizes_matrices_whose_rows_fit_its_blocks(checkpoints: dict[str
     assert tensors["blk.1.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
-def test_llama3_rope_writes_rope_freqs(tmp_path: Path) -> None:
+def test_llama3_rope_writes_rope_freqs_and_tied_embeddings_stay_tied(tmp_path: Path) -> None:
     from .export_models import bpe_tokenizer, tiny_llama
 
     tokenizer = bpe_tokenizer()
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
-    model = tiny_llama(len(tokenizer), rope_parameters=rope)
+    model = tiny_llama(len(tokenizer), rope_parameters=rope, tie_word_embeddings=True)
     hf_prune.save_pretrained(model, tmp_path / "ckpt", tokenizer=tokenizer)
     export_checkpoint(tmp_path / "ckpt", tmp_path / "m.gguf", "gguf", outtype="f32")
-    freqs = np.asarray(_tensors(gguf.GGUFReader(tmp_path / "m.gguf"))["rope_freqs.weight"].data)
+    tensors = _tensors(gguf.GGUFReader(tmp_path / "m.gguf"))
+    assert "output.weight" not in tensors  # llama.cpp reuses token_embd, as transformers ties lm_head
+    freqs = np.asarray(tensors["rope_freqs.weight"].data)
     # llama.cpp divides the plain RoPE frequencies by these: they must give transformers' own llama3 frequencies.
     plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     scaled = model.model.rotary_emb.inv_freq.to(torch.float64)

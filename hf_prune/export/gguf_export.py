@@ -69,6 +69,8 @@ def preflight(folder: Path, outtype: str) -> None:
         _llama_cpp()
     config = transformers.AutoConfig.from_pretrained(folder).get_text_config()
     gguf_spec(config)
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    check_choice("RoPE type for GGUF export (config rope_parameters.rope_type)", rope_type, ROPE_TYPES)
 
 
 def plan_layout(structure: ModelStructure) -> GGUFLayout:
@@ -158,9 +160,11 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
     names = gguf.TensorNameMap(arch, len(layout.shapes))
     att = structure.recipe.attention
     tied = bool(getattr(structure.config, "tie_word_embeddings", False))
+    head = model.get_output_embeddings()
+    head_name = next(name for name, module in model.named_modules() if module is head) + ".weight"
     out: dict[str, torch.Tensor] = {}
     for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name.endswith("lm_head.weight"):
+        if tied and hf_name == head_name:
             continue  # llama.cpp reuses token_embd when output.weight is absent
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
@@ -179,7 +183,10 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
     return out
 
 
-def _write_plain(model: Any, structure: ModelStructure, layout: GGUFLayout, folder: Path, path: Path, outtype: str):
+def _write_plain(
+    model: Any, structure: ModelStructure, layout: GGUFLayout, folder: Path, path: Path, outtype: str
+) -> None:
+    """Write a GGUF file with the ``gguf`` package alone (f32, f16, q8_0)."""
     import gguf
 
     config = structure.config
