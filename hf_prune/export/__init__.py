@@ -7,6 +7,7 @@ One module per job: :mod:`.common` (checks and atomic writes), :mod:`.gguf_expor
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,5 +62,8 @@ def export_checkpoint(
     if record:
         from .record import record_export
 
-        record_export(folder, info)
+        try:
+            record_export(folder, info)
+        except OSError as err:  # a read-only checkpoint folder: the export itself is done and valid
+            warnings.warn(f"the export was written, but not recorded in '{folder}': {err}", UserWarning, stacklevel=2)
     return info
