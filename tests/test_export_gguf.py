@@ -107,7 +107,7 @@ def test_tokenizer_goes_with_the_file(checkpoints: dict[str, Path], tmp_path: Pa
     vocab = tokenizer.get_vocab()
     assert all(vocab[text] == index for index, text in enumerate(tokens))
     assert _field(reader, "tokenizer.ggml.model") == "gpt2"
-    assert _field(reader, "tokenizer.ggml.pre") == "gpt2"  # a plain ByteLevel pre-tokenizer
+    assert _field(reader, "tokenizer.ggml.pre") == "gpt-2"  # a plain ByteLevel pre-tokenizer
     assert len(_field(reader, "tokenizer.ggml.merges")) > 0
     assert _field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
     assert _field(reader, "tokenizer.ggml.token_type")[vocab["<|endoftext|>"]] == gguf.TokenType.CONTROL

@@ -29,7 +29,7 @@ def _byte_level_pre(pre: Any) -> str | None:
     if byte_level is None or not byte_level.get("use_regex", True):
         return None
     if kinds == ["ByteLevel"]:
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
     return None
