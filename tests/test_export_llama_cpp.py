@@ -94,3 +94,17 @@ def test_llama_cpp_tokenizes_text_as_transformers_does(tmp_path: Path, kind: str
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, vocab_only=True, verbose=False)
     text = TEXT[:120]
     assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_k_quant_through_llama_cpp_quantizer(tmp_path: Path) -> None:
+    import gguf
+
+    folder = pruned_llama(tmp_path / "ckpt", "global")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="q4_k_m")
+    assert info["outtype"] == "q4_k_m"
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert reader.fields["deci.attention.head_count"].contents() == [8, 4, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]  # the f32 intermediate is gone
+    logits = _llama_cpp_logits(tmp_path / "m.gguf", [1, 2, 3, 4])
+    assert np.isfinite(logits).all()
