@@ -6,7 +6,8 @@ Layouts: dense; "uniform", 25% of the heads and neurons removed in every layer (
 "global", the same totals ranked across layers (per-layer counts: architecture `deci`). Pruned with Fisher scores
 calibrated on windows of other plays, no reconstruction. Each is saved, exported to GGUF at f32, f16 and q8_0, and
 loaded in llama.cpp: perplexity on Hamlet windows (the same token ids in both runtimes, PyTorch in fp32), and
-llama.cpp's prompt-processing and generation tokens/s on --threads threads. Writes
+llama.cpp's prompt-processing and generation tokens/s on --threads threads (medians of --repeats runs in which
+the layouts take turns). Writes
 benchmarks/results/export_llama_cpp.json.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import copy
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -74,21 +76,37 @@ def llama_cpp_perplexity(path: Path, token_ids: list[list[int]], threads: int) -
     return float(math.exp(np.concatenate(nll).mean()))
 
 
-def llama_cpp_speed(path: Path, prompt: list[int], generate: int, threads: int) -> dict[str, float]:
-    """Prompt-processing tokens/s (one batch of ``prompt``) and greedy generation tokens/s (one token per step)."""
-    llm = llama_cpp_model(path, len(prompt) + generate + 1, threads, all_logits=False)
-    llm.eval(prompt[:8])  # warm-up
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(prompt)
-    prompt_s = time.perf_counter() - start
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    start = time.perf_counter()
-    for _ in range(generate):
-        llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    generate_s = time.perf_counter() - start
-    return {"prompt_tokens_per_s": len(prompt) / prompt_s, "generation_tokens_per_s": generate / generate_s}
+def llama_cpp_speed(paths: dict[str, Path], prompt: list[int], generate: int, threads: int, repeats: int) -> dict:
+    """Median prompt-processing tokens/s (one batch of ``prompt``) and generation tokens/s (one token per step) of
+    each file. The files take turns within each repeat, so that a slow spell of a shared machine hits all of them."""
+    models = {
+        name: llama_cpp_model(path, len(prompt) + generate + 1, threads, all_logits=False)
+        for name, path in paths.items()
+    }
+    runs: dict[str, dict[str, list[float]]] = {name: {"prompt": [], "generation": []} for name in models}
+    for llm in models.values():
+        llm.eval(prompt[:8])  # warm-up
+    for _ in range(repeats):
+        for name, llm in models.items():
+            llm.reset()
+            start = time.perf_counter()
+            llm.eval(prompt)
+            runs[name]["prompt"].append(len(prompt) / (time.perf_counter() - start))
+            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            start = time.perf_counter()
+            for _ in range(generate):
+                llm.eval([token])
+                token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            runs[name]["generation"].append(generate / (time.perf_counter() - start))
+    return {
+        name: {
+            "prompt_tokens_per_s": statistics.median(r["prompt"]),
+            "generation_tokens_per_s": statistics.median(r["generation"]),
+            "prompt_runs": r["prompt"],
+            "generation_runs": r["generation"],
+        }
+        for name, r in runs.items()
+    }
 
 
 def prune_layouts(dense: torch.nn.Module, calibration: list, fraction: float) -> dict[str, torch.nn.Module]:
@@ -110,6 +128,7 @@ def main() -> None:
     parser.add_argument("--calibration-windows", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--generate", type=int, default=32, help="tokens generated for the generation speed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per file (median)")
     parser.add_argument("--outtypes", nargs="*", default=list(OUTTYPES))
     parser.add_argument("--output", type=Path, default=RESULTS / "export_llama_cpp.json")
     args = parser.parse_args()
@@ -141,12 +160,17 @@ def main() -> None:
                     "file_mb": path.stat().st_size / 2**20,
                     "llama_cpp_perplexity": ppl,
                     "relative_to_torch": ppl / entry["torch_perplexity"] - 1,
-                    **llama_cpp_speed(path, evaluation[0], args.generate, args.threads),
                 }
-                path.unlink()
                 print(f"{name} {outtype}: {json.dumps(entry['gguf'][outtype])}", flush=True)
             results["layouts"][name] = entry
             print(f"{name}: torch perplexity {entry['torch_perplexity']:.3f}", flush=True)
+        for outtype in args.outtypes:
+            paths = {name: Path(tmp) / f"{name}-{outtype}.gguf" for name in results["layouts"]}
+            speeds = llama_cpp_speed(paths, evaluation[0], args.generate, args.threads, args.repeats)
+            for name, figures in speeds.items():
+                results["layouts"][name]["gguf"][outtype].update(figures)
+                print(f"{name} {outtype}: {figures['prompt_tokens_per_s']:.1f} prompt tokens/s, "
+                      f"{figures['generation_tokens_per_s']:.1f} generated tokens/s", flush=True)  # fmt: skip
     dense_speed = results["layouts"]["dense"]["gguf"]
     for entry in results["layouts"].values():
         for outtype, figures in entry["gguf"].items():
