@@ -1,4 +1,4 @@
-"""hf_prune: structured pruning of attention heads and MLP neurons for Hugging Face transformers."""
+"""hf_prune: structured pruning of attention heads, MLP neurons and whole blocks for Hugging Face transformers."""
 
 __version__ = "0.1.0"
 
@@ -9,6 +9,7 @@ from .callback import PruningCallback
 from .card import build_model_card, write_card
 from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
+from .depth import DepthPlan, plan_depth, remove_blocks
 from .evaluation import Evaluation, evaluate_model
 from .export import ExportError, export_checkpoint
 from .flops import Cost, measure_cost
@@ -26,6 +27,7 @@ __all__ = [
     "CalibrationData",
     "CalibrationError",
     "Cost",
+    "DepthPlan",
     "DistillationConfig",
     "Evaluation",
     "ExportError",
@@ -51,11 +53,13 @@ __all__ = [
     "from_pretrained",
     "get_importance",
     "measure_cost",
+    "plan_depth",
     "plan_pruning",
     "prepare_calibration",
     "prune",
     "push_to_hub",
     "register_importance",
+    "remove_blocks",
     "save_pretrained",
     "self_generate",
     "shipped_recipes",

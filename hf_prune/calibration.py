@@ -42,23 +42,31 @@ class CalibrationData:
 
     @property
     def num_sequences(self) -> int:
-        return sum(int(b["input_ids"].shape[0]) for b in self.batches)
+        """Sequences (or images) over all batches: the first dimension of their main input."""
+        return sum(int(_main_input(b).shape[0]) for b in self.batches)
 
     @property
-    def num_tokens(self) -> int:
+    def num_tokens(self) -> int | None:
+        """Tokens over all batches (``None`` for inputs that are not token ids, such as images)."""
+        if not all("input_ids" in b for b in self.batches):
+            return None
         return sum(
             int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in self.batches
         )
 
     def describe(self) -> dict[str, Any]:
         """What the report records about the calibration data."""
-        return {
-            "source": self.source,
-            "self_generated": self.self_generated,
-            "sequences": self.num_sequences,
-            "tokens": self.num_tokens,
-            **self.details,
-        }
+        described = {"source": self.source, "self_generated": self.self_generated, "sequences": self.num_sequences}
+        if (tokens := self.num_tokens) is not None:
+            described["tokens"] = tokens
+        return described | self.details
+
+
+def _main_input(batch: Mapping[str, Any]) -> torch.Tensor:
+    for name in ("input_ids", "pixel_values", "input_features", "inputs_embeds"):
+        if name in batch:
+            return batch[name]
+    return next(v for v in batch.values() if isinstance(v, torch.Tensor))
 
 
 def is_causal_lm(model: torch.nn.Module) -> bool:

@@ -8,6 +8,10 @@ A criterion that accumulates statistics (taylor, fisher, activation) has none be
 step: an update due then (``begin=0``, notably the single update of ``schedule="one_shot"``) is deferred to
 the end of the first step that has statistics, and applied there with the schedule's progress at that step.
 
+With ``layers=``, whole blocks go too: Block Influence (``1 - cos`` between a block's input and output) is summed
+over the training forward passes, the least influential blocks are skipped (their output is their input) as the
+schedule advances, and removed at the end with everything else (:class:`hf_prune.depth.BlockSkips`).
+
 When the run evaluates, the callback keeps the Trainer's eval metrics of the dense model (the last evaluation
 before the first pruning update) and of the pruned one (the last after the final update) for the report and card
 (:class:`hf_prune.evaluation.TrainerEvaluations`).
@@ -30,12 +34,13 @@ from transformers.utils import logging
 from .calibration import is_causal_lm
 from .checkpoint import not_vanilla_because
 from .config import PruningConfig
+from .depth import BlockSkips, blocks_to_remove, check_depth_recipe, remove_blocks
 from .evaluation import TrainerEvaluations
 from .flops import measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
 from .masks import MaskSet
 from .modeling_pruned import atomic_write_text
-from .prune import PruningReport, apply_plan, plan_for, resolve_targets
+from .prune import PruningReport, apply_plan, in_original_numbering, plan_for, resolve_targets
 from .structure import ModelStructure
 
 logger = logging.get_logger(__name__)
@@ -50,18 +55,28 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return extract_model_from_parallel(model)
 
 
-def _reduce_scores(scores: Scores) -> Scores:
-    """Average scores over processes so that every rank masks the same groups."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return scores
-    parts = scores.heads + scores.neurons
-    flat = torch.cat([p.float().flatten() for p in parts])
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(*parts: torch.Tensor) -> list[torch.Tensor]:
+    """``parts`` summed over processes (unchanged in a single process), in one collective."""
+    if not _distributed():
+        return list(parts)
+    flat = torch.cat([p.double().flatten() for p in parts])
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     flat = flat.to(device)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat = (flat / dist.get_world_size()).cpu()
-    sizes = [p.numel() for p in parts]
-    chunks = list(flat.split(sizes))
+    chunks = flat.cpu().split([p.numel() for p in parts])
+    return [chunk.view_as(p).to(p.dtype) for chunk, p in zip(chunks, parts, strict=True)]
+
+
+def _reduce_scores(scores: Scores) -> Scores:
+    """Average scores over processes so that every rank masks the same groups."""
+    if not _distributed():
+        return scores
+    parts = [p.float() for p in scores.heads + scores.neurons]
+    chunks = [c / dist.get_world_size() for c in _all_reduce_sum(*parts)]
     return Scores(chunks[: len(scores.heads)], chunks[len(scores.heads) :])
 
 
@@ -105,6 +120,18 @@ class PruningCallback(TrainerCallback, ExportableState):
         if isinstance(config, dict):
             config = PruningConfig.from_dict(config)
         self.config = (config or PruningConfig()).replace(**overrides)
+        if self.config.layers and (self.config.flops is not None or self.config.params is not None):
+            raise ValueError(
+                "PruningCallback takes layers= with heads=/neurons= fractions; a flops/params target that counts "
+                "removed blocks is one-shot only for now (hf_prune.prune(model, layers=..., params=...)). Give "
+                "fractions, or drop layers=."
+            )
+        if self.config.layers and self.config.layer_importance != "block_influence":
+            raise ValueError(
+                "during training, blocks are scored by Block Influence, from the training forward passes themselves; "
+                f"layer_importance='{self.config.layer_importance}' needs passes of its own over calibration data. Use "
+                "it one-shot (hf_prune.prune), or leave layer_importance='block_influence' here."
+            )
         if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
             self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name
@@ -113,6 +140,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks: MaskSet | None = None
         self.importance: Importance | None = None
         self.report: PruningReport | None = None
+        self.blocks: BlockSkips | None = None  # with layers=: the skipped blocks and their Block Influence
         self._resume: dict[str, Any] | None = None  # set by Trainer when restoring callback states
         self._max_steps: int | None = None
         self._progress = 0.0
@@ -137,6 +165,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             "last_update": self._last_update,
             "pending": self._pending,
             "eval": self.evaluations.state_dict(),
+            "depth": None if self.blocks is None else self.blocks.state_dict(),
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -147,6 +176,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._last_update = int(snapshot.get("last_update", -1))
         self._pending = bool(snapshot.get("pending", False))
         self.evaluations.load_state_dict(snapshot.get("eval"))
+        if self.blocks is not None and snapshot.get("depth"):
+            self.blocks.load_state_dict(snapshot["depth"])
         logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
 
     @staticmethod
@@ -167,12 +198,17 @@ class PruningCallback(TrainerCallback, ExportableState):
             raise ValueError("PruningCallback needs the Trainer's model; use it with transformers.Trainer.")
         model = _unwrap(model)
         self.structure = ModelStructure(model, self.config.recipe)
-        heads, neurons, _ = resolve_targets(self.config, self.structure)
-        if self.config.flops is None and self.config.params is None and heads == 0 and neurons == 0:
+        heads, neurons, self._protected = resolve_targets(self.config, self.structure)
+        cost_target = self.config.flops is not None or self.config.params is not None
+        if not cost_target and heads == 0 and neurons == 0 and not self.config.layers:
             raise ValueError(
                 "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons (fractions in "
-                "(0, 1)) or a flops/params target."
+                "(0, 1)), layers, or a flops/params target."
             )
+        if self.config.layers:
+            check_depth_recipe(self.structure)
+            self._blocks_target = blocks_to_remove(self.config.layers, self.structure.num_layers, self._protected)
+            self.blocks = BlockSkips(self.structure.layers)
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
         self.schedule = self.config.to_schedule()
         self.schedule.steps(self._max_steps)  # validates the schedule against the length of training
@@ -187,6 +223,8 @@ class PruningCallback(TrainerCallback, ExportableState):
             self._restore(snapshot)
         self.masks.attach()
         self.importance.attach(self.structure)
+        if self.blocks is not None:
+            self.blocks.attach()
         if not snapshot and self.schedule.is_update_step(state.global_step, self._max_steps):
             if args.eval_on_start:  # Trainer evaluates next, before any step: let it measure the dense model first
                 self._after_dense_evaluation = True
@@ -225,7 +263,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if config.flops is not None or config.params is not None:
             return config.flops if config.flops is not None else config.params
         heads, neurons, _ = resolve_targets(config, self.structure)
-        return max(heads, neurons)
+        return max(heads, neurons, config.layers or 0.0)
 
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None
@@ -242,10 +280,19 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._pending = False
         progress = self.schedule.progress(step, self._max_steps, self._target())
         scores = _reduce_scores(self.importance.scores(self.structure))
+        width = self.config
+        if self.blocks is not None:
+            sums, tokens = _all_reduce_sum(*self.blocks.totals())
+            count = blocks_to_remove(progress * (self.config.layers or 0.0), self.structure.num_layers, self._protected)
+            self.blocks.skip_more(count, sums / tokens.clamp_min(1.0), self._protected)
+            # Skipped blocks go whole at the end: width budgets (global ranking) are spent on the others. A tensor
+            # shared by every block's heads forbids protecting some: then the skipped blocks lose heads too.
+            if self.blocks.skipped and not self.structure.recipe.attention.shared_head_tensors:
+                width = width.replace(protected_layers=sorted({*self._protected, *self.blocks.skipped}))
         plans = plan_for(
             self.structure,
             scores,
-            self.config,
+            width,
             progress,
             masked_heads=[~m for m in self.masks.heads],
             masked_neurons=[~m for m in self.masks.neurons],
@@ -261,17 +308,24 @@ class PruningCallback(TrainerCallback, ExportableState):
             return {}
         before = self._before_shapes
         kept_heads, kept_neurons = self.masks.kept_heads, self.masks.kept_neurons
-        kept_kv = [len(p.keep_kv_heads) for p in self.masks.to_plan()]
+        # From the masks and the dense shapes (not the live structure, which loses blocks at the end of training).
+        kept_kv = [
+            len({h // (b.heads // b.kv_heads) for h in mask.nonzero().flatten().tolist()})
+            for mask, b in zip(self.masks.heads, before, strict=True)
+        ]
         removed = sum(
             self._flops_costs.removed((b.heads, b.kv_heads, b.neurons), (h, kv, n))
             for b, h, kv, n in zip(before, kept_heads, kept_kv, kept_neurons, strict=True)
         )
-        return {
+        values = {
             "pruning/progress": round(self._progress, 4),
             "pruning/heads_kept": sum(kept_heads) / sum(b.heads for b in before),
             "pruning/neurons_kept": sum(kept_neurons) / sum(b.neurons for b in before),
             "pruning/block_flops_kept": 1.0 - removed / self._before_cost.block_flops_per_token,
         }
+        if self.blocks is not None:
+            values["pruning/blocks_kept"] = 1.0 - len(self.blocks.skipped) / len(before)
+        return values
 
     def on_log(
         self,
@@ -298,7 +352,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         if self.report is not None or self._progress >= 1.0:  # the final structure (masked or removed)
             stage: str | None = "after"
         else:
-            stage = "before" if self.masks is None or self.masks.dense else None  # else partly pruned
+            skips = self.blocks is not None and bool(self.blocks.skipped)
+            stage = "before" if self.masks is None or (self.masks.dense and not skips) else None  # else partly pruned
         model = kwargs.get("model")
         dataset = getattr(kwargs.get("eval_dataloader"), "dataset", None)
         causal = model is not None and is_causal_lm(_unwrap(model))
@@ -332,6 +387,15 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks.detach()
         self.importance.detach()
         plans = self.masks.to_plan()
+        removed: list[int] = []
+        if self.blocks is not None:
+            self.blocks.detach()
+            removed = list(self.blocks.skipped)
+            depth_scores = self.blocks.scores()
+            if removed:
+                remove_blocks(self.structure, removed)
+                self.structure = ModelStructure(self.structure.model, self.config.recipe)
+                plans = [plan for i, plan in enumerate(plans) if i not in removed]
         vanilla = apply_plan(self.structure, plans)
         self.report = PruningReport(
             model_type=self.structure.config.model_type,
@@ -339,12 +403,17 @@ class PruningCallback(TrainerCallback, ExportableState):
             config=self.config.to_dict(),
             head_dim=self.structure.head_dim,
             layers_before=[asdict(s) for s in self._before_shapes],
-            layers_after=[asdict(s) for s in self.structure.shapes()],
+            layers_after=in_original_numbering(
+                [asdict(s) for s in self.structure.shapes()], removed, {"heads": 0, "kv_heads": 0, "neurons": 0}
+            ),
             before=self._before_cost,
             after=measure_cost(self.structure, self.config.flops_seq_len),
             vanilla_loadable=vanilla,
-            kept=[asdict(plan) for plan in plans],
+            kept=in_original_numbering(
+                [asdict(plan) for plan in plans], removed, {"keep_heads": [], "keep_kv_heads": [], "keep_neurons": []}
+            ),
             not_vanilla_because=not_vanilla_because(self.structure.config),
+            removed_layers=removed,
             extra={
                 "schedule": {
                     "kind": self.config.schedule,
@@ -358,6 +427,9 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "training_steps": state.global_step,
             },
         )
+        if self.blocks is not None:
+            scores = [round(float(v), 6) for v in depth_scores]
+            self.report.extra["depth"] = {"criterion": "block_influence", "removed_layers": removed, "scores": scores}
         if (evaluations := self.evaluations.entry()) is not None:
             self.report.extra["eval"] = evaluations
         self.structure.model.hf_prune_report = self.report

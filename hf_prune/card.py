@@ -222,6 +222,9 @@ def _structure_table(report: PruningReport) -> str:
     keys = ["heads"] + (["kv_heads"] if gqa else []) + ["neurons"]
     rows = []
     for i, (before, after) in enumerate(zip(report.layers_before, report.layers_after, strict=True)):
+        if i in report.removed_layers:
+            rows.append([str(i)] + ["block removed"] + [""] * (len(keys) - 1))
+            continue
         rows.append([str(i)] + [f"{after[k]} / {before[k]}" for k in keys])
     totals = {k: (sum(a[k] for a in report.layers_after), sum(b[k] for b in report.layers_before)) for k in keys}
     rows.append(["**all**"] + [f"**{a} / {b}** ({_ratio(a, b)})" for a, b in totals.values()])
@@ -285,7 +288,8 @@ def _calibration_lines(extra: Mapping[str, Any]) -> list[str]:
             where = "text sampled from the model itself (self-calibration, seed " + f"{data.get('seed')})"
         else:
             where = f"`{data.get('source')}`"
-        lines.append(f"- Calibration data: {where}, {data.get('sequences')} sequences, {data.get('tokens'):,} tokens.")
+        tokens = f", {data['tokens']:,} tokens" if isinstance(data.get("tokens"), int) else ""
+        lines.append(f"- Calibration data: {where}, {data.get('sequences')} sequences{tokens}.")
     fix = extra.get("reconstruction")
     if isinstance(fix, Mapping):
         before, after = fix.get("mean_held_out_error_pruned", 0.0), fix.get("mean_held_out_error_after", 0.0)
@@ -374,7 +378,8 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
     if report.vanilla_loadable:  # the class is unknown: hf_prune reads it from config.json
         lines += ["With hf_prune (it reads the model class from `config.json`):", ""]
     else:
-        uniform = len({(a["heads"], a["kv_heads"], a["neurons"]) for a in report.layers_after}) == 1
+        kept_layers = [a for i, a in enumerate(report.layers_after) if i not in report.removed_layers]
+        uniform = len({(a["heads"], a["kv_heads"], a["neurons"]) for a in kept_layers}) == 1
         why = (
             "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
             "cannot express fewer heads on its own"
@@ -400,6 +405,12 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
     neurons = (sum(a["neurons"] for a in report.layers_after), sum(b["neurons"] for b in report.layers_before))
     origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a transformers model"
     removed = [what for what, (kept, total) in (("attention heads", heads), ("MLP neurons", neurons)) if kept < total]
+    blocks = len(report.layers_before)
+    if report.removed_layers:
+        criterion = report.extra.get("depth", {}).get("criterion")
+        which = ", ".join(map(str, report.removed_layers))
+        chosen = f", chosen by {criterion.replace('_', ' ')}" if criterion else ""
+        removed.insert(0, f"{len(report.removed_layers)} of its {blocks} transformer blocks ({which}{chosen})")
     how = f"with {' and '.join(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
     return (
         f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {heads[0]} of {heads[1]} "

@@ -32,7 +32,7 @@ from .loading import HUB_KWARGS, choose_model_class
 from .modeling_pruned import pruned_class
 from .recipe import Recipe
 from .structure import ModelStructure
-from .surgery import CONFIG_KEY, FORMAT_VERSION, global_config_access, recorded_meta
+from .surgery import CONFIG_KEY, FORMAT_VERSION, _config_get, global_config_access, recorded_meta
 
 # What config classes raise when their validation refuses values (strict dataclass validators, __post_init__
 # checks, and heterogeneous configs whose global value a validator reads).
@@ -80,7 +80,8 @@ def _planned_config(config: Any, recipe: Recipe, heads: int, kv_heads: int, head
     setattr(candidate, att.heads_attribute, heads)
     if att.kv_heads_attribute:
         setattr(candidate, att.kv_heads_attribute, kv_heads)
-    setattr(candidate, att.head_dim_attribute, head_dim)
+    if att.head_dim_attribute:  # else the head size follows hidden_size / heads, with the heads unchanged
+        setattr(candidate, att.head_dim_attribute, head_dim)
     setattr(candidate, recipe.mlp.intermediate_attribute, neurons)
     return candidate
 
@@ -111,10 +112,10 @@ def layout_refusal(structure: ModelStructure, counts: Sequence[tuple[int, int, i
     recipe = structure.recipe
     if len(set(counts)) > 1:
         return "the layers keep different counts, which a config without per-layer values cannot state"
-    if recipe.attention.head_dim_attribute is None:
-        return f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
     heads, kv_heads, neurons = counts[0]
     config = structure.config
+    if recipe.attention.head_dim_attribute is None and heads != _config_get(config, recipe.attention.heads_attribute):
+        return f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
     error = _config_error(lambda: _planned_config(config, recipe, heads, kv_heads, structure.head_dim, neurons))
     if error is None:
         return None
@@ -149,7 +150,8 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
         setattr(config, att.heads_attribute, first.heads)
         if att.kv_heads_attribute:
             setattr(config, att.kv_heads_attribute, first.kv_heads)
-        setattr(config, att.head_dim_attribute, structure.head_dim)
+        if att.head_dim_attribute:
+            setattr(config, att.head_dim_attribute, structure.head_dim)
         setattr(config, mlp.intermediate_attribute, first.neurons)
         base = getattr(type(model), "_hf_prune_base", None)
         if base is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .allocation import GQA_MODES, RANKINGS
+from .depth import DEPTH_CRITERIA
 from .recipe import check_fraction
 from .reconstruct import REFITS
 from .schedule import Schedule
@@ -49,6 +50,17 @@ class PruningConfig:
     params: float | None = field(
         default=None,
         metadata={"help": "instead of fixed fractions: fraction of the blocks' parameters to remove, in (0, 1)"},
+    )
+    layers: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of whole blocks to remove (depth pruning, one-shot), in [0, 1); alone it removes only "
+            "blocks, with heads/neurons/flops/params the rest is width pruning (cost targets count the blocks too)"
+        },
+    )
+    layer_importance: str = field(
+        default="block_influence",
+        metadata={"help": "how blocks are scored: 'block_influence', 'angular' (consecutive blocks) or 'loss'"},
     )
     flops_seq_len: int = field(default=128, metadata={"help": "context length used to count attention FLOPs"})
     # -- one-shot calibration and reconstruction ---------------------------------------------------------------
@@ -100,7 +112,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "flops", "params"):
+        for name in ("heads", "neurons", "flops", "params", "layers"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)
@@ -121,6 +133,8 @@ class PruningConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.layer_importance not in DEPTH_CRITERIA:
+            raise ValueError(f"layer_importance must be one of {DEPTH_CRITERIA}, got {self.layer_importance!r}.")
         if self.reconstruct_refit not in REFITS:
             raise ValueError(f"reconstruct_refit must be one of {REFITS}, got {self.reconstruct_refit!r}.")
         if self.calibration_seq_len < 2:

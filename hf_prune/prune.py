@@ -17,6 +17,7 @@ from .allocation import LayerPlan, budget_fractions, plan_pruning
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
+from .depth import plan_depth, remove_blocks
 from .flops import Cost, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance
 from .masks import MaskSet
@@ -48,6 +49,8 @@ class PruningReport:
     kept: list[dict[str, list[int]]] = field(default_factory=list)  # indices kept per layer (original numbering)
     extra: dict[str, Any] = field(default_factory=dict)
     not_vanilla_because: str = ""  # why the checkpoint needs hf_prune's loader (empty when vanilla-loadable)
+    # Whole blocks removed (original numbering); their layers_after entries count zero heads and neurons.
+    removed_layers: list[int] = field(default_factory=list)
 
     @property
     def parameter_ratio(self) -> float:
@@ -92,6 +95,9 @@ class PruningReport:
             "layer  heads  kv_heads  neurons",
         ]
         for i, (b, a) in enumerate(zip(self.layers_before, self.layers_after, strict=True)):
+            if i in self.removed_layers:
+                lines.append(f"{i:>5}  block removed")
+                continue
             lines.append(
                 f"{i:>5}  {a['heads']:>2}/{b['heads']:<3} {a['kv_heads']:>2}/{b['kv_heads']:<5}"
                 f" {a['neurons']:>5}/{b['neurons']}"
@@ -107,6 +113,12 @@ class PruningReport:
 
 def _shape_dicts(shapes: Sequence[LayerShape]) -> list[dict[str, int]]:
     return [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes]
+
+
+def in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty: Any) -> list[Any]:
+    """Per-block entries of the blocks that remain, spread back over the original blocks (``empty`` for removed)."""
+    entries = iter(per_kept)
+    return [empty if i in set(removed) else next(entries) for i in range(len(per_kept) + len(removed))]
 
 
 def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tuple[SublayerPlan, SublayerPlan]:
@@ -215,8 +227,11 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     the same way everywhere.
     """
     targets = structure.recipe.targets
-    heads = targets.heads if config.heads is None else config.heads
-    neurons = targets.neurons if config.neurons is None else config.neurons
+    # A depth target alone removes only blocks; the recipe's width defaults apply when nothing is given at all.
+    width_given = any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params"))
+    defaults = (0.0, 0.0) if config.layers and not width_given else (targets.heads, targets.neurons)
+    heads = defaults[0] if config.heads is None else config.heads
+    neurons = defaults[1] if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
     check_protected_layers(protected, structure.num_layers)
     cost_target = config.flops is not None or config.params is not None
@@ -317,6 +332,8 @@ def calibration_needs(config: PruningConfig, fitted: bool = False) -> tuple[list
         required_by.append(f"importance '{config.importance}'")
     if config.reconstruct:
         required_by.append("reconstruct=True")
+    if config.layers:
+        required_by.append(f"layers={config.layers} (layer_importance '{config.layer_importance}')")
     wanted = bool(required_by) or config.reconstruct is None or (config.importance == "auto" and not fitted)
     return required_by, wanted
 
@@ -362,6 +379,41 @@ def gather_calibration(
     )
 
 
+def width_after_depth(
+    config: PruningConfig, dense: Cost, structure: ModelStructure, removed: Sequence[int], protected: Sequence[int]
+) -> PruningConfig:
+    """The width part of ``config`` on the blocks that remain after removing ``removed``.
+
+    Protected layers are renumbered. A cost target counts the dense model's blocks, the removed ones included: the
+    width pruning that follows removes only what the depth pruning left of it.
+    """
+    kept = [i for i in range(len(removed) + structure.num_layers) if i not in set(removed)]
+    width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
+    if not any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params")):
+        return width.replace(heads=0.0, neurons=0.0)  # a depth target alone: no width defaults from the recipe
+    target = config.flops if config.flops is not None else config.params
+    if target is None:
+        return width
+    kind = "flops" if config.flops is not None else "params"
+    now = measure_cost(structure, config.flops_seq_len)
+    total, left = (
+        (dense.block_flops_per_token, now.block_flops_per_token)
+        if kind == "flops"
+        else (dense.block_parameters, now.block_parameters)
+    )
+    rest = (target * total - (total - left)) / left
+    if rest <= 0:
+        if rest < -0.005:
+            warnings.warn(
+                f"removing {len(removed)} blocks already takes {1 - left / total:.1%} of the blocks' {kind}, more than "
+                f"the {kind}={target} target: no heads or neurons are removed. Lower layers= to meet the target.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return width.replace(**{kind: None}, heads=0.0, neurons=0.0)
+    return width.replace(**{kind: rest})
+
+
 def prune(
     model: nn.Module,
     config: PruningConfig | None = None,
@@ -377,6 +429,7 @@ def prune(
         report = hf_prune.prune(model, params=0.2)                         # causal LM: self-calibrated
         report = hf_prune.prune(model, flops=0.4, calibration=texts, tokenizer=tokenizer)
         report = hf_prune.prune(model, heads=0.3, neurons=0.3, importance="magnitude", reconstruct=False)
+        report = hf_prune.prune(model, layers=0.25)                        # whole blocks (Block Influence)
         print(report.summary())
 
     Args:
@@ -394,14 +447,27 @@ def prune(
     else:
         criterion = None
     config = (config or PruningConfig()).replace(**overrides)
+    requested = config  # what the user asked for (the report's record); depth pruning rewrites the width part
     check_sliceable(model)
     structure = ModelStructure(model, config.recipe)
     heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)
-    reconstructs = config.reconstruct is not False and data is not None
-    if criterion is None:
+    depth_plan = None
+    if config.layers:
+        if data is None:  # calibration_needs made it required: only a fitted criterion with no data gets here
+            raise ValueError("layers=... needs calibration data: pass calibration=... (CLI: --calibration-data).")
+        depth_plan = plan_depth(structure, data.batches, config.layers, config.layer_importance, protected)
+        remove_blocks(structure, depth_plan.remove)
+        structure = ModelStructure(model, config.recipe)
+        config = width_after_depth(config, before_cost, structure, depth_plan.remove, protected)
+        heads, neurons, _ = resolve_targets(config, structure)
+    prunes_width = heads > 0 or neurons > 0 or config.flops is not None or config.params is not None
+    reconstructs = config.reconstruct is not False and data is not None and prunes_width
+    if criterion is None and not prunes_width:
+        criterion = get_importance("magnitude")  # nothing to rank: keep every head and neuron of what remains
+    elif criterion is None:
         name = resolve_importance(config.importance, model, data, reconstructs)
         if name == "magnitude" and is_causal_lm(model):
             warnings.warn(MAGNITUDE_ON_DECODERS, UserWarning, stacklevel=2)
@@ -416,11 +482,12 @@ def prune(
     plans = plan_for(structure, criterion.scores(structure), config)
     reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit) if reconstructs else None
     vanilla = apply_plan(structure, plans, reconstruction)
+    removed = depth_plan.remove if depth_plan else []
     report = PruningReport(
         model_type=structure.config.model_type,
         recipe=structure.recipe.name,
         config={
-            **{k: v for k, v in config.to_dict().items() if k not in GRADUAL_FIELDS},
+            **{k: v for k, v in requested.to_dict().items() if k not in GRADUAL_FIELDS},
             "importance": criterion.name,
             "heads": heads,
             "neurons": neurons,
@@ -428,13 +495,20 @@ def prune(
         },
         head_dim=structure.head_dim,
         layers_before=_shape_dicts(before_shapes),
-        layers_after=_shape_dicts(structure.shapes()),
+        layers_after=in_original_numbering(
+            _shape_dicts(structure.shapes()), removed, {"heads": 0, "kv_heads": 0, "neurons": 0}
+        ),
         before=before_cost,
         after=measure_cost(structure, config.flops_seq_len),
         vanilla_loadable=vanilla,
-        kept=[asdict(plan) for plan in plans],
+        kept=in_original_numbering(
+            [asdict(plan) for plan in plans], removed, {"keep_heads": [], "keep_kv_heads": [], "keep_neurons": []}
+        ),
         not_vanilla_because=not_vanilla_because(structure.config),
+        removed_layers=removed,
     )
+    if depth_plan is not None:
+        report.extra["depth"] = depth_plan.describe()
     if data is not None:
         report.extra["calibration"] = data.describe()
     if reconstruction is not None:

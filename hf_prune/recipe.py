@@ -122,6 +122,35 @@ class MLPSpec:
 
 
 @dataclass
+class DepthSpec:
+    """How whole blocks are removed: what holds a block's index, and which config values hold one entry per block.
+
+    Removing a block renumbers the blocks after it, and the KV cache finds a block's entries by the index its
+    attention module stores (``layer_idx``); per-block config lists (``layer_types``, the sliding-window pattern)
+    lose the removed block's entry so that a vanilla ``from_pretrained`` rebuilds the same blocks.
+    """
+
+    index_attributes: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "{module path under the block ('' = the block): attribute holding the block's index}"},
+    )
+    config_lists: list[str] = field(
+        default_factory=list, metadata={"help": "config attributes with one entry per block, sliced with the blocks"}
+    )
+    count_attribute: str = field(default="num_hidden_layers", metadata={"help": "config: the number of blocks"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index_attributes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.index_attributes.items()
+        ):
+            raise RecipeError(
+                "depth: `index_attributes` maps module paths to attribute names, e.g. {self_attn: layer_idx}."
+            )
+        if isinstance(self.config_lists, str):
+            self.config_lists = [self.config_lists]
+
+
+@dataclass
 class Targets:
     """Default pruning targets: fractions of heads and neurons to remove."""
 
@@ -173,6 +202,9 @@ class Recipe:
     protected_layers: list[int] = field(default_factory=list, metadata={"help": "blocks never pruned"})
     description: str = ""
     gguf: GGUFSpec | None = field(default=None, metadata={"help": "how llama.cpp represents it; unset: no GGUF export"})
+    depth: DepthSpec | None = field(
+        default=None, metadata={"help": "how whole blocks are removed (layers=...); unset: no depth pruning"}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.attention, dict):
@@ -183,6 +215,8 @@ class Recipe:
             self.targets = _build(Targets, self.targets, f"recipe '{self.name}' targets")
         if isinstance(self.gguf, dict):
             self.gguf = _build(GGUFSpec, self.gguf, f"recipe '{self.name}' gguf")
+        if isinstance(self.depth, dict):
+            self.depth = _build(DepthSpec, self.depth, f"recipe '{self.name}' depth")
         if isinstance(self.layers, str):
             self.layers = [self.layers]
         if not self.model_types or not self.layers:
@@ -207,8 +241,14 @@ class Recipe:
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (what ``surgery`` consumes and what is stored in ``config.json``)."""
-        return asdict(self)
+        """Plain-dict form (what ``surgery`` consumes and what is stored in ``config.json``).
+
+        A recipe without depth fields leaves the key out, so checkpoints that do not need it read as before.
+        """
+        data = asdict(self)
+        if data["depth"] is None:
+            del data["depth"]
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -146,11 +146,13 @@ class ModelStructure:
         """Parameters of the base model, outside the recipe's projections and declared shared tensors, with an axis
         as long as the blocks' query heads: probably per-head tensors that removing heads would leave stale (MPNet's
         relative attention bias, for a recipe that does not declare it). Sizes that are also the hidden size, the
-        head size, a neuron count or the vocabulary are not taken as a sign."""
+        head size, a neuron count, the vocabulary, the labels or an image's channels are not taken as a sign."""
         shapes = self.shapes()
         heads = {s.heads for s in shapes}
         ambiguous = {self.head_dim, *(s.neurons for s in shapes)}
-        ambiguous |= {surgery._config_get(self.config, a) for a in ("hidden_size", "vocab_size")}
+        sizes_elsewhere = ("hidden_size", "vocab_size", "num_labels", "num_channels")
+        ambiguous |= {surgery._config_get(self.config, a) for a in sizes_elsewhere}
+        ambiguous |= {surgery._config_get(self.model.config, a) for a in sizes_elsewhere}
         sizes = heads - ambiguous - {1}
         if not sizes:
             return []

@@ -31,12 +31,20 @@ class PrunedModelError(RecipeError):
 
 
 def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A small, seeded batch of token ids (one sequence of ``PROBE_TOKENS``) on the model's input device."""
+    """A small, seeded input on the model's device: one sequence of ``PROBE_TOKENS`` token ids, or one random
+    image for a vision model (``main_input_name == "pixel_values"``)."""
+    generator = torch.Generator().manual_seed(0)
+    parameter = next(model.parameters())
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        config = model.config
+        size = getattr(config, "image_size", 224)
+        size = tuple(size) if isinstance(size, list | tuple) else (size, size)
+        pixels = torch.randn(1, getattr(config, "num_channels", 3), *size, generator=generator)
+        return {"pixel_values": pixels.to(device=parameter.device, dtype=parameter.dtype)}
     config = model.config.get_text_config()
     vocab = int(getattr(config, "vocab_size", None) or 2)
-    ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=torch.Generator().manual_seed(0))
-    device = next(model.parameters()).device
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+    ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=generator)
+    return {"input_ids": ids.to(parameter.device), "attention_mask": torch.ones_like(ids).to(parameter.device)}
 
 
 def run_probe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

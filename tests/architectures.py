@@ -35,6 +35,8 @@ class Case:
     mlp_in_bias: bool
     # A plain transformers checkpoint is promised when every layer keeps the same counts.
     vanilla_when_uniform: bool
+    # A batch of 2 inputs for models that do not read token ids (vision); unset: token ids.
+    inputs: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
 def _llama_like(config_cls: type, model_cls: type, **extra: object) -> Callable[[], torch.nn.Module]:
@@ -69,6 +71,42 @@ def _bert_like(config_cls: type, model_cls: type) -> Callable[[], torch.nn.Modul
             num_labels=3,
         )
         return model_cls(config).eval()
+
+    return build
+
+
+def _modernbert() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = T.ModernBertConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        max_position_embeddings=64,
+        local_attention=8,
+        global_attn_every_n_layers=2,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+    )
+    return T.ModernBertForSequenceClassification(config).eval()
+
+
+def _images(size: int) -> Callable[[], dict[str, torch.Tensor]]:
+    def inputs() -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))}
+
+    return inputs
+
+
+def _vision(config_cls: type, model_cls: type, size: int, **fields: object) -> Callable[[], torch.nn.Module]:
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return model_cls(config_cls(image_size=size, num_channels=3, num_labels=3, **fields)).eval()
 
     return build
 
@@ -134,6 +172,37 @@ CASES = [
         True,
     ),
     Case("phi3", _phi3, True, False, False, 2, False, True),
+    Case(
+        "gemma2",
+        _llama_like(T.Gemma2Config, T.Gemma2ForCausalLM, head_dim=32, sliding_window=8, query_pre_attn_scalar=32),
+        True,
+        False,
+        False,
+        2,
+        False,
+        True,
+    ),
+    Case("modernbert", _modernbert, False, False, False, 2, False, False),
+    Case(
+        "vit",
+        _vision(
+            T.ViTConfig,
+            T.ViTForImageClassification,
+            16,
+            patch_size=4,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=8,
+            intermediate_size=96,
+        ),
+        False,
+        True,
+        True,
+        1,
+        True,
+        True,
+        _images(16),
+    ),
 ]
 
 
@@ -219,6 +288,41 @@ PUBLISHED = [
         "gpt2-124m",
         _published(T.GPT2Config, T.GPT2LMHeadModel, layers="n_layer", n_embd=768, n_head=12, n_inner=384, **_IDS),
         True, True, True, 1, True, False,
+    ),
+    # google/gemma-2-2b (2304 hidden, 8 query heads of 256 in 4 KV groups, soft-capping): scaled to 4 heads of 256
+    # in 2 groups on 1152 hidden, keeping the head size and the ratios.
+    _decoder(
+        "gemma2-2b", T.Gemma2Config, T.Gemma2ForCausalLM, hidden_size=1152, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=256, intermediate_size=256, query_pre_attn_scalar=256, sliding_window=8,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+    ),
+    # answerdotai/ModernBERT-base: 768 hidden, 12 heads of 64, GLU FFN 1152, global attention every third layer.
+    Case(
+        "modernbert-base",
+        _published(
+            T.ModernBertConfig, T.ModernBertForSequenceClassification, num_labels=3, hidden_size=768,
+            num_attention_heads=12, intermediate_size=384, max_position_embeddings=64, local_attention=8,
+            global_attn_every_n_layers=3, cls_token_id=1, sep_token_id=2, **_IDS,
+        ),
+        False, False, False, 2, False, False,
+    ),
+    # google/vit-base-patch16-224: 768 hidden, 12 heads of 64, FFN 3072, 16-pixel patches (images cut to 32 pixels).
+    Case(
+        "vit-base",
+        _vision(
+            T.ViTConfig, T.ViTForImageClassification, 32, patch_size=16, hidden_size=768, num_hidden_layers=2,
+            num_attention_heads=12, intermediate_size=384,
+        ),
+        False, True, True, 1, True, True, _images(32),
+    ),
+    # facebook/deit-tiny-patch16-224: 192 hidden, 3 heads of 64, FFN 768, a distillation token besides CLS.
+    Case(
+        "deit-tiny",
+        _vision(
+            T.DeiTConfig, T.DeiTForImageClassification, 32, patch_size=16, hidden_size=192,
+            num_hidden_layers=2, num_attention_heads=3, intermediate_size=256,
+        ),
+        False, True, True, 1, True, True, _images(32),
     ),
     # sentence-transformers/all-mpnet-base-v2 (MPNet): 768 hidden, 12 heads of 64, FFN 3072, and one relative
     # attention bias with a column per head, shared by all layers.

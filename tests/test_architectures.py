@@ -32,6 +32,8 @@ PUBLISHED_IDS = [case.name for case in PUBLISHED]
 
 
 def _inputs(case: Case) -> dict[str, torch.Tensor]:
+    if case.inputs is not None:
+        return case.inputs()
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(3, 96, (2, 12), generator=generator)
     attention_mask = torch.ones_like(input_ids)
@@ -65,6 +67,8 @@ def _masked_and_pruned(
     case: Case, ranking: str, attn: str = "sdpa"
 ) -> tuple[torch.nn.Module, torch.nn.Module, list[hf_prune.LayerPlan]]:
     pruned = case.build()
+    if attn == "sdpa" and not pruned._supports_sdpa:
+        attn = "eager"  # Gemma 2's soft-capping has no SDPA path: eager is what it runs
     pruned.set_attn_implementation(attn)
     masked = copy.deepcopy(pruned)
     plans = _plan(pruned, ranking)
@@ -172,8 +176,7 @@ def _save_case(case: Case, ranking: str, directory: Path) -> dict[str, object]:
     inputs = _inputs(case)
     hf_prune.save_pretrained(model, directory)
     torch.save({"inputs": inputs, "logits": _logits(model, inputs)}, directory.parent / f"{directory.name}.pt")
-    auto = "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
-    return {"dir": str(directory), "auto": auto, "vanilla": report.vanilla_loadable}
+    return {"dir": str(directory), "auto": _auto_class(case), "vanilla": report.vanilla_loadable}
 
 
 LOADER = textwrap.dedent(
@@ -259,6 +262,8 @@ FRACTIONS = (0.1, 0.25, 0.3, 0.5)
 
 
 def _auto_class(case: Case) -> str:
+    if case.inputs is not None:
+        return "AutoModelForImageClassification"
     return "AutoModelForCausalLM" if case.decoder else "AutoModelForSequenceClassification"
 
 

@@ -242,3 +242,25 @@ def test_export_onnx_runtime_smoke(tmp_path: Path) -> None:
         assert [row["batch_size"] for row in entry["rows"]] == [1, 8]
         assert all(row["median_ms"] > 0 and row["speedup"] > 0 for row in entry["rows"])
     assert layouts["uniform"]["flops_ratio"] > 1
+
+
+def test_quality_depth_smoke(tmp_path: Path) -> None:
+    """Depth (each criterion), width at the same parameter count and the mix, each scored and timed."""
+    output = tmp_path / "depth.json"
+    _run_script("quality_depth.py", "--smoke", "--output", str(output))
+    data = json.loads(output.read_text())
+    assert data["meta"]["complete"] is True and data["dense"]["blocks"] == 2
+    kinds = [(p["kind"], p["method"]) for p in data["points"]]
+    assert [k for k, _ in kinds] == ["depth", "depth", "depth", "width", "mixed"]
+    assert [m for k, m in kinds if k == "depth"] == ["block_influence", "angular", "loss"]
+    depth = data["points"][0]
+    assert depth["blocks"] == 1 and len(depth["removed_layers"]) == 1
+    width = data["points"][3]
+    assert width["blocks"] == 2 and width["params_removed"] == pytest.approx(depth["params_removed"], abs=0.05)
+    for point in [data["dense"], *data["points"]]:
+        assert point["eval"]["hamlet"]["ppl"] > 0 and point["decode_ms"]["batch_1"] > 0
+    # Re-timing rebuilds each point's shapes (the parameter count is checked inside) and rewrites the timings.
+    _run_script("quality_depth.py", "--smoke", "--latency-only", str(output))
+    again = json.loads(output.read_text())
+    assert again["meta"]["latency"]["retimed"] is True
+    assert [p["eval"] for p in again["points"]] == [p["eval"] for p in data["points"]]

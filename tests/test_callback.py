@@ -564,3 +564,75 @@ def test_push_guard_refuses_a_training_run_whose_quality_collapsed(tmp_path: Pat
     assert "model.safetensors" not in local_hub.files(repo)
     trainer.push_to_hub(force=True)
     assert "model.safetensors" in local_hub.files(repo)
+
+
+# -- whole blocks (layers=) ----------------------------------------------------------------------------------
+
+
+def test_blocks_are_skipped_gradually_never_revived_and_removed_at_the_end(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["gemma3"].build()  # sliding-window layer types: sliced with the blocks
+    callback = hf_prune.PruningCallback(_config(layers=0.67, heads=0.5, neurons=0.0, schedule="linear"))
+    seen: list[list[int]] = []
+    original = callback._update
+
+    def record(step: int) -> None:
+        original(step)
+        seen.append(list(callback.blocks.skipped))
+
+    with mock.patch.object(callback, "_update", side_effect=record):
+        trainer = T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback])
+        trainer.train()
+    assert [len(s) for s in seen][-1] == 2 and any(len(s) == 1 for s in seen), "one block, then the second"
+    for earlier, later in itertools.pairwise(seen):
+        assert set(earlier) <= set(later), "a skipped block came back"
+    report = callback.report
+    assert report.removed_layers == seen[-1] and report.extra["depth"]["criterion"] == "block_influence"
+    assert ModelStructure(model).num_layers == 1 and model.config.num_hidden_layers == 1
+    assert len(model.config.layer_types) == 1
+    kept = [a for i, a in enumerate(report.layers_after) if i not in report.removed_layers]
+    assert kept == [{"heads": 4, "kv_heads": 1, "neurons": 96}]  # one of 2 KV groups, in the block that stays
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded = hf_prune.from_pretrained(tmp_path / "final").eval()
+    inputs = {"input_ids": torch.randint(3, 96, (2, 10), generator=torch.Generator().manual_seed(0))}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model.eval()(**inputs).logits, atol=1e-5, rtol=0)
+    logged = [entry["pruning/blocks_kept"] for entry in trainer.state.log_history if "pruning/blocks_kept" in entry]
+    assert logged[0] == 1.0 and logged[-1] == pytest.approx(1 / 3)
+
+
+def test_block_influence_is_gathered_from_training_passes_only(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    callback = hf_prune.PruningCallback(_config(layers=0.34, heads=0.0, neurons=0.5, end=0.5))
+    args = _args(tmp_path, eval_strategy="steps", eval_steps=6, max_steps=6)
+    trainer = T.Trainer(model=model, args=args, train_dataset=_dataset(), eval_dataset=_dataset(), callbacks=[callback])
+    trainer.train()
+    tokens = callback.blocks.tokens
+    assert torch.equal(tokens, torch.full((3,), 6 * 8 * 12, dtype=torch.float64)), "6 steps of 8 x 12 tokens"
+
+
+@pytest.mark.parametrize("interrupt_at", [4, 12, 20])
+def test_resume_with_blocks_ends_with_the_same_blocks_and_structure(tmp_path: Path, interrupt_at: int) -> None:
+    def run(output: Path, resume: str | None = None, stop_at: int | None = None) -> hf_prune.PruningReport:
+        callback = hf_prune.PruningCallback(_config(layers=0.34, heads=0.5, neurons=0.5, importance="taylor"))
+        callbacks: list[T.TrainerCallback] = [callback] + ([_StopAt(stop_at)] if stop_at else [])
+        args = _args(output, save_strategy="steps", save_steps=4)
+        trainer = T.Trainer(
+            model=CASES_BY_NAME["llama"].build(), args=args, train_dataset=_dataset(), callbacks=callbacks
+        )
+        with pytest.warns(UserWarning, match="pruned less") if stop_at and stop_at < 18 else _nothing():
+            trainer.train(resume_from_checkpoint=resume)
+        return callback.report
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "cut", stop_at=interrupt_at)
+    resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / f"checkpoint-{interrupt_at}"))
+    assert resumed.removed_layers == full.removed_layers and len(full.removed_layers) == 1
+    assert resumed.kept == full.kept
+    assert resumed.extra["depth"]["scores"] == pytest.approx(full.extra["depth"]["scores"], rel=1e-6)
+
+
+def test_layers_with_a_cost_target_or_another_criterion_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="one-shot only"):
+        hf_prune.PruningCallback(layers=0.25, params=0.3)
+    with pytest.raises(ValueError, match="Block Influence"):
+        hf_prune.PruningCallback(layers=0.25, heads=0.2, layer_importance="loss")

@@ -19,6 +19,7 @@ from hf_prune.structure import ModelStructure
 from .architectures import CASES_BY_NAME
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+DEPTH_WORKER = Path(__file__).resolve().parent / "distributed_depth_worker.py"
 
 
 def _free_port() -> int:
@@ -27,7 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: Path) -> None:
+def _torchrun(worker: Path, output: Path) -> None:
     command = [
         sys.executable,
         "-m",
@@ -35,12 +36,16 @@ def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: 
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
-        str(WORKER),
-        str(tmp_path),
+        str(worker),
+        str(output),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent.parent)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: Path) -> None:
+    _torchrun(WORKER, tmp_path)
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2
@@ -83,3 +88,20 @@ def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: 
     saved_eval = json.loads((tmp_path / "pruning_report.json").read_text())["extra"]["eval"]
     assert saved_eval == evaluations[0]
     assert ranks[0]["writes"] == ["pruning_report.json"] * 2 and ranks[1]["writes"] == []
+
+
+def test_two_processes_skip_the_same_blocks_from_summed_block_influence(tmp_path: Path) -> None:
+    _torchrun(DEPTH_WORKER, tmp_path)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert len(first["records"]) == len(second["records"]) >= 3
+    assert any(a["local"] != b["local"] for a, b in zip(first["records"], second["records"], strict=True)), (
+        "each rank sees different batches, so its own sums differ"
+    )
+    for a, b in zip(first["records"], second["records"], strict=True):
+        assert a["step"] == b["step"] and a["skipped"] == b["skipped"], f"ranks disagree at step {a['step']}"
+        assert a["summed"] == b["summed"]
+        assert a["summed"] == [x + y for x, y in zip(a["local"], b["local"], strict=True)]
+    assert first["removed"] == second["removed"] == first["records"][-1]["skipped"] and len(first["removed"]) == 1
+    assert first["kept"] == second["kept"]
+    saved = hf_prune.from_pretrained(tmp_path / "final")
+    assert ModelStructure(saved).num_layers == 2 and saved.config.num_hidden_layers == 2

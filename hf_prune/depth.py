@@ -1,0 +1,420 @@
+"""Depth: whole transformer blocks as a unit of pruning. Score them, skip them (the masked form), remove them.
+
+A block maps its input hidden states to its output through a residual stream. Skipping it (its output is its
+input) is what removing it computes, so the same verification as for heads and neurons applies: the model with
+the blocks skipped must equal the model without them.
+
+Criteria (higher = more important), all measured on calibration data:
+
+- ``block_influence``: ``1 - cos(input, output)`` of each block, averaged over tokens (ShortGPT, Men et al. 2024);
+- ``angular``: the angular distance ``arccos(cos(x_l, x_{l+n})) / pi`` between the input of block ``l`` and the
+  input of block ``l + n``, for removing ``n`` *consecutive* blocks (Gromov et al. 2024): the span that changes the
+  hidden states least goes;
+- ``loss``: how much the calibration loss rises when the block alone is skipped (needs labels).
+
+Removal updates what the recipe's ``depth`` section names (the attention modules' ``layer_idx``, which the KV cache
+reads; per-block config lists such as ``layer_types``) and the config's block count, so a checkpoint whose blocks
+keep uniform widths loads with plain ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
+
+from . import surgery
+from .checkpoint import layout_refusal, record_structure
+from .recipe import RecipeError
+from .structure import ModelStructure
+from .verify import check_pruned, masked_reference, probe_inputs
+
+DEPTH_CRITERIA = ("block_influence", "angular", "loss")
+
+
+@dataclass
+class DepthPlan:
+    """The blocks to remove, and the scores that chose them (for the report)."""
+
+    criterion: str
+    remove: list[int]
+    scores: list[float] = field(default_factory=list)  # per block; for 'angular', per span start
+
+    def describe(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "removed_layers": self.remove, "scores": self.scores}
+
+
+# -- how many, and which --------------------------------------------------------------------------------------------
+
+
+def blocks_to_remove(fraction: float, num_layers: int, protected: Sequence[int] = ()) -> int:
+    """How many of ``num_layers`` blocks a ``layers`` fraction removes (ties keep more), refusing to empty the
+    model or to reach into protected blocks."""
+    count = max(0, math.ceil(fraction * num_layers - 0.5))
+    if count >= num_layers:
+        raise ValueError(
+            f"layers={fraction} removes all {num_layers} blocks of this model; a model needs at least one. Give a "
+            f"smaller fraction (each block is {1 / num_layers:.3g} of them)."
+        )
+    eligible = num_layers - len(set(protected))
+    if count > eligible:
+        raise ValueError(
+            f"layers={fraction} removes {count} blocks, but only {eligible} of {num_layers} are not protected "
+            f"(protected_layers={sorted(set(protected))}). Protect fewer blocks or remove fewer."
+        )
+    return count
+
+
+def choose_blocks(scores: torch.Tensor, count: int, protected: Sequence[int] = ()) -> list[int]:
+    """The ``count`` least important unprotected blocks (ties go to the later block: the first ones set up the
+    residual stream that the rest read)."""
+    order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), -i))
+    return sorted([i for i in order if i not in set(protected)][:count])
+
+
+def choose_span(distances: torch.Tensor, count: int, protected: Sequence[int] = ()) -> list[int]:
+    """The ``count`` consecutive blocks, starting where ``distances`` (one per start) is smallest, that contain no
+    protected block."""
+    starts = [s for s in range(len(distances)) if not set(range(s, s + count)) & set(protected)]
+    if not starts:
+        raise ValueError(f"no span of {count} consecutive blocks avoids the protected layers {sorted(protected)}.")
+    best = min(starts, key=lambda s: (float(distances[s]), -s))
+    return list(range(best, best + count))
+
+
+# -- skipping blocks (the masked form) --------------------------------------------------------------------------------
+
+
+def _hidden_input(args: tuple[Any, ...], kwargs: dict[str, Any], like: torch.Tensor) -> torch.Tensor:
+    """The block's input hidden states: its first tensor argument shaped like its output."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.shape == like.shape:
+            return value
+    raise RecipeError(
+        "a block was called without an input of its output's shape, so it cannot be skipped as an identity: this "
+        "architecture's blocks are not residual blocks that depth pruning can remove."
+    )
+
+
+def _hidden_output(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return hidden
+    return (hidden, *output[1:]) if isinstance(output, tuple) else type(output)(hidden, *output[1:])
+
+
+@contextlib.contextmanager
+def skipped(layers: nn.ModuleList, indices: Sequence[int]) -> Iterator[None]:
+    """Within the context, blocks ``indices`` output their input (what the model computes without them)."""
+
+    def identity(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        hidden = _hidden_output(output)
+        return _with_hidden(output, _hidden_input(args, kwargs, hidden))
+
+    handles = [layers[i].register_forward_hook(identity, with_kwargs=True) for i in indices]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# -- scoring ------------------------------------------------------------------------------------------------------
+
+
+def _run(model: nn.Module, batch: dict[str, torch.Tensor], with_labels: bool) -> Any:
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if with_labels or k != "labels"}
+    if getattr(model.config, "use_cache", None) is not None:
+        inputs["use_cache"] = False
+    return model(**inputs)
+
+
+def _token_weights(batch: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    weights = torch.ones(like.shape[:-1]) if mask is None else mask.float()
+    return weights.to(like.device)
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # float64: arccos is steep near 1, where float32 rounding alone reads as an angle of 1e-4
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1.0, 1.0)
+
+
+def _stream(model: nn.Module, layers: nn.ModuleList, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The hidden states entering every block, and leaving the last one (``len(layers) + 1`` tensors)."""
+    states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+
+    def keep(index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            hidden = _hidden_output(output)
+            states[index] = _hidden_input(args, kwargs, hidden).detach()
+            if index == len(layers) - 1:
+                states[index + 1] = hidden.detach()
+
+        return hook
+
+    handles: list[RemovableHandle] = [
+        layer.register_forward_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)
+    ]
+    try:
+        _run(model, batch, with_labels=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(s is None for s in states):
+        raise RecipeError("not every block ran on a calibration batch; depth scores need every block's input.")
+    return states  # type: ignore[return-value]
+
+
+def block_scores(
+    structure: ModelStructure, batches: Sequence[dict[str, torch.Tensor]], criterion: str, count: int = 1
+) -> torch.Tensor:
+    """One score per block (per span start for ``angular``, spans of ``count`` blocks), higher = keep."""
+    if criterion not in DEPTH_CRITERIA:
+        raise ValueError(f"layer_importance must be one of {DEPTH_CRITERIA}, got {criterion!r}.")
+    if not batches:
+        raise ValueError("depth scores need calibration batches.")
+    model, layers = structure.model, structure.layers
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if criterion == "loss":
+                return _loss_scores(model, layers, batches)
+            spans = len(layers) - count + 1 if criterion == "angular" else len(layers)
+            totals, weight = torch.zeros(spans, dtype=torch.float64), 0.0
+            for batch in tqdm(batches, desc=f"depth scores ({criterion})", unit="batch", leave=False):
+                states = _stream(model, layers, batch)
+                weights = _token_weights(batch, states[0])
+                step = count if criterion == "angular" else 1
+                for start in range(spans):
+                    cos = _cosines(states[start], states[start + step])
+                    value = torch.arccos(cos) / math.pi if criterion == "angular" else 1.0 - cos
+                    totals[start] += float((value * weights).sum())
+                weight += float(weights.sum())
+            return (totals / max(weight, 1.0)).float()
+    finally:
+        model.train(was_training)
+
+
+def _loss_scores(model: nn.Module, layers: nn.ModuleList, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    if not all("labels" in batch for batch in batches):
+        raise ValueError(
+            "layer_importance='loss' needs labelled calibration batches (a causal LM's windows carry labels; an "
+            "encoder needs a label column). Use 'block_influence' or 'angular' with unlabelled data."
+        )
+
+    def loss() -> float:
+        return sum(float(_run(model, batch, with_labels=True).loss) for batch in batches) / len(batches)
+
+    dense = loss()
+    scores = []
+    for i in tqdm(range(len(layers)), desc="depth scores (loss)", unit="block", leave=False):
+        with skipped(layers, [i]):
+            scores.append(loss() - dense)
+    return torch.tensor(scores)
+
+
+def plan_depth(
+    structure: ModelStructure,
+    batches: Sequence[dict[str, torch.Tensor]],
+    fraction: float,
+    criterion: str = "block_influence",
+    protected: Sequence[int] = (),
+) -> DepthPlan:
+    """Which blocks a ``layers`` fraction removes, chosen by ``criterion`` on ``batches``."""
+    check_depth_recipe(structure)
+    count = blocks_to_remove(fraction, structure.num_layers, protected)
+    if count == 0:
+        return DepthPlan(criterion, [], [])
+    scores = block_scores(structure, batches, criterion, count)
+    remove = (
+        choose_span(scores, count, protected) if criterion == "angular" else choose_blocks(scores, count, protected)
+    )
+    return DepthPlan(criterion, remove, [round(float(s), 6) for s in scores])
+
+
+# -- removal ----------------------------------------------------------------------------------------------------------
+
+
+def check_depth_recipe(structure: ModelStructure) -> None:
+    """Refuse depth pruning, before any work, where the recipe cannot say how blocks are removed."""
+    recipe = structure.recipe
+    if recipe.depth is None:
+        raise RecipeError(
+            f"recipe '{recipe.name}' has no `depth` section, so hf_prune does not know what holds a block's index "
+            "(the KV cache's layer_idx) or which config values list one entry per block. Add one (see 'Adding an "
+            "architecture' in the README: `depth: {index_attributes: {self_attn: layer_idx}, config_lists: "
+            "[layer_types]}`), or prune heads and neurons only (no layers=)."
+        )
+    config, count = structure.config, structure.num_layers
+    if surgery._config_get(config, recipe.depth.count_attribute) != count:
+        raise RecipeError(
+            f"recipe '{recipe.name}': config '{recipe.depth.count_attribute}' is "
+            f"{surgery._config_get(config, recipe.depth.count_attribute)!r}, not the {count} blocks of the model; "
+            "fix `depth.count_attribute`."
+        )
+    declared = set(recipe.depth.config_lists)
+    for name in declared:
+        value = getattr(config, name, None)
+        if not isinstance(value, list | tuple) or len(value) != count:
+            raise RecipeError(
+                f"recipe '{recipe.name}': config '{name}' should list one entry per block ({count}), got {value!r}; "
+                "fix `depth.config_lists`."
+            )
+    undeclared = [
+        k
+        for k, v in config.to_dict().items()
+        if isinstance(v, list) and len(v) == count and k not in declared and k != "architectures"
+    ]
+    if count > 1 and undeclared:
+        raise RecipeError(
+            f"recipe '{recipe.name}': config value(s) {undeclared} hold one entry per block and would keep the removed "
+            "blocks' entries. Name them under `depth.config_lists` in the recipe."
+        )
+    index_paths = set(recipe.depth.index_attributes.items())
+    for i, layer in enumerate(structure.layers):
+        for path, module in layer.named_modules():
+            for attribute in ("layer_idx", "layer_id", "layer_index"):
+                value = vars(module).get(attribute)
+                if isinstance(value, int) and not isinstance(value, bool) and (path, attribute) not in index_paths:
+                    raise RecipeError(
+                        f"recipe '{recipe.name}': block {i}'s '{path or '<block>'}' stores its block index in "
+                        f"`{attribute}`, which removing blocks would leave stale (the KV cache reads it). Add "
+                        f"`{path}: {attribute}` under `depth.index_attributes`."
+                    )
+        for path, attribute in index_paths:
+            module = surgery.get_submodule(layer, path) if path else layer
+            if not hasattr(module, attribute):
+                raise RecipeError(
+                    f"recipe '{recipe.name}': block {i}'s '{path or '<block>'}' has no attribute `{attribute}`; fix "
+                    "`depth.index_attributes`."
+                )
+
+
+def remove_blocks(structure: ModelStructure, remove: Sequence[int]) -> None:
+    """Remove blocks ``remove`` of ``structure.model`` in place, renumber the rest and update the config.
+
+    Verified like width surgery: the model with the blocks skipped and the model without them must agree on a small
+    probe, else :class:`~hf_prune.verify.PrunedModelError` (the recipe misses something).
+    """
+    check_depth_recipe(structure)
+    layers, count = structure.layers, structure.num_layers
+    remove = sorted(set(int(i) for i in remove))
+    if any(not 0 <= i < count for i in remove):
+        raise IndexError(f"block index out of range: the model has {count} blocks (0 to {count - 1}).")
+    if len(remove) >= count:
+        raise ValueError(f"refusing to remove all {count} blocks; a model needs at least one.")
+    if not remove:
+        return
+    model, spec, config = structure.model, structure.recipe.depth, structure.config
+    probe = probe_inputs(model)
+    with skipped(layers, remove):
+        reference = masked_reference(model, probe)
+    keep = [i for i in range(count) if i not in remove]
+    for i in reversed(remove):
+        del layers[i]
+    for new, layer in enumerate(layers):
+        for path, attribute in spec.index_attributes.items():
+            setattr(surgery.get_submodule(layer, path) if path else layer, attribute, new)
+    for name in spec.config_lists:
+        value = getattr(config, name)
+        setattr(config, name, type(value)(value[i] for i in keep))
+    with surgery.global_config_access(config):
+        setattr(config, spec.count_attribute, len(keep))
+    if reference is not None:
+        check_pruned(model, probe, reference, structure.recipe.name)
+    # Per-layer records (a width-pruned model's per_layer_config, which the KV cache reads) follow the new numbering.
+    counts = [(s.heads, s.kv_heads, s.neurons) for s in structure.shapes()]
+    record_structure(structure, layout_refusal(structure, counts))
+
+
+# -- gradual depth (PruningCallback) ----------------------------------------------------------------------------------
+
+
+class BlockSkips:
+    """The masked form of depth pruning during training: hooks that skip chosen blocks, and Block Influence
+    accumulated from the training forward passes themselves (no extra pass).
+
+    Every block's ``1 - cos(input, output)`` is summed over the tokens of each training forward (evaluation passes
+    are not counted); a skipped block stays skipped (nothing skipped comes back), and at the end of training the
+    skipped blocks are removed with :func:`remove_blocks`.
+    """
+
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.layers = layers
+        self.skipped: list[int] = []
+        self.sums = torch.zeros(len(layers), dtype=torch.float64)
+        self.tokens = torch.zeros(len(layers), dtype=torch.float64)
+        self._handles: list[RemovableHandle] = []
+        self._on_device: dict[int, torch.Tensor] = {}  # sums not yet moved to the CPU (no sync in every forward)
+
+    def attach(self) -> None:
+        """Install the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [
+                layer.register_forward_hook(self._hook(i), with_kwargs=True) for i, layer in enumerate(self.layers)
+            ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+            hidden = _hidden_output(output)
+            inputs = _hidden_input(args, kwargs, hidden)
+            if module.training:
+                with torch.no_grad():
+                    value = (1.0 - _cosines(inputs, hidden)).sum()
+                    previous = self._on_device.get(index)
+                    self._on_device[index] = value if previous is None else previous + value
+                    self.tokens[index] += hidden[..., 0].numel()
+            return _with_hidden(output, inputs) if index in self.skipped else None
+
+        return hook
+
+    def _flush(self) -> None:
+        for index, value in self._on_device.items():
+            self.sums[index] += float(value)
+        self._on_device.clear()
+
+    def totals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed Block Influence and token counts per block (what ranks add up under DDP)."""
+        self._flush()
+        return self.sums.clone(), self.tokens.clone()
+
+    def scores(self) -> torch.Tensor:
+        """Mean Block Influence of each block so far (zero where no token was seen)."""
+        sums, tokens = self.totals()
+        return (sums / tokens.clamp_min(1.0)).float()
+
+    def skip_more(self, count: int, scores: torch.Tensor, protected: Sequence[int] = ()) -> None:
+        """Skip the least important blocks until ``count`` are skipped (never fewer than already are)."""
+        extra = count - len(self.skipped)
+        if extra > 0:
+            live = [i for i in range(len(self.layers)) if i not in self.skipped]
+            chosen = choose_blocks(scores[live], extra, [live.index(p) for p in protected if p in live])
+            self.skipped = sorted(self.skipped + [live[i] for i in chosen])
+
+    def state_dict(self) -> dict[str, Any]:
+        self._flush()
+        return {"skipped": list(self.skipped), "sums": self.sums.tolist(), "tokens": self.tokens.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._on_device.clear()
+        self.skipped = [int(i) for i in state["skipped"]]
+        self.sums = torch.tensor(state["sums"], dtype=torch.float64)
+        self.tokens = torch.tensor(state["tokens"], dtype=torch.float64)
