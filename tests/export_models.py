@@ -87,7 +87,7 @@ def pruned_llama(
 
 
 def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") -> Path:
-    """A tiny encoder classifier of the test matrix (``CASES_BY_NAME[name]``), pruned and saved."""
+    """A tiny model of the test matrix (``CASES_BY_NAME[name]``: encoder classifiers, decoders), pruned and saved."""
     model = CASES_BY_NAME[name].build()
     _prune(model, ranking)
     hf_prune.save_pretrained(model, folder)

@@ -87,3 +87,22 @@ def test_bad_input(exported: dict[str, tuple[Path, Path]], tmp_path: Path, capsy
     code, _, err = run_cli(capsys, "export", tmp_path, "--format", "onnx", "--output", tmp_path / "m.onnx")
     assert code == 2 and "not a pruned or plain transformers checkpoint" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # about 5-20 s per family on one core; CI checks BERT and Llama above
+@pytest.mark.parametrize(
+    ("name", "ranking"),
+    [
+        ("roberta", "global"),
+        ("distilbert", "global"),
+        ("mpnet-base", "uniform"),  # MPNet's shared relative-attention bias keeps the same heads in every block
+        ("gpt2", "global"),
+        ("qwen3", "global"),
+        ("gemma3", "global"),
+        ("phi3", "global"),
+    ],
+)
+def test_every_family_exports_and_matches_pytorch(tmp_path: Path, name: str, ranking: str) -> None:
+    folder = pruned_encoder(tmp_path / name, name, ranking)  # any row of the test matrix, pruned and saved
+    info = export_checkpoint(folder, tmp_path / "m.onnx", "onnx", record=False)
+    assert info["max_abs_diff"] <= 1e-4  # checked at two batch/sequence sizes inside the export
