@@ -11,6 +11,7 @@ from .checkpoint import from_pretrained, save_pretrained
 from .config import PruningConfig
 from .depth import DepthPlan, plan_depth, remove_blocks
 from .evaluation import Evaluation, evaluate_model
+from .export import ExportError, export_checkpoint
 from .flops import Cost, measure_cost
 from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
@@ -29,6 +30,7 @@ __all__ = [
     "DepthPlan",
     "DistillationConfig",
     "Evaluation",
+    "ExportError",
     "Importance",
     "LayerPlan",
     "MaskSet",
@@ -47,6 +49,7 @@ __all__ = [
     "build_model_card",
     "calibrate",
     "evaluate_model",
+    "export_checkpoint",
     "from_pretrained",
     "get_importance",
     "measure_cost",

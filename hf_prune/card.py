@@ -421,6 +421,57 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
     )
 
 
+EXPORTS_HEADING = "## Exported for deployment"
+
+
+def _export_lines(entry: Mapping[str, Any]) -> list[str]:
+    name = entry.get("file", "model")
+    if entry.get("format") == "gguf":
+        layout = "per-layer counts" if entry.get("layout") == "per_layer" else "the same counts in every layer"
+        return [
+            f"- **llama.cpp** (GGUF, `{entry.get('outtype')}`, llama.cpp architecture `{entry.get('arch')}`, "
+            f'{layout}): `{name}`. Run it with `llama-cli -m {name} -p "..."` or `llama-server -m {name}`, or from '
+            f'Python with llama-cpp-python: `Llama(model_path="{name}")`.'
+        ]
+    diff = entry.get("max_abs_diff")
+    checked = f", logits within {diff:.1e} of PyTorch's when exported" if isinstance(diff, float) else ""
+    inputs = ", ".join(f"`{n}`" for n in entry.get("inputs", [])) or "the tokenizer's outputs"
+    return [
+        f"- **ONNX Runtime** (ONNX opset {entry.get('opset')}, fp32, dynamic batch and sequence axes{checked}): "
+        f'`{name}`. Run it with `onnxruntime.InferenceSession("{name}").run(None, feeds)`, where `feeds` holds '
+        f'{inputs} as int64 arrays (from the tokenizer with `return_tensors="np"`).'
+    ]
+
+
+def exports_section(exports: Sequence[Mapping[str, Any]]) -> str | None:
+    """The card section listing the runtimes a checkpoint was exported to and how to run each file."""
+    if not exports:
+        return None
+    lines = [
+        EXPORTS_HEADING,
+        "",
+        "Exported from this checkpoint with `hf-prune export` (files not part of this "
+        "folder unless uploaded next to it):",
+        "",
+    ]
+    for entry in exports:
+        lines += _export_lines(entry)
+    return "\n".join(lines)
+
+
+def with_exports_section(card_text: str, exports: Sequence[Mapping[str, Any]]) -> str:
+    """``card_text`` with its "Exported for deployment" section replaced (or appended) by one for ``exports``."""
+    section = exports_section(exports) or ""
+    start = card_text.find(EXPORTS_HEADING + "\n")
+    if start < 0:
+        return card_text.rstrip("\n") + "\n\n" + section + "\n" if section else card_text
+    end = card_text.find("\n## ", start + len(EXPORTS_HEADING))
+    rest = card_text[end + 1 :] if end >= 0 else ""
+    head = card_text[:start]
+    body = (section + "\n\n" if section else "") + rest
+    return (head + body).rstrip("\n") + "\n"
+
+
 # -- picture --------------------------------------------------------------------------------------------------------
 
 
@@ -495,6 +546,7 @@ def build_model_card(
     config: Any = None,
     repo_id: str | None = None,
     model_name: str | None = None,
+    exports: Sequence[Mapping[str, Any]] | None = None,
 ) -> ModelCard:
     """The model card of a pruned model, from its :class:`PruningReport`.
 
@@ -510,6 +562,7 @@ def build_model_card(
         repo_id: Hub repo the card will live in, for the loading code (else a ``<repo_id>`` placeholder, which
             :func:`hf_prune.push_to_hub` fills in).
         model_name: name in ``model-index`` (only used with evaluation results).
+        exports: the exports recorded in the folder (``exports.json``), for the "Exported for deployment" section.
     """
     if config is not None:
         base_model = base_model or hub_model_id(getattr(config, "_name_or_path", None))
@@ -548,6 +601,7 @@ def build_model_card(
         _latency_section(report.extra),
         _eval_section(rows, eval_results.get("steps") if isinstance(eval_results, Mapping) else None) or NOT_EVALUATED,
         _method_section(report),
+        exports_section(exports or []),
     ]
     body = "\n\n".join(s for s in sections if s) + "\n"
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -1,4 +1,4 @@
-"""``hf-prune``: prune, inspect and list recipes from the command line.
+"""``hf-prune``: prune, inspect, export and list recipes from the command line.
 
 Every ``prune`` flag is generated from :class:`PruningConfig`, so the CLI, YAML and Python share defaults.
 """
@@ -31,6 +31,7 @@ from .card import card_files, source_license
 from .checkpoint import check_output_dir, from_pretrained, save_pretrained
 from .config import PruningConfig
 from .evaluation import METRICS, Evaluation, check_overlap, choose_metric
+from .export import FORMATS, export_checkpoint
 from .flops import measure_cost
 from .hub import check_repo_id, check_token, push_to_hub
 from .legacy import LEGACY_KEY, LegacyCheckpointError, legacy_pruned_heads
@@ -257,6 +258,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    print(f"exporting {args.directory} as {args.format} ...", file=sys.stderr)
+    info = export_checkpoint(
+        args.directory,
+        args.output,
+        args.format,
+        outtype=args.outtype,
+        overwrite=args.overwrite,
+        record=not args.no_record,
+    )
+    details = [f"outtype {info['outtype']}"]
+    if args.format == "gguf":
+        details.insert(0, f"llama.cpp architecture '{info['arch']}' ({info['layout'].replace('_', '-')} counts)")
+    else:
+        details.append(f"checked against PyTorch: max abs diff {info['max_abs_diff']:.2e}")
+    print(f"wrote {info['file']}: {', '.join(details)}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, args.gguf_file, args.dtype, args.model_class)
     structure = ModelStructure(model, args.recipe)
@@ -352,6 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-class", metavar="NAME", help=MODEL_CLASS_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("export", help="export a checkpoint for llama.cpp (GGUF) or ONNX Runtime (ONNX)")
+    p.add_argument("directory", metavar="DIR", help="checkpoint folder (pruned by hf_prune, or plain transformers)")
+    p.add_argument(
+        "--format", required=True, choices=FORMATS, help="gguf: llama.cpp (Llama family); onnx: ONNX Runtime"
+    )
+    p.add_argument("--output", "-o", required=True, help="file to write (model.gguf, model.onnx)")
+    p.add_argument(
+        "--outtype",
+        help="gguf: f32, f16 (default), q8_0, or q4_k_m... (needs llama-cpp-python); onnx: f32 (default)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--no-record", action="store_true", help="do not note the export in DIR's exports.json and model card"
+    )
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("push", help="push a pruned folder (with its model card) to the Hub in one commit")
     p.add_argument("folder", metavar="DIR", help="folder written by `hf-prune prune` or hf_prune.save_pretrained")

@@ -30,6 +30,7 @@ from transformers.utils import logging
 from .card import CARD_NAME, REPO_PLACEHOLDER, TAGS, card_files
 from .checkpoint import save_pretrained
 from .evaluation import QualityCollapseError, check_collapse
+from .export.record import read_exports
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)
@@ -117,6 +118,7 @@ def _card(staging: Path, folder: Path, repo_id: str, report: PruningReport | Non
     if report is not None:
         config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
         card_args.setdefault("model_class_name", next(iter(config.get("architectures") or []), None))
+        card_args.setdefault("exports", read_exports(staging))  # a rebuilt card keeps its "Exported for" section
         for name, content in card_files(report, repo_id=repo_id, **card_args).items():
             (staging / name).unlink(missing_ok=True)
             (staging / name).write_bytes(content.encode("utf-8") if isinstance(content, str) else content)

@@ -163,6 +163,33 @@ class Targets:
 
 
 @dataclass
+class GGUFSpec:
+    """How llama.cpp represents the architecture: what ``hf-prune export --format gguf`` writes.
+
+    transformers rotates the two halves of each head (NeoX style). llama.cpp architectures with "normal" RoPE rotate
+    consecutive pairs instead, so their Q and K rows are permuted on export (``permute_qk``).
+    """
+
+    arch: str = field(metadata={"help": "llama.cpp architecture for layouts where every layer keeps the same counts"})
+    permute_qk: bool = field(default=False, metadata={"help": "arch rotates consecutive pairs: permute Q/K rows"})
+    per_layer_arch: str | None = field(
+        default=None,
+        metadata={"help": "llama.cpp architecture that reads per-layer head counts and FFN widths (deci); unset: none"},
+    )
+    per_layer_permute_qk: bool = field(default=True, metadata={"help": "per_layer_arch rotates consecutive pairs"})
+    per_layer_missing: str = field(
+        default="",
+        metadata={"help": "why no llama.cpp architecture can hold this family's non-uniform layouts (for the error)"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("arch", "per_layer_arch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise RecipeError(f"gguf: `{name}` must be a llama.cpp architecture name, got {value!r}.")
+
+
+@dataclass
 class Recipe:
     """Everything hf_prune needs to know about one architecture."""
 
@@ -174,6 +201,7 @@ class Recipe:
     targets: Targets = field(default_factory=Targets)
     protected_layers: list[int] = field(default_factory=list, metadata={"help": "blocks never pruned"})
     description: str = ""
+    gguf: GGUFSpec | None = field(default=None, metadata={"help": "how llama.cpp represents it; unset: no GGUF export"})
     depth: DepthSpec | None = field(
         default=None, metadata={"help": "how whole blocks are removed (layers=...); unset: no depth pruning"}
     )
@@ -185,6 +213,8 @@ class Recipe:
             self.mlp = _build(MLPSpec, self.mlp, f"recipe '{self.name}' mlp")
         if isinstance(self.targets, dict):
             self.targets = _build(Targets, self.targets, f"recipe '{self.name}' targets")
+        if isinstance(self.gguf, dict):
+            self.gguf = _build(GGUFSpec, self.gguf, f"recipe '{self.name}' gguf")
         if isinstance(self.depth, dict):
             self.depth = _build(DepthSpec, self.depth, f"recipe '{self.name}' depth")
         if isinstance(self.layers, str):

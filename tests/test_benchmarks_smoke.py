@@ -230,6 +230,20 @@ def test_quality_encoder_default_path_smoke() -> None:
         assert point["flops_removed"] == default["flops_removed"] and point["default_minus"]["se"] >= 0
 
 
+def test_export_onnx_runtime_smoke(tmp_path: Path) -> None:
+    output = tmp_path / "ort.json"
+    _run_script("export_onnx_runtime.py", "--smoke", "--output", str(output))
+    data = json.loads(output.read_text(encoding="utf-8"))
+    layouts = data["layouts"]
+    assert list(layouts) == ["dense", "uniform", "global"]
+    assert len({json.dumps(s) for s in layouts["global"]["layers"]}) > 1  # global ranking: layers differ
+    for entry in layouts.values():
+        assert entry["max_abs_diff_vs_torch"] <= 1e-4
+        assert [row["batch_size"] for row in entry["rows"]] == [1, 8]
+        assert all(row["median_ms"] > 0 and row["speedup"] > 0 for row in entry["rows"])
+    assert layouts["uniform"]["flops_ratio"] > 1
+
+
 def test_quality_depth_smoke(tmp_path: Path) -> None:
     """Depth (each criterion), width at the same parameter count and the mix, each scored and timed."""
     output = tmp_path / "depth.json"

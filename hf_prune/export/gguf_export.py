@@ -1,0 +1,283 @@
+"""GGUF files for llama.cpp, from Llama-family checkpoints: uniform layouts in the family's own llama.cpp
+architecture, non-uniform ones in one that reads per-layer head counts and FFN widths (``deci``).
+
+What llama.cpp calls each architecture is recipe data (the recipe's ``gguf:`` section); tensor names come from
+the ``gguf`` package's own maps, so nothing here is specific to one family.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..recipe import GGUFSpec, RecipeError, recipe_for_model_type, shipped_recipes
+from ..structure import LayerShape, ModelStructure
+from .common import ExportError, atomic_output, check_choice
+from .gguf_vocab import add_vocab
+
+PLAIN_OUTTYPES = ("f32", "f16", "q8_0")
+# llama.cpp's own quantizer (through llama-cpp-python) makes these: k-quants need its importance-free mixes.
+LLAMA_CPP_OUTTYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
+OUTTYPES = PLAIN_OUTTYPES + LLAMA_CPP_OUTTYPES
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class GGUFLayout:
+    """What a GGUF export of a model writes: the llama.cpp architecture and the per-layer counts."""
+
+    arch: str
+    permute_qk: bool
+    per_layer: bool
+    shapes: tuple[LayerShape, ...]
+    head_dim: int
+
+
+def gguf_spec(config: Any, recorded: GGUFSpec | None = None) -> GGUFSpec:
+    """The recipe's llama.cpp description for a (text) config: the shipped recipe's for its model type (llama.cpp
+    support moves faster than checkpoints), else ``recorded``; an :class:`ExportError` if neither has one."""
+    model_type = getattr(config, "model_type", None)
+    try:
+        recipe = recipe_for_model_type(model_type) if model_type else None
+    except RecipeError:
+        recipe = None
+    spec = (recipe.gguf if recipe else None) or recorded
+    if spec is None:
+        supported = sorted(name for name, r in shipped_recipes().items() if r.gguf is not None)
+        which = f"recipe '{recipe.name}'" if recipe else "its recipe"
+        raise ExportError(
+            f"model type '{model_type}': {which} has no `gguf:` section, so hf_prune knows no llama.cpp architecture "
+            f"for it (GGUF export covers the decoder recipes {', '.join(supported)}). Export it as ONNX instead "
+            "(--format onnx), or add a `gguf:` section naming the llama.cpp architecture to the recipe."
+        )
+    return spec
+
+
+def preflight(folder: Path, outtype: str) -> None:
+    """Checks made before any weight is read: the outtype, its quantizer, and a llama.cpp architecture."""
+    import transformers
+
+    check_choice("GGUF outtype", outtype, OUTTYPES)
+    if outtype in LLAMA_CPP_OUTTYPES:
+        _llama_cpp()
+    config = transformers.AutoConfig.from_pretrained(folder).get_text_config()
+    gguf_spec(config)
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    check_choice("RoPE type for GGUF export (config rope_parameters.rope_type)", rope_type, ROPE_TYPES)
+
+
+def plan_layout(structure: ModelStructure) -> GGUFLayout:
+    """The llama.cpp architecture for this model's layout, or an :class:`ExportError` saying what is missing."""
+    spec = gguf_spec(structure.config, structure.recipe.gguf)
+    shapes = tuple(structure.shapes())
+    uniform = len(set(shapes)) == 1
+    if uniform:
+        return GGUFLayout(spec.arch, spec.permute_qk, False, shapes, structure.head_dim)
+    if spec.per_layer_arch is None:
+        why = spec.per_layer_missing or "no llama.cpp architecture is named for per-layer counts"
+        raise ExportError(
+            f"this {structure.recipe.name} checkpoint keeps different head or neuron counts per layer, and {why}. "
+            "Prune it with the same counts in every layer (ranking='per_layer', no protected layers) for GGUF, or "
+            "export it as ONNX (--format onnx), whose graphs hold any layout."
+        )
+    return GGUFLayout(spec.per_layer_arch, spec.per_layer_permute_qk, True, shapes, structure.head_dim)
+
+
+def _rope(config: Any, head_dim: int) -> tuple[float, dict[str, Any], np.ndarray | None]:
+    """``(base, scaling keys, rope_freqs tensor or None)`` from the config's RoPE parameters."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", "default")
+    base = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    check_choice("RoPE type for GGUF export (config rope_parameters.rope_type)", rope_type, ROPE_TYPES)
+    if rope_type == "linear":
+        return base, {"type": "linear", "factor": float(params["factor"])}, None
+    if rope_type == "llama3":
+        # Llama 3.1+: wavelengths beyond the original context are stretched by `factor`, short ones kept, with a
+        # smooth ramp between; llama.cpp reads the per-frequency divisors from a `rope_freqs` tensor.
+        factor = float(params["factor"])
+        low, high = float(params.get("low_freq_factor", 1.0)), float(params.get("high_freq_factor", 4.0))
+        original = float(params.get("original_max_position_embeddings", 8192))
+        freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        divisors = []
+        for freq in freqs:
+            wavelength = 2 * math.pi / freq
+            if wavelength < original / high:
+                divisors.append(1.0)
+            elif wavelength > original / low:
+                divisors.append(factor)
+            else:
+                smooth = (original / wavelength - low) / (high - low)
+                divisors.append(1.0 / ((1 - smooth) / factor + smooth))
+        return base, {}, np.asarray(divisors, dtype=np.float32)
+    return base, {}, None
+
+
+def _permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder each head's rows from transformers' rotate-halves layout to llama.cpp's consecutive pairs."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _tensor_type(array: np.ndarray, outtype: str) -> Any:
+    """The GGML type of one tensor: vectors stay f32; matrices take the outtype where their rows fit its blocks."""
+    import gguf
+
+    if array.ndim < 2 or outtype == "f32":
+        return gguf.GGMLQuantizationType.F32
+    if outtype == "q8_0":
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
+        if array.shape[-1] % block == 0:
+            return gguf.GGMLQuantizationType.Q8_0
+    return gguf.GGMLQuantizationType.F16  # also q8_0's fallback for rows that are no multiple of 32
+
+
+def _add_tensor(writer: Any, name: str, array: np.ndarray, outtype: str) -> None:
+    import gguf
+
+    qtype = _tensor_type(array, outtype)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor(name, array.astype(np.float32))
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        writer.add_tensor(name, array.astype(np.float16))
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(array.astype(np.float32), qtype), raw_dtype=qtype)
+
+
+def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[str, torch.Tensor]:
+    """The model's tensors under their GGUF names, Q/K permuted where the architecture wants it."""
+    import gguf
+
+    arch = next((a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == layout.arch), None)
+    if arch is None:
+        raise ExportError(f"the gguf package knows no llama.cpp architecture '{layout.arch}'; upgrade gguf.")
+    names = gguf.TensorNameMap(arch, len(layout.shapes))
+    att = structure.recipe.attention
+    tied = bool(getattr(structure.config, "tie_word_embeddings", False))
+    head = model.get_output_embeddings()
+    head_name = next(name for name, module in model.named_modules() if module is head) + ".weight"
+    out: dict[str, torch.Tensor] = {}
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == head_name:
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(
+                f"tensor '{hf_name}' has no name in llama.cpp's '{layout.arch}' architecture (gguf's tensor map); "
+                "this checkpoint holds something the architecture cannot represent."
+            )
+        tensor = tensor.detach().to(torch.float32)
+        if layout.permute_qk:
+            for role, count in ((att.q, "heads"), (att.k, "kv_heads")):
+                marker = f".{role}."
+                if marker in hf_name:
+                    index = int(hf_name.split(f".{structure.recipe.layers[0]}.")[1].split(".")[0])
+                    tensor = _permute(tensor, getattr(layout.shapes[index], count))
+        out[gguf_name] = tensor
+    return out
+
+
+def _write_plain(
+    model: Any, structure: ModelStructure, layout: GGUFLayout, folder: Path, path: Path, outtype: str
+) -> None:
+    """Write a GGUF file with the ``gguf`` package alone (f32, f16, q8_0)."""
+    import gguf
+
+    config = structure.config
+    shapes = layout.shapes
+    writer = gguf.GGUFWriter(path, layout.arch)
+    try:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(folder.name)
+        writer.add_file_type(
+            {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}.get(
+                outtype, gguf.LlamaFileType.MOSTLY_Q8_0
+            )
+        )
+        if outtype == "q8_0":
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_context_length(int(config.max_position_embeddings))
+        writer.add_embedding_length(int(config.hidden_size))
+        writer.add_block_count(len(shapes))
+        heads, kv_heads, neurons = ([getattr(s, k) for s in shapes] for k in ("heads", "kv_heads", "neurons"))
+        # llama.cpp reads each of these as one number or as an array of one per layer (get_key_or_arr).
+        writer.add_head_count(heads if layout.per_layer else heads[0])
+        writer.add_head_count_kv(kv_heads if layout.per_layer else kv_heads[0])
+        writer.add_feed_forward_length(neurons if layout.per_layer else neurons[0])
+        writer.add_key_length(layout.head_dim)
+        writer.add_value_length(layout.head_dim)
+        writer.add_rope_dimension_count(layout.head_dim)
+        base, scaling, rope_freqs = _rope(config, layout.head_dim)
+        writer.add_rope_freq_base(base)
+        if scaling:
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(scaling["factor"])
+        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+        writer.add_vocab_size(int(config.vocab_size))
+        writer.add_string("hf_prune.layout", "per_layer" if layout.per_layer else "uniform")
+        add_vocab(writer, folder, int(config.vocab_size))
+        if rope_freqs is not None:
+            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freqs)
+        for name, tensor in _tensors(model, layout, structure).items():
+            _add_tensor(writer, name, tensor.numpy(), outtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ExportError(
+            f"outtypes {', '.join(LLAMA_CPP_OUTTYPES)} are made by llama.cpp's quantizer, which needs "
+            "llama-cpp-python: pip install 'hf-prune[llama-cpp]' (it builds llama.cpp). f32, f16 and q8_0 need only "
+            "the export extra."
+        ) from None
+    return llama_cpp
+
+
+def _llama_cpp_quantize(source: Path, target: Path, outtype: str) -> None:
+    """Quantize a GGUF file with llama.cpp's own quantizer (through llama-cpp-python)."""
+    llama_cpp = _llama_cpp()
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}", None)
+    if ftype is None:
+        raise ExportError(f"this llama-cpp-python has no quantization type '{outtype}'.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if code != 0:
+        raise ExportError(f"llama.cpp's quantizer failed (code {code}) making '{outtype}' from '{source}'.")
+
+
+def write_gguf(model: Any, folder: Path, output: Path, outtype: str) -> dict[str, Any]:
+    """Write ``model`` (loaded from checkpoint ``folder``) as a GGUF file at ``output``; returns what was written."""
+    check_choice("GGUF outtype", outtype, OUTTYPES)
+    structure = ModelStructure(model)
+    layout = plan_layout(structure)
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise ExportError(
+            f"the checkpoint holds a {type(model).__name__}, without a language-model head; llama.cpp runs causal "
+            "LMs: save the model as *ForCausalLM."
+        )
+    with atomic_output(output) as staging:
+        if outtype in PLAIN_OUTTYPES:
+            _write_plain(model, structure, layout, folder, staging, outtype)
+        else:
+            source = staging.with_name(staging.name + ".f32")  # removed with the staged file by atomic_output
+            _write_plain(model, structure, layout, folder, source, "f32")
+            _llama_cpp_quantize(source, staging, outtype)
+    return {
+        "arch": layout.arch,
+        "layout": "per_layer" if layout.per_layer else "uniform",
+        "outtype": outtype,
+    }

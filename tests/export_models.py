@@ -1,0 +1,94 @@
+"""Tiny checkpoints for the export tests: a byte-level BPE tokenizer trained on a fixed text, and pruned Llama-family
+decoders and encoders saved with it. "global" prunes with global ranking and layer 0 protected, so that the layers
+keep different counts (8 heads in 2 KV groups in layer 0, 4 in 1 group after it)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import transformers as T
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+import hf_prune
+
+from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
+
+TEXT = (
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings and arrows "
+    "of outrageous fortune, or to take arms against a sea of troubles and by opposing end them. 1234567890"
+)
+
+
+def bpe_tokenizer(vocab_size: int = 300) -> T.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 layout) trained on ``TEXT``: deterministic, no download."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([TEXT] * 4, trainer=trainer)
+    return T.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def sentencepiece_style_tokenizer(vocab_size: int = 400) -> T.PreTrainedTokenizerFast:
+    """A Llama-2-style tokenizer (BPE with byte fallback, "▁" for spaces) trained on ``TEXT``."""
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator([TEXT] * 4, trainer=trainer)
+    return T.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_llama(vocab_size: int, config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM, **extra):
+    """A 3-layer GQA decoder: 8 query heads of 16 in 2 KV groups, 96 neurons."""
+    torch.manual_seed(0)
+    fields = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    fields.update(extra)
+    return model_cls(config_cls(**fields)).eval()
+
+
+def _prune(model: torch.nn.Module, ranking: str) -> None:
+    protected = [0] if ranking == "global" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # magnitude scores on a causal LM: fine for shapes
+        hf_prune.prune(model, heads=0.5, neurons=0.4, ranking=ranking, protected_layers=protected, **STRUCTURE_ONLY)
+
+
+def pruned_llama(
+    folder: Path, ranking: str = "global", config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM
+) -> Path:
+    """A tiny Llama-family decoder pruned (half the heads, 40% of the neurons) and saved with its tokenizer."""
+    tokenizer = bpe_tokenizer()
+    model = tiny_llama(len(tokenizer), config_cls, model_cls)
+    _prune(model, ranking)
+    hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
+    return folder
+
+
+def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") -> Path:
+    """A tiny model of the test matrix (``CASES_BY_NAME[name]``: encoder classifiers, decoders), pruned and saved."""
+    model = CASES_BY_NAME[name].build()
+    _prune(model, ranking)
+    hf_prune.save_pretrained(model, folder)
+    return folder

@@ -1,0 +1,110 @@
+"""llama.cpp loads and evaluates the exported GGUF files: logits of tiny models in every layout, and the real
+SmolLM2-135M's perplexity. Marked slow: they need llama-cpp-python (pip install 'hf-prune[llama-cpp]'), which builds
+llama.cpp from source, so CI does not run them; benchmarks/export_llama_cpp.py measures the same at full size."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+import hf_prune
+from hf_prune.export import export_checkpoint
+
+from .export_models import pruned_llama
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'hf-prune[llama-cpp]'")
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _benchmark() -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("export_llama_cpp", BENCHMARKS / "export_llama_cpp.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)])
+
+
+@pytest.mark.parametrize(
+    ("ranking", "config_cls", "model_cls", "arch"),
+    [
+        ("global", T.LlamaConfig, T.LlamaForCausalLM, "deci"),
+        ("uniform", T.LlamaConfig, T.LlamaForCausalLM, "llama"),
+        ("global", T.MistralConfig, T.MistralForCausalLM, "deci"),
+        ("global", T.Qwen2Config, T.Qwen2ForCausalLM, "deci"),
+        ("uniform", T.Qwen2Config, T.Qwen2ForCausalLM, "qwen2"),
+        ("uniform", T.Qwen3Config, T.Qwen3ForCausalLM, "qwen3"),
+    ],
+)
+def test_llama_cpp_logits_equal_pytorch(
+    tmp_path: Path, ranking: str, config_cls: type, model_cls: type, arch: str
+) -> None:
+    folder = pruned_llama(tmp_path / "ckpt", ranking, config_cls, model_cls)
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert info["arch"] == arch
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+
+
+@pytest.mark.real_model
+def test_real_smollm2_pruned_perplexity_in_llama_cpp(tmp_path: Path) -> None:
+    bench = _benchmark()
+    from assets import load_smollm2
+
+    dense, tokenizer = load_smollm2(plain=True)
+    evaluation = bench.token_windows(tokenizer, [bench.shakespeare(bench.EVALUATION_PLAY)], 128, 2)
+    calibration = bench.windows(tokenizer, [bench.shakespeare(p) for p in bench.CALIBRATION_PLAYS], 128, 2)
+    models = bench.prune_layouts(dense, calibration, 0.25)
+    for name in ("uniform", "global"):
+        folder = tmp_path / name
+        hf_prune.save_pretrained(models[name], folder, tokenizer=tokenizer)
+        info = export_checkpoint(folder, tmp_path / f"{name}.gguf", "gguf", outtype="f32")
+        assert info["layout"] == ("uniform" if name == "uniform" else "per_layer")
+        expected = bench.torch_perplexity(models[name], evaluation)
+        got = bench.llama_cpp_perplexity(tmp_path / f"{name}.gguf", evaluation, threads=1)
+        assert abs(got / expected - 1) < 0.02, (name, got, expected)
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "sentencepiece_style"])
+def test_llama_cpp_tokenizes_text_as_transformers_does(tmp_path: Path, kind: str) -> None:
+    from .export_models import TEXT, bpe_tokenizer, sentencepiece_style_tokenizer, tiny_llama
+
+    tokenizer = bpe_tokenizer() if kind == "byte_level" else sentencepiece_style_tokenizer()
+    hf_prune.save_pretrained(tiny_llama(len(tokenizer)), tmp_path / "ckpt", tokenizer=tokenizer)
+    export_checkpoint(tmp_path / "ckpt", tmp_path / "m.gguf", "gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, vocab_only=True, verbose=False)
+    text = TEXT[:120]
+    assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_k_quant_through_llama_cpp_quantizer(tmp_path: Path) -> None:
+    import gguf
+
+    folder = pruned_llama(tmp_path / "ckpt", "global")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="q4_k_m")
+    assert info["outtype"] == "q4_k_m"
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert reader.fields["deci.attention.head_count"].contents() == [8, 4, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]  # the f32 intermediate is gone
+    logits = _llama_cpp_logits(tmp_path / "m.gguf", [1, 2, 3, 4])
+    assert np.isfinite(logits).all()
