@@ -19,8 +19,20 @@ from hf_prune.export import export_checkpoint
 
 from .export_models import pruned_llama
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install 'hf-prune[llama-cpp]'")
 pytestmark = pytest.mark.slow
+
+
+def _llama_cpp() -> ModuleType:
+    """llama-cpp-python. Imported when a test runs, not at collection: CI deselects these slow tests, and run
+    without the extra they fail with the install command rather than skip."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.fail(
+            "these tests need llama-cpp-python: pip install -e '.[llama-cpp]' (builds llama.cpp)", pytrace=False
+        )
+    return llama_cpp
+
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -35,7 +47,7 @@ def _benchmark() -> ModuleType:
 
 
 def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False)
+    llm = _llama_cpp().Llama(model_path=str(path), n_ctx=32, n_batch=32, n_threads=1, logits_all=True, verbose=False)
     llm.eval(ids)
     return np.asarray(llm.scores[: len(ids)])
 
@@ -91,7 +103,7 @@ def test_llama_cpp_tokenizes_text_as_transformers_does(tmp_path: Path, kind: str
     tokenizer = bpe_tokenizer() if kind == "byte_level" else sentencepiece_style_tokenizer()
     hf_prune.save_pretrained(tiny_llama(len(tokenizer)), tmp_path / "ckpt", tokenizer=tokenizer)
     export_checkpoint(tmp_path / "ckpt", tmp_path / "m.gguf", "gguf")
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, vocab_only=True, verbose=False)
+    llm = _llama_cpp().Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=32, vocab_only=True, verbose=False)
     text = TEXT[:120]
     assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False).input_ids
 
