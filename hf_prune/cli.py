@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hf-prune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("prune", help="remove heads and neurons from a model and save it")
+    p = commands.add_parser("prune", help="remove heads, neurons or whole blocks from a model and save it")
     p.add_argument("model", help="local path or Hub id")
     p.add_argument("--output", "-o", required=True, help="directory to write the pruned model to")
     p.add_argument("--config", help="YAML file with PruningConfig fields (flags override it)")
