@@ -207,7 +207,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             )
         if self.config.layers:
             check_depth_recipe(self.structure)
-            self._blocks_target = blocks_to_remove(self.config.layers, self.structure.num_layers, self._protected)
+            blocks_to_remove(self.config.layers, self.structure.num_layers, self._protected)  # refuses too many
             self.blocks = BlockSkips(self.structure.layers)
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
         self.schedule = self.config.to_schedule()
@@ -308,11 +308,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             return {}
         before = self._before_shapes
         kept_heads, kept_neurons = self.masks.kept_heads, self.masks.kept_neurons
-        # From the masks and the dense shapes (not the live structure, which loses blocks at the end of training).
-        kept_kv = [
-            len({h // (b.heads // b.kv_heads) for h in mask.nonzero().flatten().tolist()})
-            for mask, b in zip(self.masks.heads, before, strict=True)
-        ]
+        kept_kv = [len(p.keep_kv_heads) for p in self.masks.to_plan()]
         removed = sum(
             self._flops_costs.removed((b.heads, b.kv_heads, b.neurons), (h, kv, n))
             for b, h, kv, n in zip(before, kept_heads, kept_kv, kept_neurons, strict=True)

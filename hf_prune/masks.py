@@ -31,6 +31,8 @@ class MaskSet:
         shapes = structure.shapes()
         self.heads = [torch.ones(s.heads, dtype=torch.bool) for s in shapes]
         self.neurons = [torch.ones(s.neurons, dtype=torch.bool) for s in shapes]
+        # The masks cover the blocks as they were built; the live structure may lose blocks at the end of training.
+        self._group_sizes = [s.group_size for s in shapes]
         self._handles: list[RemovableHandle] = []
         self._cache: dict[tuple[str, int, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -49,9 +51,8 @@ class MaskSet:
         """The kept heads, KV heads and neurons that these masks describe (for surgery)."""
         plans = []
         for i in range(len(self.heads)):
-            shape = self.structure.shape(i)
             keep_heads = self.heads[i].nonzero().flatten().tolist()
-            keep_kv = sorted({h // shape.group_size for h in keep_heads})
+            keep_kv = sorted({h // self._group_sizes[i] for h in keep_heads})
             plans.append(LayerPlan(keep_heads, keep_kv, self.neurons[i].nonzero().flatten().tolist()))
         return plans
 

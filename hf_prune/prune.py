@@ -117,8 +117,8 @@ def _shape_dicts(shapes: Sequence[LayerShape]) -> list[dict[str, int]]:
 
 def in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty: Any) -> list[Any]:
     """Per-block entries of the blocks that remain, spread back over the original blocks (``empty`` for removed)."""
-    entries = iter(per_kept)
-    return [empty if i in set(removed) else next(entries) for i in range(len(per_kept) + len(removed))]
+    entries, gone = iter(per_kept), set(removed)
+    return [empty if i in gone else next(entries) for i in range(len(per_kept) + len(removed))]
 
 
 def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tuple[SublayerPlan, SublayerPlan]:
@@ -209,6 +209,11 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
         )
 
 
+def _width_given(config: PruningConfig) -> bool:
+    """Whether the config sets any width target (heads, neurons, or a cost)."""
+    return any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params"))
+
+
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
     """Refuse protected layer indices that the model does not have (they would be ignored silently)."""
     for index in protected:
@@ -228,8 +233,7 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     """
     targets = structure.recipe.targets
     # A depth target alone removes only blocks; the recipe's width defaults apply when nothing is given at all.
-    width_given = any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params"))
-    defaults = (0.0, 0.0) if config.layers and not width_given else (targets.heads, targets.neurons)
+    defaults = (0.0, 0.0) if config.layers and not _width_given(config) else (targets.heads, targets.neurons)
     heads = defaults[0] if config.heads is None else config.heads
     neurons = defaults[1] if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
@@ -389,7 +393,7 @@ def width_after_depth(
     """
     kept = [i for i in range(len(removed) + structure.num_layers) if i not in set(removed)]
     width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
-    if not any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params")):
+    if not _width_given(config):
         return width.replace(heads=0.0, neurons=0.0)  # a depth target alone: no width defaults from the recipe
     target = config.flops if config.flops is not None else config.params
     if target is None:
