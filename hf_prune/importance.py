@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import logging
 
+from .lean_backward import lean_backward
 from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure
 
@@ -215,6 +216,8 @@ class TaylorImportance(_Accumulating):
     """
 
     scores_summed_gradient = True
+    #: Reads only the prunable weights' gradients: calibration can freeze the rest and recompute activations.
+    reads_weight_gradients_only = True
 
     def accumulate(self, structure: ModelStructure) -> None:
         def values(module: torch.nn.Module) -> torch.Tensor | None:
@@ -369,23 +372,28 @@ def calibrate(
     model.eval()  # no dropout: scores of the model as it will be used
     model.zero_grad(set_to_none=True)
     criterion.attach(structure)
+    no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
     try:
-        count = 0
-        for batch in batches:
-            if max_batches is not None and count >= max_batches:
-                break
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            output = model(**batch)
-            if getattr(criterion, "needs_gradients", True):
-                if output.loss is None:
-                    raise ValueError(f"importance '{criterion.name}' needs a loss: give the batches labels.")
-                output.loss.backward()
-            count += 1
-            if not summed:
-                criterion.accumulate(structure)
-                model.zero_grad(set_to_none=True)
-        if summed and count:
-            criterion.accumulate(structure)  # once, from the gradients summed over every batch
+        with lean_backward(structure, getattr(criterion, "reads_weight_gradients_only", False)):
+            count = 0
+            for batch in batches:
+                if max_batches is not None and count >= max_batches:
+                    break
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                # No KV cache: nothing reads it, and recomputed blocks would fill it twice.
+                output = model(**{**batch, **no_cache})
+                loss = output.loss
+                del output  # the logits: the loss keeps what its backward needs (a vocabulary-sized tensor less)
+                if getattr(criterion, "needs_gradients", True):
+                    if loss is None:
+                        raise ValueError(f"importance '{criterion.name}' needs a loss: give the batches labels.")
+                    loss.backward()
+                count += 1
+                if not summed:
+                    criterion.accumulate(structure)
+                    model.zero_grad(set_to_none=True)
+            if summed and count:
+                criterion.accumulate(structure)  # once, from the gradients summed over every batch
     finally:
         model.zero_grad(set_to_none=True)
         criterion.detach()

@@ -68,15 +68,23 @@ class Moments:
         return gram - torch.outer(mean, mean) if centered else gram
 
 
+class StopForward(Exception):
+    """Raised by a hook once a forward pass has produced what it was run for."""
+
+
 class InputRecorder:
     """Forward pre-hook on a projection: folds the rows of its input (padding excluded) into the fit or the
     held-out moments. ``route`` says where the current batch goes: ``"fit"``, ``"held_out"``, or ``"split"``
-    (a single calibration batch: its first half of rows is fitted, the second half held out)."""
+    (a single calibration batch: its first half of rows is fitted, the second half held out).
 
-    def __init__(self, module: nn.Module, width: int) -> None:
+    With ``stop=True`` the hook then raises :class:`StopForward`: nothing after the projection's input is needed,
+    so the caller skips the rest of the block (a third of the reconstruction's forward work on SmolLM2)."""
+
+    def __init__(self, module: nn.Module, width: int, stop: bool = False) -> None:
         self.fit, self.held_out = Moments.zeros(width), Moments.zeros(width)
         self.rows: torch.Tensor | None = None
         self.route = "fit"
+        self.stop = stop
         self.handle = module.register_forward_pre_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -90,6 +98,8 @@ class InputRecorder:
             self.held_out.add(z[half:])
         else:
             (self.held_out if self.route == "held_out" else self.fit).add(z)
+        if self.stop:
+            raise StopForward
 
     def remove(self) -> None:
         self.handle.remove()
@@ -317,10 +327,6 @@ class BlockInputs:
     rows: torch.Tensor | None
 
 
-class _Stop(Exception):
-    pass
-
-
 def capture_block_inputs(
     structure: ModelStructure, batches: Sequence[dict[str, torch.Tensor]]
 ) -> list[list[BlockInputs]]:
@@ -342,7 +348,7 @@ def capture_block_inputs(
                 stored_kwargs["hidden_states"] = kept
             captured[index].append(BlockInputs(stored_args, stored_kwargs, current_rows[0]))
             if index == structure.num_layers - 1:
-                raise _Stop
+                raise StopForward
 
         return record
 
@@ -356,7 +362,8 @@ def capture_block_inputs(
                 current_rows[0] = None if mask is None else mask.reshape(-1).bool().cpu()
                 if getattr(model.config, "use_cache", None) is not None:
                     inputs["use_cache"] = False  # nothing to cache; some blocks would otherwise fill one
-                with contextlib.suppress(_Stop):  # raised after the last block: the rest of the model is not needed
+                # Raised after the last block: the rest of the model is not needed.
+                with contextlib.suppress(StopForward):
                     model(**inputs)
     finally:
         for handle in handles:
@@ -446,12 +453,13 @@ def reconstruct_sequentially(
                     continue
                 projection = structure.attention_output(index) if part == "attention" else structure.mlp_output(index)
                 width = projection.weight.shape[0 if isinstance(projection, Conv1D) else 1]
-                recorder = InputRecorder(projection, width)
+                recorder = InputRecorder(projection, width, stop=True)
                 with torch.no_grad():
                     for b, inputs in enumerate(captured[index]):
                         # Alternate batches between fit and held out, so that held-out windows test the solve.
                         recorder.rows, recorder.route = inputs.rows, "split" if single else ("fit", "held_out")[b % 2]
-                        _call_block(layer, inputs, hidden[b], device)
+                        with contextlib.suppress(StopForward):
+                            _call_block(layer, inputs, hidden[b], device)
                 recorder.remove()
                 weight = _weight_out_in(projection)
                 fix = plan_fix(

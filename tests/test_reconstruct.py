@@ -151,3 +151,30 @@ def test_reconstructed_global_llama_loads_with_hf_prune(tmp_path: Path) -> None:
     hf_prune.save_pretrained(model, tmp_path / "pruned")
     loaded = hf_prune.from_pretrained(tmp_path / "pruned")
     torch.testing.assert_close(_logits(loaded), _logits(model))
+
+
+def test_recording_passes_stop_at_the_projection_and_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_prune import reconstruct
+
+    dense = tiny_llama(seed=2)
+    calibration = hf_prune.prepare_calibration(dense, texts(200), byte_tokenizer(), samples=4, seq_len=16)
+    models, calls = {}, {}
+    for stop in (True, False):
+        model = copy.deepcopy(dense)
+        ups: list[int] = []
+        for layer in model.model.layers:
+            layer.mlp.up_proj.register_forward_pre_hook(lambda module, args, seen=ups: seen.append(1))
+        original = reconstruct.InputRecorder.__init__
+
+        def init(self, module, width, stop=False, _allowed=stop, _init=original):
+            _init(self, module, width, stop=_allowed and stop)
+
+        monkeypatch.setattr(reconstruct.InputRecorder, "__init__", init)
+        hf_prune.prune(model, heads=0.5, neurons=0.5, importance="taylor", calibration=calibration)
+        monkeypatch.undo()
+        models[stop], calls[stop] = model, len(ups)
+    # The attention's recording pass ends at o_proj: one up_proj call fewer per block and calibration batch (the
+    # rest of the calls, in calibration and verification, are the same).
+    blocks, batches = len(dense.model.layers), len(calibration.batches)
+    assert calls[False] - calls[True] == blocks * batches, calls
+    torch.testing.assert_close(_logits(models[True]), _logits(models[False]))
