@@ -119,6 +119,8 @@ def unit_gram(second: torch.Tensor, weight_gram: torch.Tensor, unit_width: int) 
     """``G[u, v] = E[<z_u W_u^T, z_v W_v^T>]``: the expected inner products of the units' output contributions,
     from the input's second moment and the dense weight's Gram matrix ``W^T W`` (both ``M x M``)."""
     q = second.to(torch.float64) * weight_gram
+    if unit_width == 1:  # neurons: nothing to sum (and no copy of an M x M matrix)
+        return q
     units = q.shape[0] // unit_width
     return q.view(units, unit_width, units, unit_width).sum(dim=(1, 3))
 
@@ -211,17 +213,17 @@ def plan_fix(
     columns = (keep[:, None] * unit_width + torch.arange(unit_width)[None, :]).reshape(-1)
     ones = torch.ones(len(keep), dtype=torch.float64)
     # Errors are relative to the energy of the dense output on held-out rows.
-    energy_gram = unit_gram(held_out.second_moment(centered=False), weight_gram, unit_width)
-    energy = max(float(energy_gram.sum()), 1e-30)
-    pruned_error = reconstruction_error(energy_gram, keep, ones) / energy
+    held = {False: held_out.second_moment(centered=False)}
+    held_grams = {False: unit_gram(held[False], weight_gram, unit_width)}
+    energy = max(float(held_grams[False].sum()), 1e-30)
+    pruned_error = reconstruction_error(held_grams[False], keep, ones) / energy
     bias, best_error = False, pruned_error
     if can_bias:
-        centered_error = reconstruction_error(
-            unit_gram(held_out.second_moment(centered=True), weight_gram, unit_width), keep, ones
-        )
+        held[True] = held_out.second_moment(centered=True)
+        held_grams[True] = unit_gram(held[True], weight_gram, unit_width)
+        centered_error = reconstruction_error(held_grams[True], keep, ones)
         bias, best_error = centered_error / energy < pruned_error, min(pruned_error, centered_error / energy)
-    held, fitted = held_out.second_moment(centered=bias), fit.second_moment(centered=bias)
-    held_gram = unit_gram(held, weight_gram, unit_width)
+    held, held_gram, fitted = held[bias], held_grams[bias], fit.second_moment(centered=bias)
     chosen: tuple[str, float] | None = None
     if refit in ("scales", "weights"):
         fit_gram = unit_gram(fitted, weight_gram, unit_width)
