@@ -21,13 +21,54 @@ GQA_MODES = ("auto", "kv_groups", "query_heads")
 RANKINGS = ("uniform", "global")
 
 
-@dataclass
-class LayerPlan:
-    """What one block keeps."""
+# The kinds of the positional LayerPlan(keep_heads, keep_kv_heads, keep_neurons) of earlier versions.
+_POSITIONAL_KINDS = ("heads", "kv_heads", "neurons")
 
-    keep_heads: list[int]
-    keep_kv_heads: list[int]
-    keep_neurons: list[int]
+
+class LayerPlan:
+    """What one block keeps: ``keep[kind]`` lists the unit indices of each kind it keeps.
+
+    Built as ``LayerPlan(keep={"heads": [...], "kv_heads": [...], "neurons": [...]})``, from a report's
+    ``keep_<kind>`` entries (``LayerPlan(**report.kept[i])``), or positionally as ``(heads, kv_heads, neurons)``.
+    """
+
+    def __init__(self, *positional: list[int], keep: dict[str, list[int]] | None = None, **named: list[int]) -> None:
+        if len(positional) > len(_POSITIONAL_KINDS):
+            raise TypeError(f"LayerPlan takes at most {len(_POSITIONAL_KINDS)} positional lists {_POSITIONAL_KINDS}.")
+        self.keep: dict[str, list[int]] = {}
+        self.keep.update(zip(_POSITIONAL_KINDS, positional, strict=False))
+        for key, value in named.items():
+            if not key.startswith("keep_"):
+                raise TypeError(f"LayerPlan got an unexpected argument '{key}' (kept units are keep_<kind>=[...]).")
+            self.keep[key[len("keep_") :]] = value
+        self.keep.update(keep or {})
+        self.keep = {kind: list(units) for kind, units in self.keep.items()}
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """``{"keep_<kind>": [...]}``: what reports store per block (and what the constructor takes back)."""
+        return {f"keep_{kind}": list(units) for kind, units in self.keep.items()}
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(units) for kind, units in self.keep.items()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerPlan) and self.keep == other.keep
+
+    def __repr__(self) -> str:
+        return f"LayerPlan({self.keep})"
+
+    # Read-only names for the shipped kinds.
+    @property
+    def keep_heads(self) -> list[int]:
+        return self.keep["heads"]
+
+    @property
+    def keep_kv_heads(self) -> list[int]:
+        return self.keep["kv_heads"]
+
+    @property
+    def keep_neurons(self) -> list[int]:
+        return self.keep["neurons"]
 
 
 @dataclass
@@ -203,9 +244,11 @@ def plan_pruning(
         removed_neurons = set(order[: remove_neurons[i]])
         plans.append(
             LayerPlan(
-                keep_heads=[h for h in range(head_scores[i].numel()) if h not in removed_heads],
-                keep_kv_heads=[h for h in range(kv_heads[i]) if h not in removed_kv],
-                keep_neurons=[n for n in range(n_neurons[i]) if n not in removed_neurons],
+                keep={
+                    "heads": [h for h in range(head_scores[i].numel()) if h not in removed_heads],
+                    "kv_heads": [h for h in range(kv_heads[i]) if h not in removed_kv],
+                    "neurons": [n for n in range(n_neurons[i]) if n not in removed_neurons],
+                }
             )
         )
     return plans
