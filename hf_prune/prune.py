@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, budget_fractions, plan_pruning
+from .allocation import LayerPlan, budget_fractions, plan_units
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
@@ -273,36 +273,33 @@ def plan_for(
     reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
     """
     heads, neurons, protected = resolve_targets(config, structure)
-    shapes = structure.shapes()
     masked = masked or {}
-    common = dict(
-        ranking=config.ranking,
-        gqa_mode=config.gqa_mode,
-        neuron_multiple=config.neuron_multiple,
-        protected_layers=protected,
-        masked_heads=masked.get("heads"),
-        masked_neurons=masked.get("neurons"),
-        tied_heads=bool(structure.recipe.attention.shared_head_tensors),
-    )
-    kv_heads = [s.kv_heads for s in shapes]
-    head_scores, neuron_scores = scores["heads"], scores["neurons"]
+    leaders = structure.leaders
+
+    def plan(fractions: dict[str, float]) -> list[LayerPlan]:
+        requests = [
+            kind.plan_request(structure, scores[kind.name], fractions[kind.name], config, masked.get(kind.name))
+            for kind in leaders
+        ]
+        return plan_units(requests, config.ranking, protected)
+
     cost_target = config.flops if config.flops is not None else config.params
-    if cost_target is None:
-        return plan_pruning(head_scores, kv_heads, neuron_scores, heads * progress, neurons * progress, **common)
+    if cost_target is not None:
+        measure = "flops" if config.flops is not None else "params"
+        costs = unit_costs(structure, measure, config.flops_seq_len)
+        cost = measure_cost(structure, config.flops_seq_len)
+        total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
+        shapes = structure.shapes()
 
-    kind = "flops" if config.flops is not None else "params"
-    costs = unit_costs(structure, kind, config.flops_seq_len)
-    cost = measure_cost(structure, config.flops_seq_len)
-    total = cost.block_flops_per_token if kind == "flops" else cost.block_parameters
+        def removed_fraction(plans: list[LayerPlan]) -> float:
+            removed = sum(costs.removed(s.counts, p.counts()) for s, p in zip(shapes, plans, strict=True))
+            return removed / total
 
-    def removed_fraction(plans: list[LayerPlan]) -> float:
-        removed = sum(costs.removed(s.counts, p.counts()) for s, p in zip(shapes, plans, strict=True))
-        return removed / total
-
-    heads, neurons = budget_fractions(
-        head_scores, kv_heads, neuron_scores, removed_fraction, cost_target, config.heads, **common
-    )
-    return plan_pruning(head_scores, kv_heads, neuron_scores, heads * progress, neurons * progress, **common)
+        # The coarse heads on a grid, the fine neurons completing each (allocation.budget_fractions).
+        heads, neurons = budget_fractions(
+            lambda h, n: plan({"heads": h, "neurons": n}), removed_fraction, cost_target, config.heads
+        )
+    return plan({"heads": heads * progress, "neurons": neurons * progress})
 
 
 # What the decoder benchmark measured for magnitude scores (benchmarks/README.md), for the warning.

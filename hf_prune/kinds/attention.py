@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from .. import surgery
+from ..allocation import KindRequest, head_request
 from ..recipe import Recipe
 from .base import Reducer, UnitKind, register_kind, zero_sum
 
 if TYPE_CHECKING:
+    from ..config import PruningConfig
     from ..structure import ModelStructure
 
 
@@ -77,6 +79,19 @@ class QueryHeads(UnitKind):
 
     def remove(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep: dict[str, list[int]]) -> None:
         surgery.prune_attention(layer, recipe, head_dim, keep["heads"], keep.get("kv_heads"))
+
+    def plan_request(
+        self,
+        structure: ModelStructure,
+        scores: Sequence[torch.Tensor],
+        fraction: float,
+        config: PruningConfig,
+        masked: Sequence[torch.Tensor] | None,
+    ) -> KindRequest:
+        # A per-head tensor shared by every block allows one set of heads for all of them.
+        tied = bool(structure.recipe.attention.shared_head_tensors)
+        kv_heads = [s.kv_heads for s in structure.shapes()]
+        return head_request(scores, kv_heads, fraction, config.gqa_mode, masked, tied)
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         hd = structure.head_dim

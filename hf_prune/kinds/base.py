@@ -18,6 +18,8 @@ from torch import nn
 from ..recipe import Recipe
 
 if TYPE_CHECKING:
+    from ..allocation import KindRequest
+    from ..config import PruningConfig
     from ..structure import ModelStructure
 
 # rows(role) / cols(role): a per-element quantity of the projection playing ``role``, summed to one value per output
@@ -100,6 +102,20 @@ class UnitKind:
 
     def remove(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep: dict[str, list[int]]) -> None:
         """Keep only ``keep`` (indices per kind of this part) of one block, in place (leaders only)."""
+        raise NotImplementedError
+
+    # -- allocation ---------------------------------------------------------------------------------------------
+
+    def plan_request(
+        self,
+        structure: ModelStructure,
+        scores: Sequence[torch.Tensor],
+        fraction: float,
+        config: PruningConfig,
+        masked: Sequence[torch.Tensor] | None,
+    ) -> KindRequest:
+        """What the allocator needs to remove ``fraction`` of this kind's units (leaders only): the per-block
+        scores, the sizes of every kind of the part, and how indices group into removable units."""
         raise NotImplementedError
 
     # -- cost ---------------------------------------------------------------------------------------------------

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .. import surgery
+from ..allocation import KindRequest, neuron_request
 from ..recipe import Recipe
 from .base import Reducer, UnitKind, register_kind, zero_sum
 
 if TYPE_CHECKING:
+    from ..config import PruningConfig
     from ..structure import ModelStructure
 
 
@@ -49,6 +52,16 @@ class Neurons(UnitKind):
 
     def remove(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep: dict[str, list[int]]) -> None:
         surgery.prune_mlp(layer, recipe, head_dim, keep["neurons"])
+
+    def plan_request(
+        self,
+        structure: ModelStructure,
+        scores: Sequence[torch.Tensor],
+        fraction: float,
+        config: PruningConfig,
+        masked: Sequence[torch.Tensor] | None,
+    ) -> KindRequest:
+        return neuron_request(scores, fraction, config.neuron_multiple, masked)
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         mlp = structure.recipe.mlp
