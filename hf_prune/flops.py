@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .structure import ModelStructure
+from .structure import LayerShape, ModelStructure
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
     return [structure.module(index, role) for role in structure.roles()]
 
 
+def _context_flops(structure: ModelStructure, shape: LayerShape, seq_len: int) -> int:
+    """FLOPs per token of a block that are not in its weights (attention scores and the weighted sum of values)."""
+    return sum(kind.context_flops(structure, shape.counts, seq_len) for kind in structure.kinds)
+
+
 def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
     """Count parameters (tied weights once) and forward FLOPs per token at context length ``seq_len``.
 
@@ -45,9 +50,8 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
     for i in range(structure.num_layers):
         modules = _block_modules(structure, i)
         block_params += sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in modules)
-        attention = 4 * seq_len * structure.shape(i).heads * structure.head_dim
-        block_flops += sum(_linear_flops(m) for m in modules) + attention
-    attention_total = sum(4 * seq_len * s.heads * structure.head_dim for s in structure.shapes())
+        block_flops += sum(_linear_flops(m) for m in modules) + _context_flops(structure, structure.shape(i), seq_len)
+    attention_total = sum(_context_flops(structure, s, seq_len) for s in structure.shapes())
     return Cost(
         parameters=parameters,
         block_parameters=block_params,

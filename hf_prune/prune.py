@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -274,14 +274,15 @@ def plan_for(
     """
     heads, neurons, protected = resolve_targets(config, structure)
     masked = masked or {}
-    leaders = structure.leaders
+    # One request per leading kind, built once: a cost target plans hundreds of times on the same scores.
+    requests = {
+        kind.name: kind.plan_request(structure, scores[kind.name], 0.0, config, masked.get(kind.name))
+        for kind in structure.leaders
+    }
 
     def plan(fractions: dict[str, float]) -> list[LayerPlan]:
-        requests = [
-            kind.plan_request(structure, scores[kind.name], fractions[kind.name], config, masked.get(kind.name))
-            for kind in leaders
-        ]
-        return plan_units(requests, config.ranking, protected)
+        chosen = [replace(request, fraction=fractions[name]) for name, request in requests.items()]
+        return plan_units(chosen, config.ranking, protected)
 
     cost_target = config.flops if config.flops is not None else config.params
     if cost_target is not None:

@@ -77,6 +77,10 @@ class QueryHeads(UnitKind):
     def unit_width(self, structure: ModelStructure) -> int:
         return structure.head_dim
 
+    def context_flops(self, structure: ModelStructure, counts: dict[str, int], seq_len: int) -> int:
+        # q.k scores and the weighted sum of values: 2 x seq_len x head_dim multiply-accumulates each, per head.
+        return 4 * seq_len * counts["heads"] * structure.head_dim
+
     def remove(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep: dict[str, list[int]]) -> None:
         surgery.prune_attention(layer, recipe, head_dim, keep["heads"], keep.get("kv_heads"))
 

@@ -120,6 +120,11 @@ class UnitKind:
 
     # -- cost ---------------------------------------------------------------------------------------------------
 
+    def context_flops(self, structure: ModelStructure, counts: dict[str, int], seq_len: int) -> int:
+        """Forward FLOPs per token of the block's units of this kind that no weight accounts for (attention scores
+        and the weighted sum of values, at context length ``seq_len``)."""
+        return 0
+
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         """What one unit costs: ``measure`` is ``"params"`` or ``"flops"`` (forward FLOPs per token at ``seq_len``)."""
         raise NotImplementedError
