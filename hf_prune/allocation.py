@@ -410,7 +410,7 @@ def budget_fractions(
 
     grid = [heads_fraction] if heads_fraction is not None else [i / 20 for i in range(20)]
     candidates = []
-    seen: set[tuple[int, ...]] = set()
+    seen: set[tuple[tuple[int, ...], ...]] = set()
     for h in grid:
         key = tuple(tuple(p.counts().values()) for p in plan(h, 0.0))
         if key in seen:

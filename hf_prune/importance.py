@@ -34,8 +34,9 @@ class Scores(dict[str, list[torch.Tensor]]):
         neurons: list[torch.Tensor] | None = None,
         /,
     ) -> None:
-        if neurons is not None or isinstance(scores, list):
-            scores = {"heads": list(scores or []), "neurons": list(neurons or [])}
+        if isinstance(scores, list) or neurons is not None:
+            heads = scores if isinstance(scores, list) else []
+            scores = {"heads": list(heads), "neurons": list(neurons or [])}
         super().__init__(scores or {})
 
     @property

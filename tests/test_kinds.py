@@ -42,7 +42,9 @@ class _NoRestore(UnitKind):
 class _Duplicate(UnitKind):
     name = "neurons"
     part = "mlp"
-    restore = staticmethod(surgery.restore_mlp)
+
+    def restorer(self):
+        return surgery.restore_mlp
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,7 @@ def test_register_kind_refuses_bad_kinds(kind: UnitKind, message: str) -> None:
 
 def test_the_standalone_restore_path_runs_every_leading_kind_s_restore() -> None:
     """A checkpoint loads without hf_prune through surgery.RESTORERS; hf_prune's kinds name the same steps."""
-    assert [k.restore for k in registered_kinds() if k.follows is None] == list(surgery.RESTORERS)
+    assert [k.restorer() for k in registered_kinds() if k.follows is None] == list(surgery.RESTORERS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

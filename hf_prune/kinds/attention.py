@@ -20,7 +20,7 @@ from torch import nn
 from .. import surgery
 from ..allocation import KindRequest, head_request
 from ..recipe import Recipe
-from .base import Reducer, UnitKind, register_kind, zero_sum
+from .base import Reducer, Restorer, UnitKind, register_kind, zero_sum
 
 if TYPE_CHECKING:
     from ..config import PruningConfig
@@ -43,7 +43,9 @@ class QueryHeads(UnitKind):
     name = "heads"
     label = "heads"
     part = "attention"
-    restore = staticmethod(surgery.restore_attention)
+
+    def restorer(self) -> Restorer:
+        return surgery.restore_attention
 
     def paths(self, recipe: Recipe) -> dict[str, str]:
         return _projection_paths(recipe, ("qkv", "o") if recipe.attention.qkv else ("q", "o"))

@@ -34,7 +34,7 @@ class UnitKind:
     :func:`register_kind`.
 
     Kinds that are removed by the same surgery call form a *part* (``"attention"``, ``"mlp"``). The first kind of a
-    part leads it: it is scored, masked and removed, and it carries the part's :meth:`remove` and ``restore``. A
+    part leads it: it is scored, masked and removed, and it carries the part's :meth:`remove` and :meth:`restorer`. A
     *coupled* kind (``follows`` names its leader) is counted, recorded and costed, but its kept units follow from the
     leader's (the KV heads that the kept query heads read).
     """
@@ -47,10 +47,13 @@ class UnitKind:
     part: ClassVar[str] = ""
     #: The leading kind whose kept units decide this one's (``None``: the kind is scored and masked itself).
     follows: ClassVar[str | None] = None
-    #: The surgery that shrinks a dense-shaped block to recorded counts (leaders only).
-    restore: ClassVar[Restorer | None] = None
 
     # -- where it lives ---------------------------------------------------------------------------------------
+
+    def restorer(self) -> Restorer | None:
+        """The surgery that shrinks a dense-shaped block to recorded counts (leaders only; one of
+        ``surgery.RESTORERS``, which the loader without hf_prune runs)."""
+        return None
 
     def applies(self, recipe: Recipe) -> bool:
         """Whether a model described by ``recipe`` has units of this kind."""
@@ -85,10 +88,9 @@ class UnitKind:
 
     # -- masking ------------------------------------------------------------------------------------------------
 
-    def mask_module(self, structure: ModelStructure, index: int) -> nn.Module | None:
-        """The module whose input holds one slice per unit: zeroing a slice masks the unit (``None``: not maskable,
-        the kind follows its leader)."""
-        return None
+    def mask_module(self, structure: ModelStructure, index: int) -> nn.Module:
+        """The module whose input holds one slice per unit: zeroing a slice masks the unit (leaders only)."""
+        raise TypeError(f"unit kind '{self.name}' is not masked: it follows '{self.follows}'.")
 
     def unit_width(self, structure: ModelStructure) -> int:
         """Input features of :meth:`mask_module` per unit."""
@@ -152,7 +154,7 @@ def register_kind(kind: UnitKind) -> UnitKind:
                 f"unit kind '{kind.name}' follows '{kind.follows}', which must be registered first, in part "
                 f"'{kind.part}'."
             )
-    elif kind.restore is None:
+    elif kind.restorer() is None:
         raise ValueError(f"unit kind '{kind.name}' leads its part and needs a `restore` step.")
     _REGISTRY[kind.name] = kind
     return kind

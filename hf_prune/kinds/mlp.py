@@ -11,7 +11,7 @@ from torch import nn
 from .. import surgery
 from ..allocation import KindRequest, neuron_request
 from ..recipe import Recipe
-from .base import Reducer, UnitKind, register_kind, zero_sum
+from .base import Reducer, Restorer, UnitKind, register_kind, zero_sum
 
 if TYPE_CHECKING:
     from ..config import PruningConfig
@@ -24,7 +24,9 @@ class Neurons(UnitKind):
     name = "neurons"
     label = "neurons"
     part = "mlp"
-    restore = staticmethod(surgery.restore_mlp)
+
+    def restorer(self) -> Restorer:
+        return surgery.restore_mlp
 
     def paths(self, recipe: Recipe) -> dict[str, str]:
         mlp = recipe.mlp
