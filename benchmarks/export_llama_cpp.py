@@ -145,7 +145,7 @@ def main() -> None:
             entry: dict[str, Any] = {
                 "parameter_ratio": cost.parameters / dense_cost.parameters,
                 "flops_ratio": dense_cost.flops_per_token / cost.flops_per_token,
-                "layers": [vars(s) for s in hf_prune.ModelStructure(model).shapes()],
+                "layers": [dict(s.counts) for s in hf_prune.ModelStructure(model).shapes()],
                 "torch_perplexity": torch_perplexity(model, evaluation),
                 "gguf": {},
             }

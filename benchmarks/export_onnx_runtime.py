@@ -102,7 +102,7 @@ def main() -> None:
                 "parameter_ratio": cost.parameters / dense_cost.parameters,
                 "flops_ratio": dense_cost.flops_per_token / cost.flops_per_token,
                 "max_abs_diff_vs_torch": info["max_abs_diff"],
-                "layers": [vars(s) for s in hf_prune.ModelStructure(model).shapes()],
+                "layers": [dict(s.counts) for s in hf_prune.ModelStructure(model).shapes()],
                 "rows": rows,
             }
             print(f"{name}: {json.dumps(results['layouts'][name]['rows'])}", flush=True)

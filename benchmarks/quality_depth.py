@@ -95,7 +95,7 @@ def retime(path: Path, dense: torch.nn.Module, batch_sizes: list[int], repeats: 
     for point in data["points"]:
         model = same_shapes(dense, point["removed_layers"], point["layers_after"])
         kept = [a for i, a in enumerate(point["layers_after"]) if i not in point["removed_layers"]]
-        assert [vars(s) for s in hf_prune.ModelStructure(model).shapes()] == kept, point["method"]
+        assert [dict(s.counts) for s in hf_prune.ModelStructure(model).shapes()] == kept, point["method"]
         point["decode_ms"] = decode_ms(model, batch_sizes, repeats)
         print(point["kind"], point["method"], point["decode_ms"], flush=True)
     data["meta"]["latency"] = run_meta(False) | {"threads": torch.get_num_threads(), "retimed": True}
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             "blocks": structure.num_layers,
             "removed_layers": remove,
             "layers_after": [
-                {"heads": 0, "kv_heads": 0, "neurons": 0} if i in remove else vars(shape)
+                {"heads": 0, "kv_heads": 0, "neurons": 0} if i in remove else dict(shape.counts)
                 for i, shape in enumerate(hf_prune.ModelStructure(dense).shapes())
             ],
         }

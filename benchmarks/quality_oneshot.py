@@ -142,7 +142,7 @@ def peer_points(
     start = time.perf_counter()
     peer = prune_smollm2_tp(copy.deepcopy(dense), layers_after, "taylor", calibration.batches)
     seconds = time.perf_counter() - start
-    layers = [vars(s) for s in hf_prune.ModelStructure(peer).shapes()]
+    layers = [dict(s.counts) for s in hf_prune.ModelStructure(peer).shapes()]
     peer_cost = hf_prune.measure_cost(hf_prune.ModelStructure(peer))
     common = {"target": params, "calibration": ours["calibration"], "peer_comparison": True}
     return [

@@ -15,6 +15,7 @@ from .export import ExportError, export_checkpoint
 from .flops import Cost, measure_cost
 from .hub import push_to_hub
 from .importance import Importance, available_importances, calibrate, get_importance, register_importance
+from .kinds import UnitKind, register_kind
 from .masks import MaskSet
 from .prune import PruningReport, apply_plan, prune
 from .recipe import Recipe, RecipeError, shipped_recipes
@@ -43,6 +44,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Schedule",
+    "UnitKind",
     "__version__",
     "apply_plan",
     "available_importances",
@@ -59,6 +61,7 @@ __all__ = [
     "prune",
     "push_to_hub",
     "register_importance",
+    "register_kind",
     "remove_blocks",
     "save_pretrained",
     "self_generate",

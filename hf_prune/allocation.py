@@ -1,7 +1,8 @@
-"""Allocation: turn per-group scores and targets into the heads and neurons each block keeps.
+"""Allocation: turn per-unit scores and targets into the units of every kind each block keeps.
 
-Pure functions of tensors, so they are tested without a model. Under GQA heads are removed in units that
-keep the query-to-KV mapping valid:
+Pure functions of tensors, so they are tested without a model. Each leading kind (:mod:`hf_prune.kinds`) hands
+:func:`plan_units` a :class:`KindRequest`: its scores, a fraction, and how its indices group into removable units.
+Neurons are one unit each. Under GQA heads are removed in units that keep the query-to-KV mapping valid:
 
 - ``kv_groups``: a unit is a KV head with all its query heads;
 - ``query_heads``: a unit is one query head from *every* KV group (the r-th least important of each group),
@@ -21,13 +22,54 @@ GQA_MODES = ("auto", "kv_groups", "query_heads")
 RANKINGS = ("uniform", "global")
 
 
-@dataclass
-class LayerPlan:
-    """What one block keeps."""
+# The kinds of the positional LayerPlan(keep_heads, keep_kv_heads, keep_neurons) of earlier versions.
+_POSITIONAL_KINDS = ("heads", "kv_heads", "neurons")
 
-    keep_heads: list[int]
-    keep_kv_heads: list[int]
-    keep_neurons: list[int]
+
+class LayerPlan:
+    """What one block keeps: ``keep[kind]`` lists the unit indices of each kind it keeps.
+
+    Built as ``LayerPlan(keep={"heads": [...], "kv_heads": [...], "neurons": [...]})``, from a report's
+    ``keep_<kind>`` entries (``LayerPlan(**report.kept[i])``), or positionally as ``(heads, kv_heads, neurons)``.
+    """
+
+    def __init__(self, *positional: list[int], keep: dict[str, list[int]] | None = None, **named: list[int]) -> None:
+        if len(positional) > len(_POSITIONAL_KINDS):
+            raise TypeError(f"LayerPlan takes at most {len(_POSITIONAL_KINDS)} positional lists {_POSITIONAL_KINDS}.")
+        self.keep: dict[str, list[int]] = {}
+        self.keep.update(zip(_POSITIONAL_KINDS, positional, strict=False))
+        for key, value in named.items():
+            if not key.startswith("keep_"):
+                raise TypeError(f"LayerPlan got an unexpected argument '{key}' (kept units are keep_<kind>=[...]).")
+            self.keep[key[len("keep_") :]] = value
+        self.keep.update(keep or {})
+        self.keep = {kind: list(units) for kind, units in self.keep.items()}
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """``{"keep_<kind>": [...]}``: what reports store per block (and what the constructor takes back)."""
+        return {f"keep_{kind}": list(units) for kind, units in self.keep.items()}
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(units) for kind, units in self.keep.items()}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerPlan) and self.keep == other.keep
+
+    def __repr__(self) -> str:
+        return f"LayerPlan({self.keep})"
+
+    # Read-only names for the shipped kinds.
+    @property
+    def keep_heads(self) -> list[int]:
+        return self.keep["heads"]
+
+    @property
+    def keep_kv_heads(self) -> list[int]:
+        return self.keep["kv_heads"]
+
+    @property
+    def keep_neurons(self) -> list[int]:
+        return self.keep["neurons"]
 
 
 @dataclass
@@ -109,6 +151,124 @@ def _prepare(scores: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
     return scores
 
 
+@dataclass
+class Units:
+    """The removable units of one leading kind in one block, least important first.
+
+    ``members[kind]`` lists, per unit, the indices of each kind of its part that the unit removes (a KV group
+    removes query heads and one KV head). Without ``members`` a unit is one index of the leading kind:
+    ``order[j]`` is what unit ``j`` removes.
+    """
+
+    scores: torch.Tensor  # one per unit, ascending
+    members: dict[str, list[list[int]]] | None = None
+    order: list[int] | None = None
+
+    def removed(self, leader: str, count: int) -> dict[str, set[int]]:
+        """The indices, per kind, that removing the first ``count`` units removes."""
+        if self.members is None:
+            return {leader: set((self.order or [])[:count])}
+        return {kind: {i for unit in units[:count] for i in unit} for kind, units in self.members.items()}
+
+    def already_removed(self, leader: str, masked: torch.Tensor | None) -> int:
+        """How many units are masked already (every index of the leading kind they remove); they come first."""
+        if masked is None:
+            return 0
+        if self.members is None:
+            return int(masked.sum())
+        return sum(1 for unit in self.members[leader] if bool(masked[unit].all()))
+
+
+def single_units(scores: torch.Tensor) -> Units:
+    """Units of one index each (neurons), least important first."""
+    order = torch.argsort(scores, stable=True)
+    return Units(scores[order], order=order.tolist())
+
+
+def grouped_units(heads: HeadUnits) -> Units:
+    """:func:`head_units`' GQA units as :class:`Units` of the attention part."""
+    return Units(torch.tensor(heads.scores), {"heads": heads.heads, "kv_heads": heads.kv_heads})
+
+
+@dataclass
+class KindRequest:
+    """What :func:`plan_units` needs about one leading kind (built by the kind, :mod:`hf_prune.kinds`)."""
+
+    name: str
+    scores: Sequence[torch.Tensor]  # per block, one per index of the leading kind (higher = more important)
+    sizes: dict[str, Sequence[int]]  # per kind of the part (the leader first): indices per block
+    fraction: float  # of the units to remove, in [0, 1)
+    units: Callable[[int, torch.Tensor], Units]  # (block, prepared scores) -> removable units
+    multiple: int = 1  # kept units per block are rounded to a multiple of this
+    masked: Sequence[torch.Tensor] | None = None  # per block, indices already removed (they stay removed)
+    tied: bool = False  # every block keeps the same units (uniform removal, whatever the ranking)
+    # Build units only when something is removed: GQA units refuse some layouts that are fine to leave alone.
+    lazy: bool = False
+    label: str = ""  # what people call the units (messages)
+
+
+def plan_units(
+    requests: Sequence[KindRequest], ranking: str = "uniform", protected_layers: Sequence[int] = ()
+) -> list[LayerPlan]:
+    """Choose, per leading kind, the units every block keeps, and from them the kept indices of every kind.
+
+    One kind's removal does not depend on another's: each request is planned on its own (see
+    :func:`plan_pruning` for the ranking, protection and already-removed rules), then the blocks' kept indices
+    are merged into one :class:`LayerPlan` per block.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
+    n_layers = len(requests[0].scores) if requests else 0
+    keep: list[dict[str, list[int]]] = [{} for _ in range(n_layers)]
+    for request in requests:
+        for i, kept in enumerate(_plan_kind(request, ranking, set(protected_layers))):
+            keep[i].update(kept)
+    return [LayerPlan(keep=k) for k in keep]
+
+
+def _plan_kind(request: KindRequest, ranking: str, protected: set[int]) -> list[dict[str, list[int]]]:
+    name, label = request.name, request.label or request.name
+    n_layers = len(request.scores)
+    masked = request.masked
+    scores = [_prepare(s, None if masked is None else masked[i]) for i, s in enumerate(request.scores)]
+    if request.tied:
+        if any(len(set(sizes)) > 1 for sizes in request.sizes.values()):
+            raise ValueError(f"tied_{name} needs the same number of {' and '.join(request.sizes)} in every block.")
+        tied = torch.stack(scores).sum(0)
+        scores = [tied] * n_layers
+    # The callback always passes masks, all False until a unit is removed: only a removed unit asks for units.
+    active = request.fraction > 0 or (masked is not None and any(bool(m.any()) for m in masked))
+    if request.tied and active and protected:
+        raise ValueError(
+            f"protected layers keep all their {label}, but tied_{name} needs the same {label} in every block: "
+            f"protect no layer, or remove no {label}."
+        )
+    empty = Units(torch.zeros(0), {kind: [] for kind in request.sizes})
+    units = [request.units(i, s) if active or not request.lazy else empty for i, s in enumerate(scores)]
+    counts = [len(u.scores) for u in units]
+    if ranking == "uniform" or request.tied:
+        remove = [
+            0 if i in protected else count_to_remove(request.fraction, n, request.multiple)
+            for i, n in enumerate(counts)
+        ]
+    else:
+        remove = _global_counts([u.scores for u in units], request.fraction, protected, multiple=request.multiple)
+    # What is already removed stays removed, whatever the new counts say: a smaller fraction (a cost target may
+    # trade heads for neurons between updates), or a global budget below what rounding to the multiple removed
+    # last time. Removed units sort first (see _prepare), so they are the first ones taken.
+    plans = []
+    for i in range(n_layers):
+        count = max(remove[i], units[i].already_removed(name, None if masked is None else masked[i]))
+        removed = units[i].removed(name, count)
+        plans.append(
+            {
+                kind: [j for j in range(sizes[i]) if j not in removed.get(kind, set())]
+                for kind, sizes in request.sizes.items()
+            }
+        )
+    return plans
+
+
 def plan_pruning(
     head_scores: Sequence[torch.Tensor],
     kv_heads: Sequence[int],
@@ -123,7 +283,7 @@ def plan_pruning(
     masked_neurons: Sequence[torch.Tensor] | None = None,
     tied_heads: bool = False,
 ) -> list[LayerPlan]:
-    """Choose the heads and neurons every block keeps.
+    """Choose the heads and neurons every block keeps (the shipped kinds' requests for :func:`plan_units`).
 
     Args:
         head_scores: per block, one score per query head (higher = more important).
@@ -143,79 +303,52 @@ def plan_pruning(
             them): the blocks' normalised head scores are summed and the head fraction is removed uniformly,
             whatever ``ranking`` says (it still applies to neurons). Needs the same head layout in every block.
     """
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
-    n_layers = len(head_scores)
-    protected = set(protected_layers)
-    head_scores = [_prepare(s, None if masked_heads is None else masked_heads[i]) for i, s in enumerate(head_scores)]
-    if tied_heads:
-        if len({s.numel() for s in head_scores}) > 1 or len(set(kv_heads)) > 1:
-            raise ValueError("tied_heads needs the same number of query and KV heads in every block.")
-        tied = torch.stack(head_scores).sum(0)
-        head_scores = [tied] * n_layers
-    neuron_scores = [
-        _prepare(s, None if masked_neurons is None else masked_neurons[i]) for i, s in enumerate(neuron_scores)
+    requests = [
+        head_request(head_scores, kv_heads, heads_fraction, gqa_mode, masked_heads, tied_heads),
+        neuron_request(neuron_scores, neurons_fraction, neuron_multiple, masked_neurons),
     ]
-    # Without head pruning, no unit layout is needed (and an MQA model with gqa_mode='kv_groups' is fine). The
-    # callback always passes masks, all False until a head is removed: only a removed head asks for units.
-    prune_heads = heads_fraction > 0 or (masked_heads is not None and any(bool(m.any()) for m in masked_heads))
-    if tied_heads and prune_heads and protected:
-        raise ValueError(
-            "protected layers keep all their heads, but tied_heads needs the same heads in every block: protect no "
-            "layer, or remove no heads."
-        )
-    units = [
-        head_units(s, kv, gqa_mode) if prune_heads else HeadUnits([], [], [])
-        for s, kv in zip(head_scores, kv_heads, strict=True)
-    ]
-    n_heads_units = [len(u.scores) for u in units]
-    n_neurons = [s.numel() for s in neuron_scores]
-
-    if ranking == "uniform" or tied_heads:
-        remove_units = [
-            0 if i in protected else count_to_remove(heads_fraction, n) for i, n in enumerate(n_heads_units)
-        ]
-    else:
-        remove_units = _global_counts([torch.tensor(u.scores) for u in units], heads_fraction, protected, multiple=1)
-    if ranking == "uniform":
-        remove_neurons = [
-            0 if i in protected else count_to_remove(neurons_fraction, n, neuron_multiple)
-            for i, n in enumerate(n_neurons)
-        ]
-    else:
-        remove_neurons = _global_counts(list(neuron_scores), neurons_fraction, protected, multiple=neuron_multiple)
-
-    # What is already removed stays removed, whatever the new counts say: a smaller head fraction (a cost target
-    # may trade heads for neurons between updates), or a global budget below what rounding to the neuron
-    # multiple removed last time. Removed groups sort first (see _prepare), so they are the first ones taken.
-    for i in range(n_layers):
-        remove_units[i] = max(
-            remove_units[i], _removed_units(units[i], None if masked_heads is None else masked_heads[i])
-        )
-        if masked_neurons is not None:
-            remove_neurons[i] = max(remove_neurons[i], int(masked_neurons[i].sum()))
-
-    plans = []
-    for i in range(n_layers):
-        removed_heads = {h for unit in units[i].heads[: remove_units[i]] for h in unit}
-        removed_kv = {h for unit in units[i].kv_heads[: remove_units[i]] for h in unit}
-        order = torch.argsort(neuron_scores[i], stable=True).tolist()
-        removed_neurons = set(order[: remove_neurons[i]])
-        plans.append(
-            LayerPlan(
-                keep_heads=[h for h in range(head_scores[i].numel()) if h not in removed_heads],
-                keep_kv_heads=[h for h in range(kv_heads[i]) if h not in removed_kv],
-                keep_neurons=[n for n in range(n_neurons[i]) if n not in removed_neurons],
-            )
-        )
-    return plans
+    return plan_units(requests, ranking, protected_layers)
 
 
-def _removed_units(units: HeadUnits, masked: torch.Tensor | None) -> int:
-    """How many of a block's head units are already removed (all their heads masked); they come first."""
-    if masked is None:
-        return 0
-    return sum(1 for heads in units.heads if bool(masked[heads].all()))
+def head_request(
+    scores: Sequence[torch.Tensor],
+    kv_heads: Sequence[int],
+    fraction: float,
+    gqa_mode: str = "auto",
+    masked: Sequence[torch.Tensor] | None = None,
+    tied: bool = False,
+) -> KindRequest:
+    """Query heads in GQA units (module docstring); the KV heads go with the units that remove them."""
+    return KindRequest(
+        name="heads",
+        scores=scores,
+        sizes={"heads": [s.numel() for s in scores], "kv_heads": list(kv_heads)},
+        fraction=fraction,
+        units=lambda i, s: grouped_units(head_units(s, kv_heads[i], gqa_mode)),
+        masked=masked,
+        tied=tied,
+        lazy=True,
+        label="heads",
+    )
+
+
+def neuron_request(
+    scores: Sequence[torch.Tensor],
+    fraction: float,
+    multiple: int = 1,
+    masked: Sequence[torch.Tensor] | None = None,
+) -> KindRequest:
+    """MLP neurons, one unit each, kept in multiples of ``multiple``."""
+    return KindRequest(
+        name="neurons",
+        scores=scores,
+        sizes={"neurons": [s.numel() for s in scores]},
+        fraction=fraction,
+        units=lambda i, s: single_units(s),
+        multiple=multiple,
+        masked=masked,
+        label="neurons",
+    )
 
 
 def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int) -> list[int]:
@@ -251,26 +384,20 @@ def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: s
 
 
 def budget_fractions(
-    head_scores: Sequence[torch.Tensor],
-    kv_heads: Sequence[int],
-    neuron_scores: Sequence[torch.Tensor],
+    plan: Callable[[float, float], list[LayerPlan]],
     removed_cost: Callable[[list[LayerPlan]], float],
     target: float,
     heads_fraction: float | None = None,
-    **kwargs: object,
 ) -> tuple[float, float]:
-    """The head and neuron fractions for :func:`plan_pruning` whose plan removes ``target`` of a cost.
+    """The head and neuron fractions whose ``plan(heads, neurons)`` removes ``target`` of a cost.
 
     Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the neuron fraction
     that lands closest below the target; of the candidates that come closest, the one whose head and neuron
-    fractions are most alike wins (no kind of group is sacrificed to spare the other). ``kwargs`` are those of
-    :func:`plan_pruning` (masks of removed groups included: they count towards the cost).
+    fractions are most alike wins (no kind of group is sacrificed to spare the other). ``plan`` plans on fixed
+    scores and masks (masks of removed groups included: they count towards the cost).
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"a cost target must be a fraction in [0, 1), got {target!r}.")
-
-    def plan(h: float, n: float) -> list[LayerPlan]:
-        return plan_pruning(head_scores, kv_heads, neuron_scores, h, n, **kwargs)  # type: ignore[arg-type]
 
     def largest_neurons(h: float) -> float:
         low, high = 0.0, 0.999
@@ -283,9 +410,9 @@ def budget_fractions(
 
     grid = [heads_fraction] if heads_fraction is not None else [i / 20 for i in range(20)]
     candidates = []
-    seen: set[tuple[int, ...]] = set()
+    seen: set[tuple[tuple[int, ...], ...]] = set()
     for h in grid:
-        key = tuple(len(p.keep_heads) for p in plan(h, 0.0))
+        key = tuple(tuple(p.counts().values()) for p in plan(h, 0.0))
         if key in seen:
             continue
         seen.add(key)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from .flops import measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
 from .masks import MaskSet
 from .modeling_pruned import atomic_write_text
-from .prune import PruningReport, apply_plan, in_original_numbering, plan_for, resolve_targets
+from .prune import PruningReport, apply_plan, kept_entries, layers_entries, plan_for, resolve_targets
 from .structure import ModelStructure
 
 logger = logging.get_logger(__name__)
@@ -75,9 +74,10 @@ def _reduce_scores(scores: Scores) -> Scores:
     """Average scores over processes so that every rank masks the same groups."""
     if not _distributed():
         return scores
-    parts = [p.float() for p in scores.heads + scores.neurons]
-    chunks = [c / dist.get_world_size() for c in _all_reduce_sum(*parts)]
-    return Scores(chunks[: len(scores.heads)], chunks[len(scores.heads) :])
+    kinds = list(scores)
+    parts = [p.float() for kind in kinds for p in scores[kind]]
+    chunks = iter([c / dist.get_world_size() for c in _all_reduce_sum(*parts)])
+    return Scores({kind: [next(chunks) for _ in scores[kind]] for kind in kinds})
 
 
 def _gradient_scales(optimizer: Any) -> tuple[float, float]:
@@ -294,8 +294,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             scores,
             width,
             progress,
-            masked_heads=[~m for m in self.masks.heads],
-            masked_neurons=[~m for m in self.masks.neurons],
+            masked={kind: [~m for m in masks] for kind, masks in self.masks.masks.items()},
         )
         self.masks.set_from_plan(plans)
         self._progress, self._last_update = progress, step
@@ -307,18 +306,12 @@ class PruningCallback(TrainerCallback, ExportableState):
         if self.masks is None:
             return {}
         before = self._before_shapes
-        kept_heads, kept_neurons = self.masks.kept_heads, self.masks.kept_neurons
-        kept_kv = [len(p.keep_kv_heads) for p in self.masks.to_plan()]
-        removed = sum(
-            self._flops_costs.removed((b.heads, b.kv_heads, b.neurons), (h, kv, n))
-            for b, h, kv, n in zip(before, kept_heads, kept_kv, kept_neurons, strict=True)
-        )
-        values = {
-            "pruning/progress": round(self._progress, 4),
-            "pruning/heads_kept": sum(kept_heads) / sum(b.heads for b in before),
-            "pruning/neurons_kept": sum(kept_neurons) / sum(b.neurons for b in before),
-            "pruning/block_flops_kept": 1.0 - removed / self._before_cost.block_flops_per_token,
-        }
+        kept = [plan.counts() for plan in self.masks.to_plan()]
+        removed = sum(self._flops_costs.removed(b.counts, k) for b, k in zip(before, kept, strict=True))
+        values: dict[str, float] = {"pruning/progress": round(self._progress, 4)}
+        for kind in self.structure.leaders:  # pruning/heads_kept, pruning/neurons_kept...
+            values[f"pruning/{kind.name}_kept"] = sum(k[kind.name] for k in kept) / sum(b[kind.name] for b in before)
+        values["pruning/block_flops_kept"] = 1.0 - removed / self._before_cost.block_flops_per_token
         if self.blocks is not None:
             values["pruning/blocks_kept"] = 1.0 - len(self.blocks.skipped) / len(before)
         return values
@@ -398,16 +391,12 @@ class PruningCallback(TrainerCallback, ExportableState):
             recipe=self.structure.recipe.name,
             config=self.config.to_dict(),
             head_dim=self.structure.head_dim,
-            layers_before=[asdict(s) for s in self._before_shapes],
-            layers_after=in_original_numbering(
-                [asdict(s) for s in self.structure.shapes()], removed, {"heads": 0, "kv_heads": 0, "neurons": 0}
-            ),
+            layers_before=[dict(s.counts) for s in self._before_shapes],
+            layers_after=layers_entries(self.structure, removed),
             before=self._before_cost,
             after=measure_cost(self.structure, self.config.flops_seq_len),
             vanilla_loadable=vanilla,
-            kept=in_original_numbering(
-                [asdict(plan) for plan in plans], removed, {"keep_heads": [], "keep_kv_heads": [], "keep_neurons": []}
-            ),
+            kept=kept_entries(self.structure, plans, removed),
             not_vanilla_because=not_vanilla_because(self.structure.config),
             removed_layers=removed,
             extra={

@@ -24,6 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.utils import logging
 
 from .evaluation import plain_metrics
+from .kinds import UnitKind, registered_kinds
 from .prune import PruningReport
 
 logger = logging.get_logger(__name__)
@@ -216,10 +217,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> 
     return "\n".join(lines)
 
 
+def _report_kinds(report: PruningReport) -> list[UnitKind]:
+    """The kinds the report counts (hf_prune.kinds), in table order."""
+    first = report.layers_before[0] if report.layers_before else {}
+    return [kind for kind in registered_kinds() if kind.name in first]
+
+
 def _structure_table(report: PruningReport) -> str:
-    gqa = any(b["kv_heads"] != b["heads"] for b in report.layers_before)
-    header = ["Layer", "Heads kept"] + (["KV heads kept"] if gqa else []) + ["Neurons kept"]
-    keys = ["heads"] + (["kv_heads"] if gqa else []) + ["neurons"]
+    # A coupled kind gets a column only where it differs from its leader (KV heads under GQA).
+    kinds = [
+        kind
+        for kind in _report_kinds(report)
+        if kind.follows is None or any(b[kind.name] != b[kind.follows] for b in report.layers_before)
+    ]
+    header = ["Layer"] + [f"{kind.label[:1].upper()}{kind.label[1:]} kept" for kind in kinds]
+    keys = [kind.name for kind in kinds]
     rows = []
     for i, (before, after) in enumerate(zip(report.layers_before, report.layers_after, strict=True)):
         if i in report.removed_layers:
@@ -379,7 +391,7 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
         lines += ["With hf_prune (it reads the model class from `config.json`):", ""]
     else:
         kept_layers = [a for i, a in enumerate(report.layers_after) if i not in report.removed_layers]
-        uniform = len({(a["heads"], a["kv_heads"], a["neurons"]) for a in kept_layers}) == 1
+        uniform = len({tuple(sorted(a.items())) for a in kept_layers}) == 1
         why = (
             "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
             "cannot express fewer heads on its own"
@@ -516,12 +528,13 @@ def structure_png(report: PruningReport) -> bytes:
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:  # only the counts are known: the fraction each layer keeps
-        keys = ["heads", "kv_heads", "neurons"]
+        kinds = _report_kinds(report)
+        keys = [kind.name for kind in kinds]
         pairs = zip(report.layers_after, report.layers_before, strict=True)
         fractions = [[a[k] / b[k] if b[k] else math.nan for k in keys] for a, b in pairs]
         axes = figure.subplots()
         image = axes.imshow(fractions, cmap="Greens", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        axes.set_xticks(range(len(keys)), ["heads", "KV heads", "neurons"])
+        axes.set_xticks(range(len(keys)), [kind.label for kind in kinds])
         axes.set_ylabel("layer")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title("Fraction kept per layer")

@@ -18,7 +18,7 @@ import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from transformers.integrations.heterogeneity import AmbiguousGlobalPerLayerAttri
 from . import __version__
 from .loading import HUB_KWARGS, choose_model_class
 from .modeling_pruned import pruned_class
-from .recipe import Recipe
 from .structure import ModelStructure
 from .surgery import CONFIG_KEY, FORMAT_VERSION, _config_get, global_config_access, recorded_meta
 
@@ -70,19 +69,28 @@ def check_sliceable(model: nn.Module) -> None:
     )
 
 
-def _planned_config(config: Any, recipe: Recipe, heads: int, kv_heads: int, head_dim: int, neurons: int) -> Any:
-    """A copy of ``config`` that states these counts for every layer (what a vanilla checkpoint would say)."""
-    att = recipe.attention
-    candidate = copy.deepcopy(config)
+def _config_values(structure: ModelStructure, counts: Mapping[str, int]) -> dict[str, int]:
+    """``{config attribute: count}`` of every kind the config states a count for (hf_prune.kinds)."""
+    recipe = structure.recipe
+    values = {}
+    for kind in structure.kinds:
+        attribute = kind.config_attribute(recipe)
+        if attribute:
+            values[attribute] = counts[kind.name]
+    return values
+
+
+def _planned_config(structure: ModelStructure, counts: Mapping[str, int]) -> Any:
+    """A copy of the config that states these counts for every layer (what a vanilla checkpoint would say)."""
+    att = structure.recipe.attention
+    candidate = copy.deepcopy(structure.config)
     if candidate.is_heterogeneous:
         candidate.per_layer_config = None
     candidate.__dict__.pop("allow_global_per_layer_attribute_access", None)
-    setattr(candidate, att.heads_attribute, heads)
-    if att.kv_heads_attribute:
-        setattr(candidate, att.kv_heads_attribute, kv_heads)
+    for attribute, value in _config_values(structure, counts).items():
+        setattr(candidate, attribute, value)
     if att.head_dim_attribute:  # else the head size follows hidden_size / heads, with the heads unchanged
-        setattr(candidate, att.head_dim_attribute, head_dim)
-    setattr(candidate, recipe.mlp.intermediate_attribute, neurons)
+        setattr(candidate, att.head_dim_attribute, structure.head_dim)
     return candidate
 
 
@@ -101,22 +109,23 @@ def _config_error(build: Callable[[], Any]) -> str | None:
     return None
 
 
-def layout_refusal(structure: ModelStructure, counts: Sequence[tuple[int, int, int]]) -> str | None:
-    """Why a vanilla config cannot describe blocks with these ``(heads, kv_heads, neurons)`` counts, or ``None``
-    when it can (then the checkpoint loads with plain ``from_pretrained``).
+def layout_refusal(structure: ModelStructure, counts: Sequence[Mapping[str, int]]) -> str | None:
+    """Why a vanilla config cannot describe blocks with these counts (units per kind, one mapping per block), or
+    ``None`` when it can (then the checkpoint loads with plain ``from_pretrained``).
 
     Asked before any surgery. Besides the layers differing and a head size derived from ``hidden_size / heads``,
     the config class itself may refuse the counts (Gemma 3 and Llama want ``hidden_size`` to be a multiple of the
     heads; Phi-3's long-RoPE factors follow ``hidden_size / heads``): its own validation decides, on a copy.
     """
     recipe = structure.recipe
-    if len(set(counts)) > 1:
+    if len({tuple(sorted(c.items())) for c in counts}) > 1:
         return "the layers keep different counts, which a config without per-layer values cannot state"
-    heads, kv_heads, neurons = counts[0]
+    first = counts[0]
+    heads = first["heads"]
     config = structure.config
     if recipe.attention.head_dim_attribute is None and heads != _config_get(config, recipe.attention.heads_attribute):
         return f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
-    error = _config_error(lambda: _planned_config(config, recipe, heads, kv_heads, structure.head_dim, neurons))
+    error = _config_error(lambda: _planned_config(structure, first))
     if error is None:
         return None
     return f"{type(config).__name__} refuses {heads} attention heads of size {structure.head_dim}: {error}"
@@ -130,7 +139,7 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
     """
     model, config, recipe = structure.model, structure.config, structure.recipe
     shapes = structure.shapes()
-    att, mlp = recipe.attention, recipe.mlp
+    att = recipe.attention
     vanilla = refusal is None
 
     if config.is_heterogeneous:
@@ -140,19 +149,16 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
         "hf_prune_version": __version__,
         "recipe": structure.recipe_dict,
         "head_dim": structure.head_dim,
-        "layers": [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes],
+        "layers": [dict(s.counts) for s in shapes],  # keyed by kind name
         "vanilla_loadable": vanilla,
         **({} if vanilla else {"not_vanilla_because": refusal}),
     }
     setattr(config, CONFIG_KEY, meta)
     if vanilla:
-        first = shapes[0]
-        setattr(config, att.heads_attribute, first.heads)
-        if att.kv_heads_attribute:
-            setattr(config, att.kv_heads_attribute, first.kv_heads)
+        for attribute, value in _config_values(structure, shapes[0].counts).items():
+            setattr(config, attribute, value)
         if att.head_dim_attribute:
             setattr(config, att.head_dim_attribute, structure.head_dim)
-        setattr(config, mlp.intermediate_attribute, first.neurons)
         base = getattr(type(model), "_hf_prune_base", None)
         if base is not None:
             model.__class__ = base
@@ -160,9 +166,7 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
 
     per_layer = {}
     for i, s in enumerate(shapes):
-        overrides: dict[str, Any] = {att.heads_attribute: s.heads, mlp.intermediate_attribute: s.neurons}
-        if att.kv_heads_attribute:
-            overrides[att.kv_heads_attribute] = s.kv_heads
+        overrides: dict[str, Any] = _config_values(structure, s.counts)
         # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
         overrides["head_dim"] = structure.head_dim
         per_layer[i] = overrides

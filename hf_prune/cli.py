@@ -39,7 +39,7 @@ from .loading import resolve_model_class
 from .prune import calibration_needs, gather_calibration, prune
 from .recipe import recipes_dir, shipped_recipes
 from .sentence_files import sentence_transformers_files
-from .structure import ModelStructure
+from .structure import LayerShape, ModelStructure
 from .surgery import recorded_meta
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -248,10 +248,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.source, model_class=args.model_class)
     pipeline = _pipeline_files(args.source, model)
     save_pretrained(model, output, tokenizer=tokenizer, overwrite=args.overwrite, extra_files=pipeline)
-    print(f"{type(model).__name__}, recipe '{ModelStructure(model).recipe.name}'")
-    print("layer  heads  kv_heads  neurons")
-    for i, shape in enumerate(ModelStructure(model).shapes()):
-        print(f"{i:>5}  {shape.heads:>5}  {shape.kv_heads:>8}  {shape.neurons:>7}")
+    structure = ModelStructure(model)
+    print(f"{type(model).__name__}, recipe '{structure.recipe.name}'")
+    _print_counts(structure, structure.shapes())
     vanilla = (recorded_meta(model.config.get_text_config()) or {}).get("vanilla_loadable", False)
     how = "plain transformers from_pretrained" if vanilla else "hf_prune.from_pretrained, or trust_remote_code=True"
     print(f"saved to {output}: loads with {how}")
@@ -277,6 +276,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_counts(structure: ModelStructure, shapes: list[LayerShape]) -> None:
+    """One row per block, one column per kind of unit."""
+    names = [kind.name for kind in structure.kinds]
+    print("layer" + "".join(f"  {name}" for name in names))
+    for i, shape in enumerate(shapes):
+        print(f"{i:>5}" + "".join(f"  {shape[name]:>{len(name)}}" for name in names))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, args.gguf_file, args.dtype, args.model_class)
     structure = ModelStructure(model, args.recipe)
@@ -288,12 +295,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "recipe": structure.recipe.name,
         "layers": len(shapes),
         "head_dim": structure.head_dim,
-        "prunable_groups": {
-            "heads": sum(s.heads for s in shapes),
-            "kv_heads": sum(s.kv_heads for s in shapes),
-            "neurons": sum(s.neurons for s in shapes),
-        },
-        "per_layer": [dataclasses.asdict(s) for s in shapes],
+        "prunable_groups": {kind.name: sum(s[kind.name] for s in shapes) for kind in structure.kinds},
+        "per_layer": [dict(s.counts) for s in shapes],
         **dataclasses.asdict(cost),
     }
     if args.json:
@@ -303,10 +306,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"parameters {cost.parameters:,} (attention+MLP blocks {cost.block_parameters:,})")
     print(f"FLOPs/token @ {cost.seq_len} tokens: {cost.flops_per_token:,} (blocks {cost.block_flops_per_token:,})")
     groups = info["prunable_groups"]
-    print(f"prunable: {groups['heads']} heads, {groups['kv_heads']} KV heads, {groups['neurons']} neurons")
-    print("layer  heads  kv_heads  neurons")
-    for i, s in enumerate(shapes):
-        print(f"{i:>5}  {s.heads:>5}  {s.kv_heads:>8}  {s.neurons:>7}")
+    print("prunable: " + ", ".join(f"{groups[kind.name]} {kind.label}" for kind in structure.kinds))
+    _print_counts(structure, shapes)
     return 0
 
 

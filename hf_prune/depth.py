@@ -336,8 +336,7 @@ def remove_blocks(structure: ModelStructure, remove: Sequence[int]) -> None:
     if reference is not None:
         check_pruned(model, probe, reference, structure.recipe.name)
     # Per-layer records (a width-pruned model's per_layer_config, which the KV cache reads) follow the new numbering.
-    counts = [(s.heads, s.kv_heads, s.neurons) for s in structure.shapes()]
-    record_structure(structure, layout_refusal(structure, counts))
+    record_structure(structure, layout_refusal(structure, [s.counts for s in structure.shapes()]))
 
 
 # -- gradual depth (PruningCallback) ----------------------------------------------------------------------------------

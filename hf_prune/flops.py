@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .structure import ModelStructure
+from .structure import LayerShape, ModelStructure
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,13 @@ def _linear_flops(module: nn.Module) -> int:
 
 
 def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
-    roles = ["o", "down"]
-    att, mlp = structure.recipe.attention, structure.recipe.mlp
-    roles += ["qkv"] if att.qkv else ["q", "k", "v"]
-    roles += ["gate_up"] if mlp.gate_up else ["up"] + (["gate"] if mlp.gate else [])
-    return [structure.module(index, role) for role in roles]
+    """Every projection some kind's units live in (each once)."""
+    return [structure.module(index, role) for role in structure.roles()]
+
+
+def _context_flops(structure: ModelStructure, shape: LayerShape, seq_len: int) -> int:
+    """FLOPs per token of a block that are not in its weights (attention scores and the weighted sum of values)."""
+    return sum(kind.context_flops(structure, shape.counts, seq_len) for kind in structure.kinds)
 
 
 def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
@@ -47,9 +50,8 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
     for i in range(structure.num_layers):
         modules = _block_modules(structure, i)
         block_params += sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0) for m in modules)
-        attention = 4 * seq_len * structure.shape(i).heads * structure.head_dim
-        block_flops += sum(_linear_flops(m) for m in modules) + attention
-    attention_total = sum(4 * seq_len * s.heads * structure.head_dim for s in structure.shapes())
+        block_flops += sum(_linear_flops(m) for m in modules) + _context_flops(structure, structure.shape(i), seq_len)
+    attention_total = sum(_context_flops(structure, s, seq_len) for s in structure.shapes())
     return Cost(
         parameters=parameters,
         block_parameters=block_params,
@@ -61,44 +63,20 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
 
 @dataclass(frozen=True)
 class UnitCosts:
-    """What one query head, one KV head and one neuron of a block cost (FLOPs per token, or parameters)."""
+    """What one unit of each kind of a block costs (FLOPs per token, or parameters): ``per_unit[kind]``."""
 
-    head: float
-    kv_head: float
-    neuron: float
+    per_unit: dict[str, float]
 
-    def removed(self, before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
-        """Cost removed going from ``(heads, kv_heads, neurons)`` ``before`` to ``after``."""
-        return (
-            (before[0] - after[0]) * self.head
-            + (before[1] - after[1]) * self.kv_head
-            + (before[2] - after[2]) * self.neuron
-        )
+    def __getitem__(self, kind: str) -> float:
+        return self.per_unit[kind]
+
+    def removed(self, before: Mapping[str, int], after: Mapping[str, int]) -> float:
+        """Cost removed going from the counts ``before`` (units per kind) to ``after``."""
+        return sum((before[kind] - after[kind]) * cost for kind, cost in self.per_unit.items())
 
 
 def unit_costs(structure: ModelStructure, kind: str = "flops", seq_len: int = 128) -> UnitCosts:
-    """Cost of one group in the blocks of ``structure`` (the same in every block)."""
+    """Cost of one unit of every kind in the blocks of ``structure`` (the same in every block)."""
     if kind not in ("flops", "params"):
         raise ValueError(f"cost kind must be 'flops' or 'params', got {kind!r}.")
-    att, mlp = structure.recipe.attention, structure.recipe.mlp
-    hd = structure.head_dim
-    o = structure.module(0, "o")
-    hidden = o.weight.shape[1] if isinstance(o, Conv1D) else o.weight.shape[0]
-    inputs = 2 if (mlp.gate or mlp.gate_up) else 1  # projections that produce a neuron (up, gate)
-
-    def has_bias(role: str) -> bool:
-        return structure.module(0, role).bias is not None
-
-    q_role, kv_role = ("qkv", "qkv") if att.qkv else ("q", "k")
-    up_role = "gate_up" if mlp.gate_up else "up"
-    if kind == "params":
-        return UnitCosts(
-            head=2 * hidden * hd + (hd if has_bias(q_role) else 0),
-            kv_head=2 * hidden * hd + (2 * hd if has_bias(kv_role) else 0),
-            neuron=(inputs + 1) * hidden + (inputs if has_bias(up_role) else 0),
-        )
-    return UnitCosts(
-        head=2 * 2 * hidden * hd + 4 * seq_len * hd,
-        kv_head=2 * 2 * hidden * hd,
-        neuron=2 * (inputs + 1) * hidden,
-    )
+    return UnitCosts({k.name: k.unit_cost(structure, kind, seq_len) for k in structure.kinds})

@@ -70,10 +70,10 @@ class FluctuationImportance(_Accumulating):
         if self.handles:
             return
         for i in range(structure.num_layers):
-            for kind, module in (("heads", structure.attention_output(i)), ("neurons", structure.mlp_output(i))):
-                width = structure.head_dim if kind == "heads" else 1
-                self.moments[(kind, i)] = _UnitMoments(width)
-                self.handles.append(module.register_forward_pre_hook(self._hook(kind, i)))
+            for kind in structure.leaders:
+                self.moments[(kind.name, i)] = _UnitMoments(kind.unit_width(structure))
+                module = kind.mask_module(structure, i)
+                self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
 
     def _hook(self, kind: str, index: int):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -90,16 +90,13 @@ class FluctuationImportance(_Accumulating):
     def accumulate(self, structure: ModelStructure) -> None:
         if not self.handles:
             raise RuntimeError("call attach(structure) before running batches so activations are recorded.")
-        heads, neurons = [], []
+        values: dict[str, list[torch.Tensor]] = {kind.name: [] for kind in structure.leaders}
         for i in range(structure.num_layers):
-            for kind, module, out in (
-                ("heads", structure.attention_output(i), heads),
-                ("neurons", structure.mlp_output(i), neurons),
-            ):
-                moments = self.moments[(kind, i)]
+            for kind in structure.leaders:
+                moments = self.moments[(kind.name, i)]
                 if moments.gram is None:
                     return  # no forward pass since the last update
-                weights = _weight_blocks(module, moments.unit_width)
-                out.append((moments.covariance() * weights).sum(dim=(1, 2)).clamp_min(0).float())
-                self.moments[(kind, i)] = _UnitMoments(moments.unit_width)
-        self._fold(heads, neurons)
+                weights = _weight_blocks(kind.mask_module(structure, i), moments.unit_width)
+                values[kind.name].append((moments.covariance() * weights).sum(dim=(1, 2)).clamp_min(0).float())
+                self.moments[(kind.name, i)] = _UnitMoments(moments.unit_width)
+        self._fold(values)

@@ -1,5 +1,5 @@
 """Importance criteria: turn a model's weights (and optionally gradients or activations) into one score per
-query head and per neuron of every block. Higher means more important.
+unit of every scored kind (query heads, neurons: :mod:`hf_prune.kinds`) of every block. Higher means more important.
 
 Criteria register themselves by name, so ``PruningConfig(importance="taylor")`` and the CLI find them.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from transformers.utils import logging
 
+from .kinds import get_kind
 from .lean_backward import lean_backward
 from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure
@@ -22,12 +22,34 @@ logger = logging.get_logger(__name__)
 _REGISTRY: dict[str, type[Importance]] = {}
 
 
-@dataclass
-class Scores:
-    """One score per query head and per neuron, for every block."""
+class Scores(dict[str, list[torch.Tensor]]):
+    """Per scored kind (``"heads"``, ``"neurons"``...), one tensor per block with one score per unit.
 
-    heads: list[torch.Tensor]
-    neurons: list[torch.Tensor]
+    ``Scores({"heads": [...], "neurons": [...]})``; the positional ``Scores(heads, neurons)`` of earlier versions
+    still builds the same thing (custom criteria return it).
+    """
+
+    def __init__(
+        self,
+        scores: dict[str, list[torch.Tensor]] | list[torch.Tensor] | None = None,
+        neurons: list[torch.Tensor] | None = None,
+        /,
+    ) -> None:
+        if isinstance(scores, list) or neurons is not None:
+            heads = scores if isinstance(scores, list) else []
+            scores = {"heads": list(heads), "neurons": list(neurons or [])}
+        super().__init__(scores or {})
+
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        return self["heads"]
+
+    @property
+    def neurons(self) -> list[torch.Tensor]:
+        return self["neurons"]
+
+    def clone(self) -> Scores:
+        return Scores({kind: [t.clone() for t in tensors] for kind, tensors in self.items()})
 
 
 class Importance:
@@ -102,8 +124,17 @@ def get_importance(name: str | Importance, **kwargs: object) -> Importance:
 
 def combine_head_scores(structure: ModelStructure, index: int, head: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """Per-query-head score: its own q/o part plus an equal share of its KV head's k/v part."""
-    group = structure.shape(index).group_size
-    return head + kv.repeat_interleave(group) / group
+    return get_kind("heads").combine({"heads": head, "kv_heads": kv}, structure.shape(index).counts)
+
+
+def weight_scores(
+    structure: ModelStructure,
+    values: Callable[[torch.nn.Module], torch.Tensor | None],
+    transform: Callable[[torch.Tensor], torch.Tensor],
+) -> Scores:
+    """``transform`` of :meth:`ModelStructure.unit_scores` of ``values``, for every block and scored kind."""
+    per_block = [structure.unit_scores(i, values) for i in range(structure.num_layers)]
+    return Scores({kind.name: [transform(b[kind.name]) for b in per_block] for kind in structure.leaders})
 
 
 @register_importance("magnitude")
@@ -111,13 +142,8 @@ class MagnitudeImportance(Importance):
     """L2 norm of every weight that belongs to the group (rows of q/k/v/up/gate, columns of o/down)."""
 
     def scores(self, structure: ModelStructure) -> Scores:
-        heads, neurons = [], []
         with torch.no_grad():
-            for i in range(structure.num_layers):
-                sums = structure.group_sums(i, lambda m: m.weight.detach() ** 2)
-                heads.append(combine_head_scores(structure, i, sums.heads, sums.kv_heads).sqrt())
-                neurons.append(sums.neurons.sqrt())
-        return Scores(heads, neurons)
+            return weight_scores(structure, lambda m: m.weight.detach() ** 2, torch.sqrt)
 
 
 @register_importance("random")
@@ -130,8 +156,7 @@ class RandomImportance(Importance):
     def scores(self, structure: ModelStructure) -> Scores:
         shapes = structure.shapes()
         return Scores(
-            [torch.rand(s.heads, generator=self.generator) for s in shapes],
-            [torch.rand(s.neurons, generator=self.generator) for s in shapes],
+            {k.name: [torch.rand(s[k.name], generator=self.generator) for s in shapes] for k in structure.leaders}
         )
 
 
@@ -149,13 +174,12 @@ class _Accumulating(Importance):
         if beta is not None and not 0.0 <= beta < 1.0:
             raise ValueError(f"the moving-average beta must be in [0, 1) (or None for a plain mean), got {beta!r}.")
         self.beta = beta
-        self.heads: list[torch.Tensor] | None = None
-        self.neurons: list[torch.Tensor] | None = None
+        self.values: Scores | None = None  # the running statistic, per scored kind and block
         self.updates = 0
         self.skipped = 0  # steps left out because their statistics were not finite
 
-    def _fold(self, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> None:
-        if not all(bool(torch.isfinite(t).all()) for t in (*heads, *neurons)):
+    def _fold(self, values: dict[str, list[torch.Tensor]]) -> None:
+        if not all(bool(torch.isfinite(t).all()) for tensors in values.values() for t in tensors):
             # An overflowing fp16 step (GradScaler then skips the optimizer step too) or a diverging one: one
             # inf/NaN would stay in the moving average for good.
             self.skipped += 1
@@ -167,41 +191,42 @@ class _Accumulating(Importance):
                 self.skipped,
             )
             return
-        if self.heads is None or self.neurons is None or _shapes(self.heads) != _shapes(heads):
-            self.heads, self.neurons = [h.clone() for h in heads], [n.clone() for n in neurons]
+        if self.values is None or _shapes(self.values) != _shapes(values):
+            self.values = Scores(values).clone()
         else:
             # beta=None: plain running mean (calibration); otherwise an exponential moving average (training).
             b = self.updates / (self.updates + 1) if self.beta is None else self.beta
-            self.heads = [b * old + (1 - b) * new for old, new in zip(self.heads, heads, strict=True)]
-            self.neurons = [b * old + (1 - b) * new for old, new in zip(self.neurons, neurons, strict=True)]
+            self.values = Scores(
+                {
+                    kind: [b * old + (1 - b) * new for old, new in zip(self.values[kind], values[kind], strict=True)]
+                    for kind in self.values
+                }
+            )
         self.updates += 1
 
     def scores(self, structure: ModelStructure) -> Scores:
-        if self.heads is None or self.neurons is None:
+        if self.values is None:
             raise RuntimeError(
                 f"importance '{self.name}' has no statistics yet: it needs at least one training or calibration "
                 "step (forward and backward) before it can score."
             )
-        return Scores([h.clone() for h in self.heads], [n.clone() for n in self.neurons])
+        return self.values.clone()
 
     def state_dict(self) -> dict:
-        if self.heads is None or self.neurons is None:
+        """``{"updates": n, kind: [packed scores per block]...}`` (the kind keys are "heads" and "neurons" today)."""
+        if self.values is None:
             return {"updates": 0}
-        return {
-            "updates": self.updates,
-            "heads": [pack_scores(h) for h in self.heads],
-            "neurons": [pack_scores(n) for n in self.neurons],
-        }
+        return {"updates": self.updates, **{kind: [pack_scores(t) for t in ts] for kind, ts in self.values.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state.get("updates", 0))
-        if "heads" in state:  # packed float32 (hf_prune.packed), or the plain lists older checkpoints hold
-            self.heads = [unpack_scores(h) for h in state["heads"]]
-            self.neurons = [unpack_scores(n) for n in state["neurons"]]
+        kinds = [k for k in state if k != "updates"]
+        if kinds:  # packed float32 (hf_prune.packed), or the plain lists older checkpoints hold
+            self.values = Scores({kind: [unpack_scores(t) for t in state[kind]] for kind in kinds})
 
 
-def _shapes(tensors: list[torch.Tensor]) -> list[int]:
-    return [t.numel() for t in tensors]
+def _shapes(values: dict[str, list[torch.Tensor]]) -> dict[str, list[int]]:
+    return {kind: [t.numel() for t in tensors] for kind, tensors in values.items()}
 
 
 @register_importance("taylor")
@@ -224,19 +249,14 @@ class TaylorImportance(_Accumulating):
             grad = module.weight.grad
             return None if grad is None else (module.weight.detach() * grad).abs()
 
-        heads, neurons = [], []
         scale = self.parameter_gradient_scale
         with torch.no_grad():
-            for i in range(structure.num_layers):
-                sums = structure.group_sums(i, values)
-                heads.append(combine_head_scores(structure, i, sums.heads, sums.kv_heads) / scale)
-                neurons.append(sums.neurons / scale)
-        self._fold(heads, neurons)
+            self._fold(weight_scores(structure, values, lambda t: t / scale))
 
 
 class _GateHooks:
-    """Multiply the input of every attention output / down projection by a gate of ones, per head and per
-    neuron. The gates change nothing in the forward pass; their gradients are the mask gradients
+    """Multiply the input of every mask module (attention output / down projection) by a gate of ones, per unit of
+    each scored kind. The gates change nothing in the forward pass; their gradients are the mask gradients
     ``dL/dm`` of Michel et al. (2019) and Kwon et al. (2022), and the hooks also see activations."""
 
     def __init__(self, structure: ModelStructure, track_gradients: bool) -> None:
@@ -246,16 +266,17 @@ class _GateHooks:
         self.activations: dict[tuple[str, int], torch.Tensor] = {}
         self.handles: list = []
         for i in range(structure.num_layers):
-            self.handles.append(structure.attention_output(i).register_forward_pre_hook(self._hook("heads", i)))
-            self.handles.append(structure.mlp_output(i).register_forward_pre_hook(self._hook("neurons", i)))
+            for kind in structure.leaders:
+                module = kind.mask_module(structure, i)
+                self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
 
     def _hook(self, kind: str, index: int):
         def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
             hidden = args[0]
             if not torch.is_grad_enabled():
                 return None  # evaluation (no_grad/inference_mode) does not count
-            groups = self.structure.shape(index).heads if kind == "heads" else hidden.shape[-1]
-            width = hidden.shape[-1] // groups
+            width = get_kind(kind).unit_width(self.structure)
+            groups = hidden.shape[-1] // width
             with torch.no_grad():
                 grouped = hidden.detach().float().reshape(-1, groups, width)
                 magnitude = grouped.norm(dim=-1).mean(0).cpu()  # mean activation norm per group
@@ -312,9 +333,12 @@ class _HookedImportance(_Accumulating):
         shapes = structure.shapes()
         if not values:
             return
-        heads = [values.get(("heads", i), torch.zeros(s.heads)) for i, s in enumerate(shapes)]
-        neurons = [values.get(("neurons", i), torch.zeros(s.neurons)) for i, s in enumerate(shapes)]
-        self._fold(heads, neurons)
+        self._fold(
+            {
+                k.name: [values.get((k.name, i), torch.zeros(s[k.name])) for i, s in enumerate(shapes)]
+                for k in structure.leaders
+            }
+        )
 
 
 @register_importance("fisher")

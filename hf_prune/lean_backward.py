@@ -22,7 +22,7 @@ from .structure import ModelStructure
 
 def scored_weights(structure: ModelStructure) -> list[nn.Parameter]:
     """The weights of every block's prunable projections (q/k/v/o, up/gate/down...): what Taylor scores read."""
-    roles = structure._roles()
+    roles = structure.roles()
     return [structure.module(i, role).weight for i in range(structure.num_layers) for role in roles]
 
 

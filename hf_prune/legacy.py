@@ -72,9 +72,7 @@ def structured_config(config: Any, recipe: str | os.PathLike[str] | Recipe | dic
             )
         keep = [h for h in range(total) if h not in heads]
         prune_attention(structure.layers[layer], structure.recipe_dict, structure.head_dim, keep)
-    record_structure(
-        structure, layout_refusal(structure, [(s.heads, s.kv_heads, s.neurons) for s in structure.shapes()])
-    )
+    record_structure(structure, layout_refusal(structure, [s.counts for s in structure.shapes()]))
     return skeleton.config
 
 

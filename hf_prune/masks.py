@@ -1,8 +1,9 @@
-"""Masks: zero whole heads and neurons without removing them, with the same group definitions as surgery.
+"""Masks: zero whole units without removing them, with the same group definitions as surgery.
 
-A head is masked by zeroing its slice of the input of the attention output projection; a neuron by zeroing
-its input to the down projection. Everything upstream of a masked group then has no effect on the output
-(and receives no gradient through it), which is exactly what removing it does.
+Each scored kind (:mod:`hf_prune.kinds`) names the module whose input holds one slice per unit: a head is masked by
+zeroing its slice of the input of the attention output projection, a neuron by zeroing its input to the down
+projection. Everything upstream of a masked unit then has no effect on the output (and receives no gradient through
+it), which is exactly what removing it does. Coupled kinds (KV heads) are not masked: they follow their leader.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from torch.utils.hooks import RemovableHandle
 
 from .allocation import LayerPlan
 from .packed import pack_mask, unpack_mask
-from .structure import ModelStructure
+from .structure import LayerShape, ModelStructure
 
 
 class MaskSet:
-    """Binary head and neuron masks for every block, applied through forward pre-hooks.
+    """Binary masks per scored kind for every block, applied through forward pre-hooks.
 
     Masks live on the CPU as bool tensors (cheap to save, compare across ranks and restore); the hooks
     keep a float copy on the activation's device.
@@ -29,55 +30,70 @@ class MaskSet:
     def __init__(self, structure: ModelStructure) -> None:
         self.structure = structure
         shapes = structure.shapes()
-        self.heads = [torch.ones(s.heads, dtype=torch.bool) for s in shapes]
-        self.neurons = [torch.ones(s.neurons, dtype=torch.bool) for s in shapes]
+        #: ``masks[kind][block]``: True where the unit is kept.
+        self.masks: dict[str, list[torch.Tensor]] = {
+            kind.name: [torch.ones(s[kind.name], dtype=torch.bool) for s in shapes] for kind in structure.leaders
+        }
         # The masks cover the blocks as they were built; the live structure may lose blocks at the end of training.
-        self._group_sizes = [s.group_size for s in shapes]
+        self._shapes: list[LayerShape] = shapes
         self._handles: list[RemovableHandle] = []
         self._cache: dict[tuple[str, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+    # Read-only names for the shipped kinds.
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        return self.masks["heads"]
+
+    @property
+    def neurons(self) -> list[torch.Tensor]:
+        return self.masks["neurons"]
 
     # -- building --------------------------------------------------------------------------------------
 
     def set_from_plan(self, plans: Sequence[LayerPlan]) -> None:
         """Mask everything the plan does not keep (and unmask everything it keeps)."""
-        for i, plan in enumerate(plans):
-            self.heads[i] = torch.zeros_like(self.heads[i])
-            self.heads[i][plan.keep_heads] = True
-            self.neurons[i] = torch.zeros_like(self.neurons[i])
-            self.neurons[i][plan.keep_neurons] = True
+        for kind, masks in self.masks.items():
+            for i, plan in enumerate(plans):
+                masks[i] = torch.zeros_like(masks[i])
+                masks[i][plan.keep[kind]] = True
         self._cache.clear()
 
     def to_plan(self) -> list[LayerPlan]:
-        """The kept heads, KV heads and neurons that these masks describe (for surgery)."""
+        """The units of every kind that these masks keep (coupled kinds follow their leader), for surgery."""
         plans = []
-        for i in range(len(self.heads)):
-            keep_heads = self.heads[i].nonzero().flatten().tolist()
-            keep_kv = sorted({h // self._group_sizes[i] for h in keep_heads})
-            plans.append(LayerPlan(keep_heads, keep_kv, self.neurons[i].nonzero().flatten().tolist()))
+        for i, shape in enumerate(self._shapes):
+            keep = {kind: masks[i].nonzero().flatten().tolist() for kind, masks in self.masks.items()}
+            for kind in self.structure.kinds:
+                if kind.follows is not None:
+                    keep[kind.name] = kind.keep_following(keep[kind.follows], shape.counts)
+            plans.append(LayerPlan(keep={k.name: keep[k.name] for k in self.structure.kinds}))
         return plans
 
     def state_dict(self) -> dict[str, list[dict[str, Any]]]:
-        """Packed bits per block (:mod:`hf_prune.packed`): JSON for ``trainer_state.json``, exact and small."""
-        return {"heads": [pack_mask(m) for m in self.heads], "neurons": [pack_mask(m) for m in self.neurons]}
+        """Packed bits per kind and block (:mod:`hf_prune.packed`): JSON for ``trainer_state.json``, exact and small."""
+        return {kind: [pack_mask(m) for m in masks] for kind, masks in self.masks.items()}
 
     def load_state_dict(self, state: dict[str, list[Any]]) -> None:
         """Restore :meth:`state_dict`'s output (or the plain lists of bools that older checkpoints hold)."""
-        self.heads = [unpack_mask(m) for m in state["heads"]]
-        self.neurons = [unpack_mask(m) for m in state["neurons"]]
+        self.masks = {kind: [unpack_mask(m) for m in state[kind]] for kind in self.masks}
         self._cache.clear()
+
+    def kept(self, kind: str) -> list[int]:
+        """Units of ``kind`` kept per block."""
+        return [int(m.sum()) for m in self.masks[kind]]
 
     @property
     def kept_heads(self) -> list[int]:
-        return [int(m.sum()) for m in self.heads]
+        return self.kept("heads")
 
     @property
     def kept_neurons(self) -> list[int]:
-        return [int(m.sum()) for m in self.neurons]
+        return self.kept("neurons")
 
     @property
     def dense(self) -> bool:
         """Whether nothing is masked yet (the model still computes what the unpruned one does)."""
-        return all(bool(m.all()) for m in (*self.heads, *self.neurons))
+        return all(bool(m.all()) for masks in self.masks.values() for m in masks)
 
     # -- applying --------------------------------------------------------------------------------------
 
@@ -86,10 +102,9 @@ class MaskSet:
         if self._handles:
             return
         for i in range(self.structure.num_layers):
-            o = self.structure.attention_output(i)
-            down = self.structure.mlp_output(i)
-            self._handles.append(o.register_forward_pre_hook(self._hook("heads", i)))
-            self._handles.append(down.register_forward_pre_hook(self._hook("neurons", i)))
+            for kind in self.structure.leaders:
+                module = kind.mask_module(self.structure, i)
+                self._handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
 
     def detach(self) -> None:
         """Remove the hooks; the model computes densely again."""
@@ -101,11 +116,16 @@ class MaskSet:
     def _multiplier(self, kind: str, index: int, like: torch.Tensor) -> torch.Tensor:
         key = (kind, index, like.device, like.dtype)
         if key not in self._cache:
-            mask = self.heads[index] if kind == "heads" else self.neurons[index]
-            if kind == "heads":
-                mask = mask.repeat_interleave(self.structure.head_dim)
+            mask = self.masks[kind][index]
+            width = self._unit_width(kind)
+            if width > 1:
+                mask = mask.repeat_interleave(width)
             self._cache[key] = mask.to(device=like.device, dtype=like.dtype)
         return self._cache[key]
+
+    def _unit_width(self, kind: str) -> int:
+        """Input features of the mask module per unit of ``kind``."""
+        return next(k for k in self.structure.leaders if k.name == kind).unit_width(self.structure)
 
     def _hook(self, kind: str, index: int):
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

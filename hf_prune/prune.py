@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, budget_fractions, plan_pruning
+from .allocation import LayerPlan, budget_fractions, plan_units
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
@@ -24,7 +24,7 @@ from .masks import MaskSet
 from .recipe import RecipeError
 from .reconstruct import Reconstruction, SublayerPlan
 from .structure import LayerShape, ModelStructure
-from .surgery import prune_attention, prune_mlp, prune_shared_heads
+from .surgery import prune_shared_heads
 from .verify import check_pruned, masked_reference, probe_inputs
 
 logger = logging.get_logger(__name__)
@@ -112,7 +112,19 @@ class PruningReport:
 
 
 def _shape_dicts(shapes: Sequence[LayerShape]) -> list[dict[str, int]]:
-    return [{"heads": s.heads, "kv_heads": s.kv_heads, "neurons": s.neurons} for s in shapes]
+    return [dict(s.counts) for s in shapes]
+
+
+def layers_entries(structure: ModelStructure, removed: Sequence[int]) -> list[dict[str, int]]:
+    """The report's ``layers_after``: counts per kind of every original block (zeros for removed blocks)."""
+    empty = {kind.name: 0 for kind in structure.kinds}
+    return in_original_numbering(_shape_dicts(structure.shapes()), removed, empty)
+
+
+def kept_entries(structure: ModelStructure, plans: Sequence[LayerPlan], removed: Sequence[int]) -> list[Any]:
+    """The report's ``kept``: ``keep_<kind>`` indices of every original block (empty for removed blocks)."""
+    empty: dict[str, list[int]] = {f"keep_{kind.name}": [] for kind in structure.kinds}
+    return in_original_numbering([plan.to_dict() for plan in plans], removed, empty)
 
 
 def in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty: Any) -> list[Any]:
@@ -121,22 +133,23 @@ def in_original_numbering(per_kept: Sequence[Any], removed: Sequence[int], empty
     return [empty if i in gone else next(entries) for i in range(len(per_kept) + len(removed))]
 
 
-def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tuple[SublayerPlan, SublayerPlan]:
-    """Block ``index``'s plan as (attention, MLP): what stays, and the surgery that removes the rest."""
-    shape, layer, recipe, head_dim = (
-        structure.shape(index),
-        structure.layers[index],
-        structure.recipe_dict,
-        structure.head_dim,
-    )
-    attention_changes = len(plan.keep_heads) != shape.heads or len(plan.keep_kv_heads) != shape.kv_heads
-    attention = SublayerPlan(
-        keep_units=plan.keep_heads if attention_changes else list(range(shape.heads)),
-        units=shape.heads,
-        remove=partial(prune_attention, layer, recipe, head_dim, plan.keep_heads, plan.keep_kv_heads),
-    )
-    mlp = SublayerPlan(plan.keep_neurons, shape.neurons, partial(prune_mlp, layer, recipe, head_dim, plan.keep_neurons))
-    return attention, mlp
+def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tuple[SublayerPlan, ...]:
+    """Block ``index``'s plan per part (``(attention, MLP)``, one per leading kind): what stays, and the surgery that
+    removes the rest."""
+    counts, layer = structure.shape(index).counts, structure.layers[index]
+    subplans = []
+    for leader in structure.leaders:
+        part = structure.part(leader)
+        changes = any(len(plan.keep[k.name]) != counts[k.name] for k in part)
+        keep = {k.name: plan.keep[k.name] for k in part}
+        subplans.append(
+            SublayerPlan(
+                keep_units=plan.keep[leader.name] if changes else list(range(counts[leader.name])),
+                units=counts[leader.name],
+                remove=partial(leader.remove, layer, structure.recipe_dict, structure.head_dim, keep),
+            )
+        )
+    return tuple(subplans)
 
 
 def apply_plan(
@@ -162,7 +175,7 @@ def apply_plan(
             f"({', '.join(e.parameter for e in shared)}): every block must keep the same heads. Plan with "
             "hf_prune's allocation (it ties the heads of such models), or give every block the same keep_heads."
         )
-    refusal = layout_refusal(structure, [(len(p.keep_heads), len(p.keep_kv_heads), len(p.keep_neurons)) for p in plans])
+    refusal = layout_refusal(structure, [p.counts() for p in plans])
     masks = MaskSet(structure)
     masks.set_from_plan(plans)
     if reconstruction is not None:
@@ -177,7 +190,7 @@ def apply_plan(
     for sub in changed:
         sub.remove()
     if shared:
-        prune_shared_heads(model, recipe, head_dim, plans[0].keep_heads, asdict(structure.shape(0)))
+        prune_shared_heads(model, recipe, head_dim, plans[0].keep_heads, dict(structure.shape(0).counts))
     if probe is not None and reference is not None:
         check_pruned(model, probe, reference, structure.recipe.name)
     drop_dequantized_marker(model)
@@ -248,8 +261,7 @@ def plan_for(
     scores: Scores,
     config: PruningConfig,
     progress: float = 1.0,
-    masked_heads: Sequence[torch.Tensor] | None = None,
-    masked_neurons: Sequence[torch.Tensor] | None = None,
+    masked: dict[str, Sequence[torch.Tensor]] | None = None,
 ) -> list[LayerPlan]:
     """The plan that reaches ``progress`` (0..1) of the config's target on ``structure``'s current blocks.
 
@@ -258,41 +270,37 @@ def plan_for(
     Either way ``progress`` scales the head and the neuron fraction of the full target: for a cost target,
     those that meet it on the current scores. (Solving each partial cost target on its own let the fine
     neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
-    reach without bringing masked groups back.)
+    reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
     """
     heads, neurons, protected = resolve_targets(config, structure)
-    shapes = structure.shapes()
-    common = dict(
-        ranking=config.ranking,
-        gqa_mode=config.gqa_mode,
-        neuron_multiple=config.neuron_multiple,
-        protected_layers=protected,
-        masked_heads=masked_heads,
-        masked_neurons=masked_neurons,
-        tied_heads=bool(structure.recipe.attention.shared_head_tensors),
-    )
-    kv_heads = [s.kv_heads for s in shapes]
+    masked = masked or {}
+    # One request per leading kind, built once: a cost target plans hundreds of times on the same scores.
+    requests = {
+        kind.name: kind.plan_request(structure, scores[kind.name], 0.0, config, masked.get(kind.name))
+        for kind in structure.leaders
+    }
+
+    def plan(fractions: dict[str, float]) -> list[LayerPlan]:
+        chosen = [replace(request, fraction=fractions[name]) for name, request in requests.items()]
+        return plan_units(chosen, config.ranking, protected)
+
     cost_target = config.flops if config.flops is not None else config.params
-    if cost_target is None:
-        return plan_pruning(scores.heads, kv_heads, scores.neurons, heads * progress, neurons * progress, **common)
+    if cost_target is not None:
+        measure = "flops" if config.flops is not None else "params"
+        costs = unit_costs(structure, measure, config.flops_seq_len)
+        cost = measure_cost(structure, config.flops_seq_len)
+        total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
+        shapes = structure.shapes()
 
-    kind = "flops" if config.flops is not None else "params"
-    costs = unit_costs(structure, kind, config.flops_seq_len)
-    cost = measure_cost(structure, config.flops_seq_len)
-    total = cost.block_flops_per_token if kind == "flops" else cost.block_parameters
-    before = [(s.heads, s.kv_heads, s.neurons) for s in shapes]
+        def removed_fraction(plans: list[LayerPlan]) -> float:
+            removed = sum(costs.removed(s.counts, p.counts()) for s, p in zip(shapes, plans, strict=True))
+            return removed / total
 
-    def removed_fraction(plans: list[LayerPlan]) -> float:
-        removed = sum(
-            costs.removed(b, (len(p.keep_heads), len(p.keep_kv_heads), len(p.keep_neurons)))
-            for b, p in zip(before, plans, strict=True)
+        # The coarse heads on a grid, the fine neurons completing each (allocation.budget_fractions).
+        heads, neurons = budget_fractions(
+            lambda h, n: plan({"heads": h, "neurons": n}), removed_fraction, cost_target, config.heads
         )
-        return removed / total
-
-    heads, neurons = budget_fractions(
-        scores.heads, kv_heads, scores.neurons, removed_fraction, cost_target, config.heads, **common
-    )
-    return plan_pruning(scores.heads, kv_heads, scores.neurons, heads * progress, neurons * progress, **common)
+    return plan({"heads": heads * progress, "neurons": neurons * progress})
 
 
 # What the decoder benchmark measured for magnitude scores (benchmarks/README.md), for the warning.
@@ -502,15 +510,11 @@ def prune(
         },
         head_dim=structure.head_dim,
         layers_before=_shape_dicts(before_shapes),
-        layers_after=in_original_numbering(
-            _shape_dicts(structure.shapes()), removed, {"heads": 0, "kv_heads": 0, "neurons": 0}
-        ),
+        layers_after=layers_entries(structure, removed),
         before=before_cost,
         after=measure_cost(structure, config.flops_seq_len),
         vanilla_loadable=vanilla,
-        kept=in_original_numbering(
-            [asdict(plan) for plan in plans], removed, {"keep_heads": [], "keep_kv_heads": [], "keep_neurons": []}
-        ),
+        kept=kept_entries(structure, plans, removed),
         not_vanilla_because=not_vanilla_because(structure.config),
         removed_layers=removed,
     )

@@ -400,7 +400,7 @@ class Reconstruction:
     refit: str = "weights"
     log: list[dict[str, Any]] = field(default_factory=list)
 
-    def run(self, structure: ModelStructure, plans: Sequence[tuple[SublayerPlan, SublayerPlan]]) -> None:
+    def run(self, structure: ModelStructure, plans: Sequence[tuple[SublayerPlan, ...]]) -> None:
         self.log = reconstruct_sequentially(structure, self.batches, plans, bias=self.bias, refit=self.refit)
 
     def summary(self) -> dict[str, Any]:
@@ -421,13 +421,14 @@ class Reconstruction:
 def reconstruct_sequentially(
     structure: ModelStructure,
     batches: Sequence[dict[str, torch.Tensor]],
-    plans: Sequence[tuple[SublayerPlan | None, SublayerPlan | None]],
+    plans: Sequence[tuple[SublayerPlan | None, ...]],
     bias: bool = True,
     refit: str = "weights",
 ) -> list[dict[str, Any]]:
     """Reconstruct block by block each output projection that loses units (module docstring).
 
-    ``plans[i]`` is ``(attention, mlp)`` for block ``i``: what stays, or ``None`` where nothing is removed. The
+    ``plans[i]`` has one entry per part of block ``i`` (``(attention, mlp)``, in the order of
+    ``structure.leaders``): what stays, or ``None`` where nothing is removed. The
     model stays dense-shaped: the removed units' input columns of ``o`` / ``down`` are zeroed, which computes what
     removing them does, so the shapes that every block's captured arguments assume (and per-head tensors shared by
     all blocks) stay valid throughout; the caller removes the units afterwards (:func:`hf_prune.apply_plan`, which
@@ -438,10 +439,11 @@ def reconstruct_sequentially(
     was_training = model.training
     model.eval()
     # A bias only where some block loses units of that part (enabling one adds a zero bias to every block).
-    changes = [any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans) for k in (0, 1)]
+    leaders = structure.leaders  # plans[i] holds one entry per leading kind (one per part), in this order
+    changes = [any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans) for k in range(len(leaders))]
     can_bias = {
-        part: bias and changed and enable_bias(structure, part)
-        for part, changed in zip(("attention", "mlp"), changes, strict=True)
+        kind.part: bias and changed and enable_bias(structure, kind.part)
+        for kind, changed in zip(leaders, changes, strict=True)
     }
     captured = capture_block_inputs(structure, batches)
     hidden = [inputs.args[0] if inputs.args else inputs.kwargs["hidden_states"] for inputs in captured[0]]
@@ -450,10 +452,10 @@ def reconstruct_sequentially(
     try:
         for index in tqdm(range(structure.num_layers), desc="reconstruction", unit="block", leave=False):
             layer, entry = structure.layers[index], {}
-            for part, sub in zip(("attention", "mlp"), plans[index], strict=True):
+            for kind, sub in zip(leaders, plans[index], strict=True):
                 if sub is None or len(sub.keep_units) == sub.units:
                     continue
-                projection = structure.attention_output(index) if part == "attention" else structure.mlp_output(index)
+                part, projection = kind.part, kind.mask_module(structure, index)
                 width = projection.weight.shape[0 if isinstance(projection, Conv1D) else 1]
                 recorder = InputRecorder(projection, width, stop=True)
                 with torch.no_grad():

@@ -12,16 +12,34 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import __version__, surgery
+from .kinds import UnitKind, kinds_for
 from .recipe import Recipe, RecipeError, resolve_recipe
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=True)
 class LayerShape:
-    """Current counts of one transformer block."""
+    """Current counts of one transformer block: units per kind (``{"heads": 8, "kv_heads": 2, "neurons": 512}``)."""
 
-    heads: int
-    kv_heads: int
-    neurons: int
+    counts: dict[str, int]
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.counts.items()))
+
+    def __getitem__(self, kind: str) -> int:
+        return self.counts[kind]
+
+    # Read-only names for the shipped kinds, for code and tests about attention and MLPs in particular.
+    @property
+    def heads(self) -> int:
+        return self.counts["heads"]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.counts["kv_heads"]
+
+    @property
+    def neurons(self) -> int:
+        return self.counts["neurons"]
 
     @property
     def group_size(self) -> int:
@@ -29,13 +47,8 @@ class LayerShape:
         return self.heads // self.kv_heads
 
 
-@dataclass
-class GroupSums:
-    """A per-element quantity summed over each prunable group of one block."""
-
-    heads: torch.Tensor  # (heads,)   over q rows and o columns of each query head
-    kv_heads: torch.Tensor  # (kv_heads,) over k and v rows of each KV head
-    neurons: torch.Tensor  # (neurons,) over up/gate rows and the down column of each neuron
+# A per-element quantity summed over each unit of one block, per kind.
+GroupSums = dict[str, torch.Tensor]
 
 
 def _as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -63,6 +76,9 @@ class ModelStructure:
         self.recipe = resolve_recipe(recipe, getattr(self.config, "model_type", None))
         self.recipe_dict = self.recipe.to_dict()
         self.layers = surgery.find_layers(model, self.recipe_dict)
+        #: The kinds of unit this model has (hf_prune.kinds), in table order.
+        self.kinds: list[UnitKind] = kinds_for(self.recipe)
+        self._paths = {role: path for kind in self.kinds for role, path in kind.paths(self.recipe).items()}
         self.head_dim = self._head_dim(recorded)
         self._check_modules()
 
@@ -87,7 +103,7 @@ class ModelStructure:
         """Fail before any surgery, naming the path, if the recipe points at modules or attributes that do not
         exist in some block, or at weights that cannot be sliced (quantized layers)."""
         att, mlp = self.recipe.attention, self.recipe.mlp
-        paths = [p for p in (att.q, att.k, att.v, att.qkv, att.o, mlp.up, mlp.gate, mlp.gate_up, mlp.down) if p]
+        paths = list(dict.fromkeys(self._paths.values()))
         for index, layer in enumerate(self.layers):
             for path in paths:
                 module = surgery.get_submodule(layer, path)
@@ -118,11 +134,9 @@ class ModelStructure:
                             f"layer {index}: '{module_path}' ({type(module).__name__}) has no `config` to give a "
                             f"per-layer view; fix `module_config` in recipe '{self.recipe.name}'."
                         )
-            shape = self.shape(index)
-            if shape.heads % shape.kv_heads:
-                raise ValueError(
-                    f"layer {index} has {shape.heads} query heads, not a multiple of {shape.kv_heads} KV heads."
-                )
+            counts = self.shape(index).counts
+            for kind in self.kinds:
+                kind.check(counts, index)
         self._check_shared_head_tensors()
 
     def _check_shared_head_tensors(self) -> None:
@@ -157,7 +171,7 @@ class ModelStructure:
         if not sizes:
             return []
         known = {
-            id(p) for i in range(self.num_layers) for role in self._roles() for p in self.module(i, role).parameters()
+            id(p) for i in range(self.num_layers) for role in self.roles() for p in self.module(i, role).parameters()
         }
         known |= {
             id(getattr(*surgery.shared_head_parameter(self.model, e.parameter)))
@@ -170,14 +184,22 @@ class ModelStructure:
             if id(p) not in known and sizes & set(p.shape)
         ]
 
-    def _roles(self) -> list[str]:
-        att, mlp = self.recipe.attention, self.recipe.mlp
-        roles = ["qkv", "o"] if att.qkv else ["q", "k", "v", "o"]
-        return roles + (["gate_up", "down"] if mlp.gate_up else [r for r in ("up", "gate", "down") if getattr(mlp, r)])
+    def roles(self) -> list[str]:
+        return list(self._paths)
 
     def shape(self, index: int) -> LayerShape:
         """Current counts of block ``index`` (read from weight shapes)."""
-        return LayerShape(**surgery.layer_counts(self.layers[index], self.recipe_dict, self.head_dim))
+        layer = self.layers[index]
+        return LayerShape({kind.name: kind.count(layer, self.recipe_dict, self.head_dim) for kind in self.kinds})
+
+    @property
+    def leaders(self) -> list[UnitKind]:
+        """The kinds that are scored, masked and chosen (the others follow one of them)."""
+        return [kind for kind in self.kinds if kind.follows is None]
+
+    def part(self, leader: UnitKind) -> list[UnitKind]:
+        """``leader`` and the kinds that follow it (removed by the same surgery)."""
+        return [kind for kind in self.kinds if kind.part == leader.part]
 
     def shapes(self) -> list[LayerShape]:
         return [self.shape(i) for i in range(len(self.layers))]
@@ -188,8 +210,7 @@ class ModelStructure:
 
     def module(self, index: int, role: str) -> nn.Module:
         """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``."""
-        spec = self.recipe.attention if role in ("q", "k", "v", "qkv", "o") else self.recipe.mlp
-        path = getattr(spec, role)
+        path = self._paths.get(role)
         if path is None:
             raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")
         return surgery.get_submodule(self.layers[index], path)
@@ -205,47 +226,33 @@ class ModelStructure:
     # -- per-group reductions --------------------------------------------------------------------------
 
     def group_sums(self, index: int, values: Callable[[nn.Module], torch.Tensor | None]) -> GroupSums:
-        """Sum ``values(module)`` (weight-shaped) over each head, KV head and neuron of block ``index``.
+        """Sum ``values(module)`` (weight-shaped) over each unit of every kind of block ``index``.
 
         ``values`` returns for instance ``module.weight ** 2`` (magnitude) or ``(w * grad).abs()`` (Taylor);
-        it may return ``None`` for a module to skip it (e.g. no gradient yet).
+        it may return ``None`` for a module to skip it (e.g. no gradient yet). It is called once per projection,
+        however many kinds read that projection (a fused qkv serves query and KV heads).
         """
-        shape, hd = self.shape(index), self.head_dim
-        att, mlp = self.recipe.attention, self.recipe.mlp
+        computed: dict[str, torch.Tensor | None] = {}
+
+        def value(role: str) -> torch.Tensor | None:
+            if role not in computed:
+                module = self.module(index, role)
+                raw = values(module)
+                computed[role] = None if raw is None else _as_out_in(module, raw).float()
+            return computed[role]
 
         def rows(role: str) -> torch.Tensor | None:
-            module = self.module(index, role)
-            value = values(module)
-            return None if value is None else _as_out_in(module, value).float().sum(dim=1)
+            v = value(role)
+            return None if v is None else v.sum(dim=1)
 
         def cols(role: str) -> torch.Tensor | None:
-            module = self.module(index, role)
-            value = values(module)
-            return None if value is None else _as_out_in(module, value).float().sum(dim=0)
+            v = value(role)
+            return None if v is None else v.sum(dim=0)
 
-        q_width, kv_width = shape.heads * hd, shape.kv_heads * hd
-        if att.qkv:
-            fused = rows("qkv")
-            q, k, v = (None, None, None) if fused is None else fused.split([q_width, kv_width, kv_width])
-        else:
-            q, k, v = rows("q"), rows("k"), rows("v")
-        o = cols("o")
-        head = _zero_sum(q, o, size=q_width).view(shape.heads, hd).sum(1)
-        kv = _zero_sum(k, v, size=kv_width).view(shape.kv_heads, hd).sum(1)
-        if mlp.gate_up:
-            fused = rows("gate_up")
-            up_gate = None if fused is None else fused.view(2, shape.neurons).sum(0)
-        else:
-            up_gate = _zero_sum(rows("up"), rows("gate") if mlp.gate else None, size=shape.neurons)
-        neurons = _zero_sum(up_gate, cols("down"), size=shape.neurons)
-        return GroupSums(heads=head, kv_heads=kv, neurons=neurons)
+        counts = self.shape(index).counts
+        return {kind.name: kind.group_sum(self, index, counts, rows, cols) for kind in self.kinds}
 
-
-def _zero_sum(*parts: torch.Tensor | None, size: int) -> torch.Tensor:
-    present = [p for p in parts if p is not None]
-    if not present:
-        return torch.zeros(size)
-    total = present[0].clone()
-    for p in present[1:]:
-        total = total + p.to(total.device)
-    return total.cpu()
+    def unit_scores(self, index: int, values: Callable[[nn.Module], torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """One score per unit of each leading kind of block ``index``, from :meth:`group_sums` of ``values``."""
+        sums, counts = self.group_sums(index, values), self.shape(index).counts
+        return {kind.name: kind.combine(sums, counts) for kind in self.leaders}

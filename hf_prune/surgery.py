@@ -106,22 +106,38 @@ def text_config(model: nn.Module) -> Any:
     return model.config.get_text_config()
 
 
-def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
-    """Current ``heads``, ``kv_heads`` and ``neurons`` of one block, read from its weight shapes."""
-    att, mlp = recipe["attention"], recipe["mlp"]
+def count_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
+    """Current query heads of one block, read from its weight shapes."""
+    att = recipe["attention"]
+    if att.get("qkv"):
+        return input_size(get_submodule(layer, att["o"])) // head_dim
+    return output_size(get_submodule(layer, att["q"])) // head_dim
+
+
+def count_kv_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
+    """Current key/value heads of one block, read from its weight shapes."""
+    att = recipe["attention"]
     if att.get("qkv"):
         q_width = input_size(get_submodule(layer, att["o"]))
-        fused = output_size(get_submodule(layer, att["qkv"]))
-        heads = q_width // head_dim
-        kv_heads = (fused - q_width) // (2 * head_dim)
-    else:
-        heads = output_size(get_submodule(layer, att["q"])) // head_dim
-        kv_heads = output_size(get_submodule(layer, att["k"])) // head_dim
+        return (output_size(get_submodule(layer, att["qkv"])) - q_width) // (2 * head_dim)
+    return output_size(get_submodule(layer, att["k"])) // head_dim
+
+
+def count_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
+    """Current MLP neurons of one block, read from its weight shapes."""
+    mlp = recipe["mlp"]
     if mlp.get("gate_up"):
-        neurons = output_size(get_submodule(layer, mlp["gate_up"])) // 2
-    else:
-        neurons = output_size(get_submodule(layer, mlp["up"]))
-    return {"heads": heads, "kv_heads": kv_heads, "neurons": neurons}
+        return output_size(get_submodule(layer, mlp["gate_up"])) // 2
+    return output_size(get_submodule(layer, mlp["up"]))
+
+
+def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
+    """Current ``heads``, ``kv_heads`` and ``neurons`` of one block, read from its weight shapes."""
+    return {
+        "heads": count_heads(layer, recipe, head_dim),
+        "kv_heads": count_kv_heads(layer, recipe, head_dim),
+        "neurons": count_neurons(layer, recipe, head_dim),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,6 +412,27 @@ def recorded_structure(config: Any) -> list[dict[str, int]] | None:
     return [dict(layer) for layer in meta["layers"]]
 
 
+def restore_attention(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
+    """Shrink a dense-shaped block's attention to the recorded ``heads`` / ``kv_heads`` (the first of each group)."""
+    counts = layer_counts(layer, recipe, head_dim)
+    if (target["heads"], target["kv_heads"]) != (counts["heads"], counts["kv_heads"]):
+        group = target["heads"] // target["kv_heads"]
+        old_group = counts["heads"] // counts["kv_heads"]
+        keep_heads = [kv * old_group + i for kv in range(target["kv_heads"]) for i in range(group)]
+        prune_attention(layer, recipe, head_dim, keep_heads, list(range(target["kv_heads"])))
+
+
+def restore_mlp(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
+    """Shrink a dense-shaped block's MLP to the recorded ``neurons`` (the first ones)."""
+    if target["neurons"] != count_neurons(layer, recipe, head_dim):
+        prune_mlp(layer, recipe, head_dim, list(range(target["neurons"])))
+
+
+# One restorer per sublayer, in order. hf_prune's unit kinds (hf_prune/kinds) name these as their restore step; this
+# tuple is what runs without hf_prune (trust_remote_code), and a test checks that both agree.
+RESTORERS = (restore_attention, restore_mlp)
+
+
 def restore_structure(model: nn.Module) -> None:
     """Shrink a freshly built (dense-shaped) model to the structure recorded in its config.
 
@@ -410,13 +447,7 @@ def restore_structure(model: nn.Module) -> None:
     recipe, head_dim = meta["recipe"], meta["head_dim"]
     layers = find_layers(model, recipe)
     for layer, target in zip(layers, structure, strict=True):
-        counts = layer_counts(layer, recipe, head_dim)
-        if (target["heads"], target["kv_heads"]) != (counts["heads"], counts["kv_heads"]):
-            group = target["heads"] // target["kv_heads"]
-            old_group = counts["heads"] // counts["kv_heads"]
-            keep_heads = [kv * old_group + i for kv in range(target["kv_heads"]) for i in range(group)]
-            prune_attention(layer, recipe, head_dim, keep_heads, list(range(target["kv_heads"])))
-        if target["neurons"] != counts["neurons"]:
-            prune_mlp(layer, recipe, head_dim, list(range(target["neurons"])))
+        for restore in RESTORERS:
+            restore(layer, recipe, head_dim, target)
     if recipe["attention"].get("shared_head_tensors"):
         prune_shared_heads(model, recipe, head_dim, range(structure[0]["heads"]), structure[0])

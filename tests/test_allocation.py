@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_prune.allocation import count_to_remove, head_units, plan_pruning, resolve_gqa_mode
+from hf_prune.allocation import (
+    KindRequest,
+    LayerPlan,
+    count_to_remove,
+    head_request,
+    head_units,
+    neuron_request,
+    plan_pruning,
+    plan_units,
+    resolve_gqa_mode,
+    single_units,
+)
 from hf_prune.surgery import check_gqa_mapping
 
 
@@ -415,3 +426,26 @@ def test_tied_heads_refuse_protected_layers() -> None:
     with pytest.raises(ValueError, match="tied_heads needs the same heads in every block"):
         plan_pruning(scores, [4, 4], [torch.rand(8)] * 2, 0.5, 0.0, protected_layers=[0], tied_heads=True)
     plan_pruning(scores, [4, 4], [torch.rand(8)] * 2, 0.0, 0.5, protected_layers=[0], tied_heads=True)  # no heads
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plan_units: one request per leading kind
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_plan_units_plans_each_kind_on_its_own_and_merges_the_blocks() -> None:
+    """A third kind (say, experts: one index per unit) is planned next to heads and neurons without touching
+    them, and every block's plan holds the kept indices of every kind."""
+    heads, neurons, experts = _rand(8, 8, seed=1), _rand(16, 16, seed=2), _rand(4, 4, seed=3)
+    requests = [head_request(heads, [2, 2], 0.5), neuron_request(neurons, 0.25, multiple=4)]
+    extra = KindRequest("experts", experts, {"experts": [4, 4]}, 0.5, lambda i, s: single_units(s))
+    plans = plan_units([*requests, extra], ranking="global")
+    alone = plan_pruning(heads, [2, 2], neurons, 0.5, 0.25, ranking="global", neuron_multiple=4)
+    experts_alone = plan_units([extra], ranking="global")
+    assert plans == [LayerPlan(keep={**p.keep, **q.keep}) for p, q in zip(alone, experts_alone, strict=True)]
+    assert [list(p.keep) for p in plans] == [["heads", "kv_heads", "neurons", "experts"]] * 2
+    assert sum(len(p.keep["experts"]) for p in plans) == 4
+    for plan, scores in zip(plans, experts, strict=True):  # within a block, the least important go first
+        kept = plan.keep["experts"]
+        removed = [j for j in range(4) if j not in kept]
+        assert not removed or float(scores[removed].max()) <= float(scores[kept].min())

@@ -112,7 +112,7 @@ def test_flops_target_is_met_within_one_group(tmp_path: Path) -> None:
     report = callback.report
     removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
     costs = hf_prune.flops.unit_costs(ModelStructure(model), "flops")
-    one_neuron = costs.neuron / report.before.block_flops_per_token
+    one_neuron = costs["neurons"] / report.before.block_flops_per_token
     assert 0.4 - one_neuron <= removed <= 0.4
 
 
@@ -166,7 +166,7 @@ def _accumulated(tmp_path: Path, importance: str, scaler: torch.amp.GradScaler |
         trainer.accelerator.scaler = scaler
     trainer.train()
     assert callback.importance.updates == 6
-    return [*callback.importance.heads, *callback.importance.neurons]
+    return [*callback.importance.values["heads"], *callback.importance.values["neurons"]]
 
 
 @pytest.mark.parametrize("importance", ["taylor", "fisher"])
@@ -184,7 +184,7 @@ def test_bf16_autocast_run_keeps_scores_finite_and_prunes(tmp_path: Path, import
     callback = hf_prune.PruningCallback(_config(importance=importance))
     args = _args(tmp_path, bf16=True)
     T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[callback]).train()
-    statistics = [*callback.importance.heads, *callback.importance.neurons]
+    statistics = [*callback.importance.values["heads"], *callback.importance.values["neurons"]]
     assert callback.importance.updates > 0 and all(torch.isfinite(t).all() for t in statistics)
     assert [(s.heads, s.kv_heads, s.neurons) for s in ModelStructure(model).shapes()] == [(4, 1, 48)] * 3
 
@@ -371,7 +371,8 @@ def test_gradual_cost_target_never_revives_and_ends_on_the_target(seed: int) -> 
             [torch.rand(s.neurons, generator=generator) for s in shapes],
         )
         before = ([m.clone() for m in masks.heads], [m.clone() for m in masks.neurons])
-        plans = plan_for(structure, scores, config, progress, [~m for m in masks.heads], [~m for m in masks.neurons])
+        masked = {"heads": [~m for m in masks.heads], "neurons": [~m for m in masks.neurons]}
+        plans = plan_for(structure, scores, config, progress, masked)
         masks.set_from_plan(plans)
         for old, new in zip((*before[0], *before[1]), (*masks.heads, *masks.neurons), strict=True):
             assert not (new & ~old).any(), f"a masked group came back at progress {progress}"
@@ -379,10 +380,10 @@ def test_gradual_cost_target_never_revives_and_ends_on_the_target(seed: int) -> 
     total = hf_prune.flops.measure_cost(structure).block_flops_per_token
     kept_kv = [len(p.keep_kv_heads) for p in masks.to_plan()]
     removed = sum(
-        costs.removed((s.heads, s.kv_heads, s.neurons), (h, kv, n))
+        costs.removed(s.counts, {"heads": h, "kv_heads": kv, "neurons": n})
         for s, h, kv, n in zip(shapes, masks.kept_heads, kept_kv, masks.kept_neurons, strict=True)
     )
-    assert 0.4 - costs.neuron / total <= removed / total <= 0.4
+    assert 0.4 - costs["neurons"] / total <= removed / total <= 0.4
 
 
 # -- quality before and after --------------------------------------------------------------------------------

@@ -71,8 +71,7 @@ def test_two_processes_agree_on_every_mask_and_save_the_planned_model(tmp_path: 
             heads=0.5, neurons=0.5, importance="fisher", ranking="global", end=0.75, update_every=3, neuron_multiple=1
         ),
         progress=1.0,
-        masked_heads=[~unpack_mask(m) for m in previous["heads"]],
-        masked_neurons=[~unpack_mask(m) for m in previous["neurons"]],
+        masked={kind: [~unpack_mask(m) for m in previous[kind]] for kind in ("heads", "neurons")},
     )
     assert [p.keep_heads for p in plans] == [k["keep_heads"] for k in ranks[0]["kept"]]
     assert [p.keep_neurons for p in plans] == [k["keep_neurons"] for k in ranks[0]["kept"]]

@@ -76,8 +76,8 @@ def test_calibrated_taylor_uses_the_gradient_of_the_whole_calibration_loss() -> 
     scores = criterion.scores(structure)
     for i in range(structure.num_layers):
         sums = structure.group_sums(i, values)
-        torch.testing.assert_close(scores.neurons[i], sums.neurons)
-        torch.testing.assert_close(scores.heads[i], combine_head_scores(structure, i, sums.heads, sums.kv_heads))
+        torch.testing.assert_close(scores.neurons[i], sums["neurons"])
+        torch.testing.assert_close(scores.heads[i], combine_head_scores(structure, i, sums["heads"], sums["kv_heads"]))
     # The per-batch average (the training-time statistic) is a different estimator.
     per_batch = get_importance("taylor", beta=None)
     for batch in batches:

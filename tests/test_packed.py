@@ -43,9 +43,9 @@ def test_masks_and_scores_saved_as_plain_lists_by_older_versions_still_load() ->
 
     importance = hf_prune.get_importance("taylor")
     importance.load_state_dict({"updates": 2, "heads": [[0.5] * 8] * 3, "neurons": [[0.25] * 96] * 3})
-    assert importance.updates == 2 and float(importance.heads[0][0]) == 0.5
+    assert importance.updates == 2 and float(importance.values["heads"][0][0]) == 0.5
     packed = json.loads(json.dumps(importance.state_dict()))
     assert "f32" in packed["heads"][0]
     fresh = hf_prune.get_importance("taylor")
     fresh.load_state_dict(packed)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.neurons, importance.neurons, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.values["neurons"], importance.values["neurons"], strict=True))
