@@ -12,9 +12,10 @@ uniform plan with its own magnitude and Taylor criteria, next to hf_prune at exa
 Writes benchmarks/results/quality_encoder.json and quality_encoder.png.
 
 ``--default-path`` measures what ``hf_prune.prune(model, flops=F, calibration=batches)`` does by default instead
-(Fisher scores from the labelled batches, global ranking, block-by-block removal with bias compensation and the
-weight refit), the same without reconstruction, and Torch-Pruning at the default path's per-layer counts with its
-own Taylor scores (it has no reconstruction). Differences come with a paired standard error over the same 1,000
+(Fisher scores from the labelled batches, uniform ranking as PruningConfig's default, or ``--ranking global``;
+block-by-block removal with bias compensation and the weight refit), the same without reconstruction, and
+Torch-Pruning at the default path's per-layer counts with its own Taylor scores (it has no reconstruction).
+Differences come with a paired standard error over the same 1,000
 reviews. Writes benchmarks/results/quality_encoder_default.json.
 """
 
@@ -63,7 +64,12 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
 
 
 def default_path(
-    dense: torch.nn.Module, calibration: list, evaluation: list, targets: list[float], smoke: bool
+    dense: torch.nn.Module,
+    calibration: list,
+    evaluation: list,
+    targets: list[float],
+    smoke: bool,
+    ranking: str = "uniform",
 ) -> dict[str, Any]:
     """The default one-shot path, its no-reconstruction ablation and Torch-Pruning at its counts, paired."""
     from peer_torch_pruning import prune_minilm_tp
@@ -73,7 +79,7 @@ def default_path(
     for flops in targets:
         model = copy.deepcopy(dense)
         start = time.perf_counter()
-        report = hf_prune.prune(model, flops=flops, calibration=calibration, ranking="global", neuron_multiple=1)
+        report = hf_prune.prune(model, flops=flops, calibration=calibration, ranking=ranking, neuron_multiple=1)
         seconds = time.perf_counter() - start
         ours = correct(model, evaluation)
         removed = 1 - report.after.block_flops_per_token / report.before.block_flops_per_token
@@ -92,7 +98,7 @@ def default_path(
         )
         bare = copy.deepcopy(dense)
         hf_prune.prune(
-            bare, flops=flops, calibration=calibration, ranking="global", neuron_multiple=1, reconstruct=False
+            bare, flops=flops, calibration=calibration, ranking=ranking, neuron_multiple=1, reconstruct=False
         )
         peer = prune_minilm_tp(copy.deepcopy(dense), report.layers_after, "taylor", calibration)
         for method, other in (
@@ -169,6 +175,7 @@ def main() -> None:
     parser.add_argument("--calibration-batches", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--default-path", action="store_true", help="the default one-shot path vs Torch-Pruning")
+    parser.add_argument("--ranking", default="uniform", help="ranking of --default-path (PruningConfig's default)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the existing JSON")
     args = parser.parse_args()
@@ -192,8 +199,12 @@ def main() -> None:
     calibration = batches_of(train.shuffle(seed=args.seed), tokenizer, 32, args.calibration_batches)
     evaluation = batches_of(test, tokenizer, 64)
     if args.default_path:
-        data = default_path(dense, calibration, evaluation, args.targets, args.smoke)
-        data["meta"] = run_meta(args.smoke) | {"calibration_batches": args.calibration_batches, "seed": args.seed}
+        data = default_path(dense, calibration, evaluation, args.targets, args.smoke, args.ranking)
+        data["meta"] = run_meta(args.smoke) | {
+            "calibration_batches": args.calibration_batches,
+            "seed": args.seed,
+            "ranking": args.ranking,
+        }
         name = "quality_encoder_default-smoke" if args.smoke else "quality_encoder_default"
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")

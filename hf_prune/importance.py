@@ -406,7 +406,7 @@ def calibrate(
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 # No KV cache: nothing reads it, and recomputed blocks would fill it twice.
                 output = model(**{**batch, **no_cache})
-                loss = output.loss
+                loss = getattr(output, "loss", None)  # base models (no head) return none
                 del output  # the logits: the loss keeps what its backward needs (a vocabulary-sized tensor less)
                 if getattr(criterion, "needs_gradients", True):
                     if loss is None:
