@@ -81,6 +81,9 @@ def greedy(model: torch.nn.Module, tokenizer: Any, prompts: list[str], tokens: i
     return out
 
 
+GQA_LABELS = {"query_heads": "query heads only", "kv_groups": "whole KV groups"}
+
+
 def run_point(
     dense: torch.nn.Module,
     criterion: hf_prune.Importance,
@@ -107,7 +110,7 @@ def run_point(
     removed = 1 - report.after.block_parameters / report.before.block_parameters
     summary = report.extra.get("reconstruction", {})
     point = {
-        "criterion": criterion.name if gqa_mode == "auto" else f"{criterion.name}, query heads only",
+        "criterion": criterion.name if gqa_mode == "auto" else f"{criterion.name}, {GQA_LABELS[gqa_mode]}",
         "target": params,
         "params_removed": removed,
         "reconstruction": reconstruction,
@@ -174,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         "--sources", nargs="+", default=["plays", "self-generated"], choices=["plays", "self-generated"]
     )
     parser.add_argument("--peer", action="store_true", help="Torch-Pruning at the default points' counts (plays)")
+    parser.add_argument(
+        "--gqa-mode",
+        default="auto",
+        choices=["auto", "kv_groups", "query_heads"],
+        help="the sweep's and default points'",
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -223,7 +232,14 @@ def main(argv: list[str] | None = None) -> None:
             seconds = round(time.perf_counter() - start, 1)
             for reconstruction in args.reconstructions:
                 point, _ = run_point(
-                    dense, fitted[(source, name)], calibration, args.target, reconstruction, evaluations, generation
+                    dense,
+                    fitted[(source, name)],
+                    calibration,
+                    args.target,
+                    reconstruction,
+                    evaluations,
+                    generation,
+                    args.gqa_mode,
                 )
                 point["calibrate_seconds"] = seconds
                 data["points"].append(point)
@@ -236,7 +252,14 @@ def main(argv: list[str] | None = None) -> None:
                 if params == args.target:
                     continue
                 point, _ = run_point(
-                    dense, fitted[(source, name)], calibration, params, reconstruction, evaluations, generation
+                    dense,
+                    fitted[(source, name)],
+                    calibration,
+                    params,
+                    reconstruction,
+                    evaluations,
+                    generation,
+                    args.gqa_mode,
                 )
                 data["points"].append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "reconstruction_summary"}), flush=True)
