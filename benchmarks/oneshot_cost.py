@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         "rss_peak_bytes": peak,
         # What the model and the work hold, without the interpreter's own libraries: the goal is <= 2x the model.
         "peak_over_model": round((peak - interpreter) / size, 2),
+        "calibrate_peak_over_model": round((calibrate_memory.peak - interpreter) / size, 2),
+        "prune_peak_over_model": round((prune_memory.peak - interpreter) / size, 2),
+        # glibc keeps freed blocks of up to 32 MB resident unless told otherwise (MALLOC_MMAP_THRESHOLD_)
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         # What the work adds to what was resident before it (the model, its tokenizer, the calibration text).
         "added_over_model": round((peak - before) / size, 2),
         "reconstruction_summary": {k: v for k, v in summary.items() if k != "per_block"},

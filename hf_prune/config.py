@@ -37,7 +37,11 @@ class PruningConfig:
     )
     ranking: str = field(default="uniform", metadata={"help": "'uniform' per layer or 'global' across layers"})
     gqa_mode: str = field(
-        default="auto", metadata={"help": "'auto', 'kv_groups' (whole KV groups) or 'query_heads' (same per group)"}
+        default="auto",
+        metadata={
+            "help": "'kv_groups' (whole KV groups, shrinks the KV cache), 'query_heads' (the same number from every "
+            "group) or 'auto': query heads when reconstruction follows (one-shot with data), else KV groups"
+        },
     )
     neuron_multiple: int = field(default=8, metadata={"help": "kept neurons per layer are a multiple of this"})
     protected_layers: list[int] | None = field(

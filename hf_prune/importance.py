@@ -13,7 +13,7 @@ import torch
 from transformers.utils import logging
 
 from .kinds import get_kind
-from .lean_backward import lean_backward
+from .lean_backward import chunked_loss_for, lean_backward
 from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure
 
@@ -397,17 +397,23 @@ def calibrate(
     model.zero_grad(set_to_none=True)
     criterion.attach(structure)
     no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+    lean = getattr(criterion, "reads_weight_gradients_only", False)
     try:
-        with lean_backward(structure, getattr(criterion, "reads_weight_gradients_only", False)):
-            count = 0
+        with lean_backward(structure, lean):
+            count, chunked_loss = 0, None
             for batch in batches:
                 if max_batches is not None and count >= max_batches:
                     break
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                # No KV cache: nothing reads it, and recomputed blocks would fill it twice.
-                output = model(**{**batch, **no_cache})
-                loss = getattr(output, "loss", None)  # base models (no head) return none
-                del output  # the logits: the loss keeps what its backward needs (a vocabulary-sized tensor less)
+                if lean and count == 0 and no_cache:
+                    chunked_loss = chunked_loss_for(model, batch)
+                if chunked_loss is not None:
+                    loss = chunked_loss(model, batch)  # the same loss, without the sequence's whole logits
+                else:
+                    # No KV cache: nothing reads it, and recomputed blocks would fill it twice.
+                    output = model(**{**batch, **no_cache})
+                    loss = getattr(output, "loss", None)  # base models (no head) return none
+                    del output  # the logits: the loss keeps what its backward needs
                 if getattr(criterion, "needs_gradients", True):
                     if loss is None:
                         raise ValueError(f"importance '{criterion.name}' needs a loss: give the batches labels.")

@@ -6,14 +6,21 @@ also fills the embeddings' and norms' gradients and keeps every block's intermed
 backward reaches it. On SmolLM2-135M (one 512-token window at a time, one thread) the process peaked at 5.2x the
 float32 model above the interpreter; with the other parameters frozen and each block checkpointed (its input kept,
 its insides recomputed in the backward) at 3.3x, for the same gradients (``tests/test_lean_backward.py``).
+
+A causal LM's logits are the other large tensor: one 512-token window of SmolLM2's 49,152-token vocabulary is
+100 MB of float32 logits, and the cross-entropy's softmax and gradient as much again each.
+:func:`causal_loss_in_chunks` computes the same loss from the last hidden state, a few positions of logits at a time,
+recomputed in the backward.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -76,3 +83,58 @@ def lean_backward(structure: ModelStructure, weights_only: bool) -> Iterator[Non
         return
     with gradients_only_for(structure.model, scored_weights(structure)), checkpointed(structure.layers):
         yield
+
+
+#: Positions of logits alive at a time in :func:`causal_loss_in_chunks`.
+LOSS_CHUNK = 128
+IGNORE_INDEX = -100
+
+
+def _chunk_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def causal_loss_in_chunks(model: nn.Module, batch: Mapping[str, Any], chunk: int = LOSS_CHUNK) -> torch.Tensor:
+    """The mean next-token cross-entropy of ``batch`` (its ``labels``, -100 ignored), as a causal LM's own loss,
+    without holding the whole sequence's logits: the output embedding and the loss run ``chunk`` positions at a
+    time and are recomputed in the backward."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+    return _loss_of_hidden(model.get_output_embeddings(), hidden, batch["labels"], chunk)
+
+
+def _loss_of_hidden(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    hidden, labels = hidden[:, :-1], labels[:, 1:].to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, labels.shape[1], chunk):
+        piece = (hidden[:, start : start + chunk], labels[:, start : start + chunk])
+        total = total + checkpoint(_chunk_loss, head, *piece, use_reentrant=False)
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def chunked_loss_for(model: nn.Module, batch: Mapping[str, Any]) -> Callable[..., torch.Tensor] | None:
+    """:func:`causal_loss_in_chunks` if it computes ``model``'s own logits and loss on ``batch`` (checked once,
+    without gradients), else ``None``. The check, not a list of architectures, decides: a model whose head does
+    more than a linear map of the last hidden state (logit soft-capping, scaling) fails it and keeps its own
+    forward."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or "labels" not in batch or getattr(model, "base_model", model) is model:
+        return None
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        try:
+            own = model(**batch, use_cache=False)
+            hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+        except (TypeError, AttributeError, ValueError):  # a base model that takes other inputs or returns no state
+            return None
+        logits = getattr(own, "logits", None)
+        if own.loss is None or logits is None or logits.shape[:-1] != hidden.shape[:-1]:
+            return None
+        # The same linear map of the same hidden state gives the same logits to rounding; a soft-cap does not.
+        if not torch.allclose(logits.float(), head(hidden).float(), rtol=1e-6, atol=1e-6):
+            return None
+        chunked = _loss_of_hidden(head, hidden, batch["labels"], LOSS_CHUNK)
+    return causal_loss_in_chunks if torch.allclose(own.loss.float(), chunked, rtol=1e-4, atol=1e-6) else None

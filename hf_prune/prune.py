@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, budget_fractions, plan_units
+from .allocation import LayerPlan, auto_gqa_mode, budget_fractions, plan_units
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
@@ -480,6 +480,7 @@ def prune(
         heads, neurons, _ = resolve_targets(config, structure)
     prunes_width = heads > 0 or neurons > 0 or config.flops is not None or config.params is not None
     reconstructs = config.reconstruct is not False and data is not None and prunes_width
+    config = config.replace(gqa_mode=auto_gqa_mode(config.gqa_mode, reconstructs))
     if criterion is None and not prunes_width:
         criterion = get_importance("magnitude")  # nothing to rank: keep every head and neuron of what remains
     elif criterion is None:
@@ -507,6 +508,7 @@ def prune(
             "heads": heads,
             "neurons": neurons,
             "protected_layers": protected,
+            "gqa_mode": config.gqa_mode,  # what "auto" meant for this run
         },
         head_dim=structure.head_dim,
         layers_before=_shape_dicts(before_shapes),

@@ -8,6 +8,7 @@ import torch
 from hf_prune.allocation import (
     KindRequest,
     LayerPlan,
+    auto_gqa_mode,
     count_to_remove,
     head_request,
     head_units,
@@ -105,6 +106,13 @@ def test_head_units_auto_uses_query_heads_under_mqa() -> None:
     units = head_units(torch.tensor([0.4, 0.1, 0.3, 0.2]), kv_heads=1, mode="auto")
     assert units.heads == [[1], [3], [2], [0]]
     assert units.kv_heads == [[], [], [], []]
+
+
+def test_auto_gqa_mode_picks_query_heads_only_when_reconstruction_follows() -> None:
+    assert auto_gqa_mode("auto", reconstructs=True) == "query_heads"
+    assert auto_gqa_mode("auto", reconstructs=False) == "auto"  # whole KV groups, query heads under MQA
+    for mode in ("kv_groups", "query_heads"):  # an explicit choice always stands
+        assert auto_gqa_mode(mode, reconstructs=True) == auto_gqa_mode(mode, reconstructs=False) == mode
 
 
 def test_resolve_gqa_mode() -> None:

@@ -399,16 +399,17 @@ def cli_pruned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
 
 
 def _expected_heads(case: Case, fraction: float, before: list[dict[str, int]]) -> list[int] | None:
-    """Uniform head targets have a closed form: each layer keeps heads minus round(fraction * heads), in whole KV
-    groups for GQA (at least one unit). Parameter targets and global ranking are checked by their budget instead."""
+    """Uniform head targets have a closed form: each layer keeps heads minus round(fraction * heads), at least one
+    unit. The CLI self-calibrates and reconstructs, so under GQA a unit is one query head from every KV group
+    (gqa_mode="auto" with reconstruction). Parameter targets and global ranking are checked by their budget instead."""
     target = _target(fraction)
     if "heads" not in target or target["ranking"] != "uniform":
         return None
     kept = []
     for layer in before:
-        groups = layer["kv_heads"] if layer["kv_heads"] not in (1, layer["heads"]) else layer["heads"]
-        per_group = layer["heads"] // groups
-        kept.append(per_group * max(1, groups - math.ceil(fraction * groups - 0.5)))  # ties keep more
+        unit = layer["kv_heads"] if layer["kv_heads"] != layer["heads"] else 1  # heads per unit
+        units = layer["heads"] // unit
+        kept.append(unit * max(1, units - math.ceil(fraction * units - 0.5)))  # ties keep more
     return kept
 
 

@@ -22,7 +22,8 @@ DENSE = {
     "bert": {"heads": 8, "kv_heads": 8, "neurons": 96},
 }
 HALVED = {
-    "llama": {"heads": 4, "kv_heads": 1, "neurons": 48},  # one of two KV groups goes, with its 4 query heads
+    # self-calibrated and reconstructed, so gqa_mode="auto" removes 2 query heads of each KV group; both KV heads stay
+    "llama": {"heads": 4, "kv_heads": 2, "neurons": 48},
     "bert": {"heads": 4, "kv_heads": 4, "neurons": 48},
 }
 

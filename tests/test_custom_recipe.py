@@ -173,5 +173,7 @@ def test_cli_prunes_with_the_recipe_file(tmp_path: Path, capsys: pytest.CaptureF
     ]
     assert main(argv) == 0, capsys.readouterr().err
     report = json.loads((output / "pruning_report.json").read_text())
-    assert report["recipe"] == "arcee" and report["layers_after"] == [{"heads": 4, "kv_heads": 1, "neurons": 48}] * 3
+    # self-calibrated and reconstructed: 2 query heads of each KV group go, both KV heads stay
+    assert report["recipe"] == "arcee" and report["layers_after"] == [{"heads": 4, "kv_heads": 2, "neurons": 48}] * 3
+    assert report["config"]["gqa_mode"] == "query_heads"
     assert type(T.AutoModelForCausalLM.from_pretrained(output)) is T.ArceeForCausalLM

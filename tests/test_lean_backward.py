@@ -8,6 +8,7 @@ import torch
 
 import hf_prune
 from hf_prune.importance import TaylorImportance
+from hf_prune.lean_backward import causal_loss_in_chunks, chunked_loss_for
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME
@@ -52,7 +53,9 @@ def test_lean_backward_recomputes_blocks_and_freezes_the_rest() -> None:
     model.get_input_embeddings().weight.register_hook(lambda grad: embedding_grads.append(grad))
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     hf_prune.calibrate(model, _batches(model, True), "taylor")
-    assert len(calls) == 4  # 2 batches, each block run in the forward and again in the backward
+    # 2 batches, each block run in the forward and again in the backward, plus the chunked loss's check (the
+    # model's own forward and the chunked one, without gradients) on the first batch
+    assert len(calls) == 6
     assert embedding_grads == []  # frozen: no gradient computed for what Taylor does not read
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     assert all("forward" not in layer.__dict__ for layer in structure.layers)  # the class's forward again
@@ -65,3 +68,28 @@ def test_criteria_that_hook_into_blocks_run_them_once() -> None:
     ModelStructure(model).module(0, "down").register_forward_pre_hook(lambda module, args: calls.append(1))
     hf_prune.calibrate(model, _batches(model, True), "fisher")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_the_chunked_loss_is_the_models_loss_with_the_same_gradients(name: str) -> None:
+    model = CASES_BY_NAME[name].build()
+    batch = _batches(model, True)[0]
+    batch["labels"][0, :4] = -100  # ignored positions count as in the model's own loss
+    assert chunked_loss_for(model, batch) is causal_loss_in_chunks
+    own = model(**batch).loss
+    (own_grad,) = torch.autograd.grad(own, model.get_output_embeddings().weight)
+    chunked = causal_loss_in_chunks(model, batch, chunk=5)  # 11 positions: chunks of 5, 5 and 1
+    (chunked_grad,) = torch.autograd.grad(chunked, model.get_output_embeddings().weight)
+    torch.testing.assert_close(chunked, own, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_grad, own_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_head_that_is_more_than_a_linear_map_keeps_the_models_own_loss() -> None:
+    model = CASES_BY_NAME["gemma2"].build()  # Gemma 2 soft-caps its final logits
+    assert model.config.final_logit_softcapping
+    assert chunked_loss_for(model, _batches(model, True)[0]) is None
+
+
+def test_encoders_keep_their_own_loss() -> None:
+    model = CASES_BY_NAME["bert"].build()
+    assert chunked_loss_for(model, _batches(model, False)[0]) is None

@@ -91,16 +91,17 @@ def test_dense_smollm2_knows_the_capital_of_italy(smollm2: tuple[Any, Any]) -> N
 
 def test_smollm2_pruned_counts_match_the_report(smollm2: tuple[Any, Any], smollm2_pruned: dict[str, Any]) -> None:
     report, model = smollm2_pruned["report"], smollm2_pruned["model"]
-    # Half of 3 KV groups rounds to one group (never overshoot by half a unit): 6 query heads, 2 KV heads.
+    # GQA's default removes query heads inside each group and keeps the 3 KV groups: half of 3 query heads per group
+    # rounds to one (never overshoot by half a unit), so 6 query heads remain over 3 KV heads.
     assert report.layers_before == [{"heads": 9, "kv_heads": 3, "neurons": 1536}] * 30
-    assert report.layers_after == [{"heads": 6, "kv_heads": 2, "neurons": 768}] * 30
+    assert report.layers_after == [{"heads": 6, "kv_heads": 3, "neurons": 768}] * 30
     assert report.vanilla_loadable
     assert report.before.parameters == _parameters(smollm2[0])
     assert report.after.parameters == _parameters(model) == _parameters(smollm2_pruned["loaded"])
     hidden, head_dim = 576, 64
-    removed_per_layer = 3 * 2 * hidden * head_dim + 1 * 2 * hidden * head_dim + 768 * 3 * hidden  # q+o, k+v, MLP
+    removed_per_layer = 3 * 2 * hidden * head_dim + 768 * 3 * hidden  # q+o of 3 query heads, MLP; k and v stay
     # Bias compensation turned on attention_bias and mlp_bias: q, k, v, o, gate, up and down gained a bias.
-    added_per_layer = (6 + 2 + 2) * head_dim + hidden + 2 * 768 + hidden
+    added_per_layer = (6 + 3 + 3) * head_dim + hidden + 2 * 768 + hidden
     assert model.config.attention_bias and model.config.mlp_bias
     assert report.before.parameters - report.after.parameters == 30 * (removed_per_layer - added_per_layer)
     assert report.extra["calibration"]["self_generated"] and report.extra["reconstruction"]["with_bias"] == 60
@@ -129,7 +130,7 @@ def test_smollm2_saves_a_plain_checkpoint_that_vanilla_transformers_loads(smollm
     config = json.loads((directory / "config.json").read_text())
     assert "quantization_config" not in config, "a dequantized GGUF model must save as a plain checkpoint"
     assert list(directory.glob("*.safetensors")) and not list(directory.glob("*.gguf"))
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (6, 2, 64)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (6, 3, 64)
     assert config["intermediate_size"] == 768
     assert "auto_map" not in config and not (directory / "modeling_pruned.py").exists()
     assert type(loaded) is transformers.LlamaForCausalLM
