@@ -132,6 +132,12 @@ class PruningCallback(TrainerCallback, ExportableState):
                 f"layer_importance='{self.config.layer_importance}' needs passes of its own over calibration data. Use "
                 "it one-shot (hf_prune.prune), or leave layer_importance='block_influence' here."
             )
+        if self.config.reconstruct:
+            raise ValueError(
+                "reconstruct=True is for one-shot pruning (hf_prune.prune): during fine-tuning, training recovers the "
+                "removed units on its own, and folding their mean into the biases at each update did not help "
+                "(README, 'Reconstruction on the gradual path'). Leave reconstruct unset here."
+            )
         if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
             self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name

@@ -91,7 +91,8 @@ class PruningConfig:
     reconstruct: bool | None = field(
         default=None,
         metadata={
-            "help": "after removal, fold the removed units' mean into the output bias and refit the output "
+            "help": "one-shot only (PruningCallback refuses True): after removal, fold the removed units' mean into "
+            "the output bias and refit the output "
             "projections (reconstruct_refit), block by block, where held-out calibration windows confirm it; unset: "
             "whenever calibration data exists or can be generated, True: require it, False: off"
         },

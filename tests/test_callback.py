@@ -325,6 +325,12 @@ def test_protected_layer_out_of_range_is_refused_before_training(tmp_path: Path,
     assert trainer.state.global_step == 0
 
 
+def test_reconstruction_is_refused_in_training_and_points_to_the_one_shot_path() -> None:
+    with pytest.raises(ValueError, match=r"reconstruct=True is for one-shot pruning \(hf_prune\.prune\)"):
+        hf_prune.PruningCallback(_config(reconstruct=True))
+    hf_prune.PruningCallback(_config(reconstruct=False))  # off is what training does anyway
+
+
 def test_unknown_importance_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match=r"unknown importance 'snip'\. Available: activation, fisher"):
         hf_prune.PruningCallback(importance="snip")
