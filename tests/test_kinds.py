@@ -17,11 +17,12 @@ from .architectures import CASES, CASES_BY_NAME
 
 
 def test_shipped_kinds_in_table_order() -> None:
-    assert [k.name for k in registered_kinds()][:3] == ["heads", "kv_heads", "neurons"]
+    assert [k.name for k in registered_kinds()][:4] == ["heads", "kv_heads", "neurons", "experts"]
     assert get_kind("kv_heads").follows == "heads" and get_kind("kv_heads").part == "attention"
+    assert get_kind("experts").part == "experts" and not get_kind("experts").gated
     assert [k.name for k in ModelStructure(CASES_BY_NAME["llama"].build()).leaders] == ["heads", "neurons"]
-    with pytest.raises(KeyError, match="unknown unit kind 'experts'"):
-        get_kind("experts")
+    with pytest.raises(KeyError, match="unknown unit kind 'routers'"):
+        get_kind("routers")
 
 
 class _Nameless(UnitKind):

@@ -28,6 +28,9 @@ class Neurons(UnitKind):
     def restorer(self) -> Restorer:
         return surgery.restore_mlp
 
+    def applies(self, recipe: Recipe) -> bool:
+        return recipe.mlp is not None  # an MoE recipe may have experts instead
+
     def paths(self, recipe: Recipe) -> dict[str, str]:
         mlp = recipe.mlp
         return {role: getattr(mlp, role) for role in ("up", "gate", "gate_up", "down") if getattr(mlp, role)}
