@@ -1,0 +1,352 @@
+"""MoE experts (hf_prune/kinds/experts.py) on tiny Mixtral, Qwen3-MoE (top-k renormalised or not) and OLMoE models:
+masked == pruned (forward and cached generation), backward, closed-form counts, the top-k floor, the routing
+criteria, the errors, and checkpoints that load three ways."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+import hf_prune
+from hf_prune import surgery
+from hf_prune.flops import unit_costs
+from hf_prune.kinds import get_kind
+from hf_prune.masks import MaskSet
+from hf_prune.recipe import Recipe, RecipeError, shipped_recipes
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME, MOE_CASES, MOE_CASES_BY_NAME, MoECase
+from .cli_run import run_cli
+
+ATOL = 1e-5
+# Random scores (seeded): no calibration, no warning about magnitude on decoders, nothing reconstructed.
+QUICK = {"importance": "random", "reconstruct": False}
+TOP_K = 2
+
+
+def _ids(batch: int = 2, length: int = 9) -> torch.Tensor:
+    return torch.randint(3, 96, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def _targets(case: MoECase) -> dict[str, float]:
+    """A third of the experts (6 -> 4 per block), and half the heads where the recipe removes heads."""
+    return {"experts": 0.34, **({"heads": 0.5} if case.prunes_heads else {})}
+
+
+def _prune_with_masked_twin(case: MoECase, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(pruned model, an unpruned copy masked with the same plan, the report)."""
+    model = case.build()
+    masked = copy.deepcopy(model)
+    report = hf_prune.prune(model, **{**QUICK, **settings})
+    masks = MaskSet(ModelStructure(masked))
+    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
+    masks.attach()
+    return model, masked, report
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_masked_equals_pruned_in_forward_and_cached_generation(case: MoECase) -> None:
+    dense = case.build()
+    model, masked, report = _prune_with_masked_twin(case, **_targets(case))
+    assert [a["experts"] for a in report.layers_after] == [4, 4]
+    assert [a["heads"] for a in report.layers_after] == ([2, 2] if case.prunes_heads else [4, 4])
+    ids = _ids()
+    with torch.no_grad():
+        pruned_logits, masked_logits = model(ids).logits, masked(ids).logits
+        assert (dense(ids).logits - masked_logits).abs().max() > 1e-3  # the masks change what the model computes
+    torch.testing.assert_close(pruned_logits, masked_logits, atol=ATOL, rtol=0)
+
+    settings = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=4,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=0,
+    )
+    pruned_out, masked_out = model.generate(ids, **settings), masked.generate(ids, **settings)
+    assert torch.equal(pruned_out.sequences, masked_out.sequences)
+    assert len(pruned_out.logits) == 4
+    for pruned_step, masked_step in zip(pruned_out.logits, masked_out.logits, strict=True):
+        torch.testing.assert_close(pruned_step, masked_step, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_backward_runs_on_the_pruned_model(case: MoECase) -> None:
+    model, _, _ = _prune_with_masked_twin(case, experts=0.34)
+    model.train()
+    ids = _ids()
+    model(ids, labels=ids).loss.backward()
+    structure = ModelStructure(model)
+    for role in ("router", "experts.gate_up_proj", "experts.down_proj"):
+        grad = structure.module(1, role).weight.grad
+        assert grad is not None and grad.shape[0] == 4, role
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, role
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_parameter_and_flop_counts_in_closed_form(case: MoECase) -> None:
+    """Removing r experts of each block removes r x (3 x hidden x expert width + a router row of hidden)
+    parameters, and per token only the router rows' FLOPs: every token still runs its top-k experts."""
+    model = case.build()
+    config = model.config
+    hidden, width, blocks = config.hidden_size, getattr(config, case.moe_intermediate), config.num_hidden_layers
+    structure = ModelStructure(model)
+    per_expert = 3 * hidden * width + hidden
+    assert unit_costs(structure, "params")["experts"] == per_expert
+    assert unit_costs(structure, "flops")["experts"] == 2 * hidden
+    # An MoE block's FLOPs per token: its top-k experts and the router logits, whatever the expert count.
+    assert get_kind("experts").context_flops(structure, {"experts": 6}, 128) == 2 * (
+        TOP_K * 3 * hidden * width + 6 * hidden
+    )
+    dense_parameters = sum(p.numel() for p in model.parameters())
+
+    report = hf_prune.prune(model, experts=0.5, **QUICK)  # 6 -> 3 per block
+    assert [a["experts"] for a in report.layers_after] == [3] * blocks
+    assert sum(p.numel() for p in model.parameters()) == report.after.parameters
+    assert report.before.parameters == dense_parameters
+    assert dense_parameters - report.after.parameters == blocks * 3 * per_expert
+    assert report.before.block_parameters - report.after.block_parameters == blocks * 3 * per_expert
+    assert report.before.flops_per_token - report.after.flops_per_token == blocks * 3 * 2 * hidden
+    assert getattr(model.config, case.count_attribute) == 3
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_fewer_experts_than_top_k_are_refused_and_the_model_is_untouched(case: MoECase) -> None:
+    model = case.build()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    structure = ModelStructure(model)
+    plans = [hf_prune.LayerPlan(keep={k: list(range(n)) for k, n in s.counts.items()}) for s in structure.shapes()]
+    plans[1].keep["experts"] = [3]
+    with pytest.raises(ValueError, match=r"block 1 would keep 1 of its 6 experts, fewer than the 2 that every token"):
+        hf_prune.apply_plan(structure, plans)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert getattr(model.config, case.count_attribute) == 6 and "hf_prune" not in model.config.to_dict()
+    # The surgery that runs without hf_prune refuses as well, before any change.
+    with pytest.raises(ValueError, match="keep at least 2"):
+        surgery.prune_experts(structure.layers[0], structure.recipe_dict, structure.head_dim, [0], top_k=TOP_K)
+    assert structure.shape(0)["experts"] == 6
+
+    # A fraction is rounded so that no block goes below top-k: 90% of 6 experts leaves the top 2.
+    report = hf_prune.prune(model, experts=0.9, **QUICK)
+    assert [a["experts"] for a in report.layers_after] == [TOP_K, TOP_K]
+
+
+def test_global_ranking_spreads_the_budget_and_keeps_top_k() -> None:
+    model = MOE_CASES_BY_NAME["mixtral"].build()
+    report = hf_prune.prune(model, experts=0.75, ranking="global", **QUICK)
+    kept = [a["experts"] for a in report.layers_after]
+    assert sum(kept) == 12 - 8 and min(kept) >= TOP_K  # round(0.75 x 12) = 9 asked, 8 possible above top-k
+    assert not report.vanilla_loadable or len(set(kept)) == 1
+
+
+def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    case = MOE_CASES_BY_NAME["mixtral"]
+    case.build().save_pretrained(tmp_path / "dense")
+    output = tmp_path / "pruned"
+    code, out, err = run_cli(
+        capsys, "prune", tmp_path / "dense", "--experts", "0.34", "--importance", "random", "--no-reconstruct",
+        "--output", output,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "experts" in out.splitlines()[4] and "4/6" in out  # the summary's table has an experts column
+    report = json.loads((output / "pruning_report.json").read_text())
+    assert report["config"]["experts"] == 0.34
+    assert report["layers_before"] == [{"heads": 4, "kv_heads": 2, "experts": 6}] * 2
+    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+    card = (output / "README.md").read_text()
+    assert "8 of 12 MoE experts" in card and "Experts kept" in card
+    loaded = T.AutoModelForCausalLM.from_pretrained(output)
+    assert loaded.config.num_local_experts == 4
+
+    # Without a target, the recipe's default: a quarter of each block's experts (1.5 of 6, ties keep more), no heads.
+    default = hf_prune.prune(case.build(), **QUICK)
+    assert [a["experts"] for a in default.layers_after] == [5, 5]
+    assert [a["heads"] for a in default.layers_after] == [4, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints: vanilla where uniform, hf_prune and trust_remote_code (without hf_prune) otherwise.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_uniform_pruning_loads_with_plain_from_pretrained(case: MoECase, tmp_path: Path) -> None:
+    model, _, report = _prune_with_masked_twin(case, **_targets(case))
+    assert report.vanilla_loadable
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert config[case.count_attribute] == 4 and "auto_map" not in config and "per_layer_config" not in config
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    assert type(loaded).__module__.startswith("transformers.models.")
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=ATOL, rtol=0)
+
+
+LOADER = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.modules["hf_prune"] = None  # prove that hf_prune is not needed (importing it now fails)
+    import transformers
+    results = []
+    for directory in json.loads(sys.argv[1]):
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
+        data = torch.load(directory + ".pt")
+        with torch.no_grad():
+            logits = model(data["ids"]).logits
+        results.append([float((logits - data["logits"]).abs().max()), type(model).__module__])
+    print(json.dumps(results))
+    """
+)
+
+
+def test_non_uniform_pruning_loads_through_hf_prune_and_without_it(tmp_path: Path) -> None:
+    ids, directories = _ids(), []
+    for case in MOE_CASES:
+        model, _, report = _prune_with_masked_twin(case, **_targets(case), protected_layers=[0])
+        assert not report.vanilla_loadable
+        assert [a["experts"] for a in report.layers_after] == [6, 4]
+        directory = tmp_path / case.name
+        hf_prune.save_pretrained(model, directory)
+        with torch.no_grad():
+            logits = model(ids).logits
+        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
+        directories.append(str(directory))
+
+        loaded = hf_prune.from_pretrained(directory).eval()
+        assert [s.counts for s in ModelStructure(loaded).shapes()] == report.layers_after
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
+
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(directories)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
+        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
+        assert "modeling_pruned" in module, f"{directory} should load through the shipped loader code"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Importance of experts.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _routing(model: torch.nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Per block, what its experts module receives: (hidden states, chosen experts, their router weights)."""
+    structure = ModelStructure(model)
+    seen: list[tuple[torch.Tensor, ...]] = []
+    handles = [
+        layer.get_submodule(structure.recipe.experts.experts).register_forward_hook(
+            lambda module, args, output: seen.append(tuple(a.detach() for a in args[:3]))
+        )
+        for layer in structure.layers
+    ]
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen3_moe-unnormalised"])
+def test_frequency_is_the_share_of_tokens_routed_to_each_expert(name: str) -> None:
+    model, ids = MOE_CASES_BY_NAME[name].build(), _ids()
+    scores = hf_prune.calibrate(model, [{"input_ids": ids}], "frequency").scores(ModelStructure(model))
+    assert list(scores) == ["experts"]
+    for block, (_, chosen, _) in enumerate(_routing(model, ids)):
+        expected = torch.bincount(chosen.reshape(-1), minlength=6).float() / chosen.shape[0]
+        torch.testing.assert_close(scores["experts"][block], expected)
+        assert float(scores["experts"][block].sum()) == pytest.approx(TOP_K)  # every token picks two
+
+
+def test_reap_is_the_router_weighted_output_norm_over_routed_tokens() -> None:
+    model, ids = MOE_CASES_BY_NAME["mixtral"].build(), _ids()
+    scores = hf_prune.calibrate(model, [{"input_ids": ids}], "reap").scores(ModelStructure(model))["experts"]
+    for block, (hidden, chosen, weights) in enumerate(_routing(model, ids)):
+        experts = model.model.layers[block].mlp.experts
+        expected = torch.zeros(6)
+        for e in range(6):
+            token, slot = torch.where(chosen == e)
+            gate, up = (hidden[token] @ experts.gate_up_proj[e].T).chunk(2, dim=-1)
+            output = (torch.nn.functional.silu(gate) * up) @ experts.down_proj[e].T
+            contributions = weights[token, slot] * output.norm(dim=-1)
+            expected[e] = contributions.mean() if len(token) else 0.0
+        torch.testing.assert_close(scores[block], expected.detach(), atol=1e-5, rtol=1e-4)
+        assert (scores[block] > 0).sum() >= TOP_K
+
+
+def test_criteria_that_do_not_score_experts_say_which_do() -> None:
+    ids = _ids()
+    batches = [{"input_ids": ids, "labels": ids}]
+    model = MOE_CASES_BY_NAME["mixtral"].build()
+    with pytest.raises(ValueError, match=r"does not score experts.*Criteria that score experts: frequency, magnitude"):
+        hf_prune.prune(model, experts=0.34, importance="fisher", calibration=batches, reconstruct=False)
+    with pytest.raises(ValueError, match=r"does not score heads.*Criteria that score heads: activation, fisher"):
+        hf_prune.prune(model, heads=0.5, experts=0.34, importance="frequency", calibration=batches, reconstruct=False)
+    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 2, "experts": 6}
+    # Gate criteria still prune the heads of an MoE model, its experts left alone.
+    report = hf_prune.prune(model, heads=0.5, experts=0.0, importance="fisher", calibration=batches, reconstruct=False)
+    assert report.layers_after == [{"heads": 2, "kv_heads": 1, "experts": 6}] * 2
+
+    with pytest.raises(ValueError, match="scores MoE experts, and recipe 'llama' has none"):
+        hf_prune.prune(CASES_BY_NAME["llama"].build(), heads=0.25, importance="reap", calibration=batches)
+
+
+def test_taylor_scores_experts_from_their_3d_parameters_gradients() -> None:
+    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), _ids()
+    scores = hf_prune.calibrate(model, [{"input_ids": ids, "labels": ids}], "taylor").scores(ModelStructure(model))
+    assert [t.shape for t in scores["experts"]] == [torch.Size([6])] * 2
+    assert all(bool((t > 0).any()) for t in scores["experts"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the recipes refuse.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_olmoe_refuses_head_pruning_with_the_reason() -> None:
+    model = MOE_CASES_BY_NAME["olmoe"].build()
+    with pytest.raises(ValueError, match="cannot remove attention heads: OLMoE's q_norm and k_norm"):
+        hf_prune.prune(model, heads=0.25, experts=0.34, **QUICK)
+    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 4, "experts": 6}
+    # A cost target never reaches for the heads.
+    report = hf_prune.prune(model, params=0.2, experts=0.34, **QUICK)
+    assert all(a["heads"] == 4 for a in report.layers_after)
+
+
+@pytest.mark.parametrize("layout", [{"mlp_only_layers": [1]}, {"decoder_sparse_step": 2}])
+def test_qwen3_moe_with_dense_blocks_is_refused_by_name(layout: dict[str, object]) -> None:
+    model = MOE_CASES_BY_NAME["qwen3_moe"].build(**layout)
+    with pytest.raises(
+        RecipeError, match=r"layer [01] has no parameter 'mlp.gate.weight'.*Qwen3MoeMLP.*mlp_only_layers"
+    ):
+        hf_prune.prune(model, experts=0.34, **QUICK)
+
+
+def test_a_recipe_needs_an_mlp_or_experts() -> None:
+    assert all(shipped_recipes()[name].mlp is None for name in ("mixtral", "qwen3_moe", "olmoe"))
+    data = shipped_recipes()["mixtral"].to_dict()
+    del data["experts"]
+    with pytest.raises(RecipeError, match=r"needs `mlp` .* or `experts` for a mixture-of-experts model"):
+        Recipe.from_dict(data)
+    data = shipped_recipes()["mixtral"].to_dict()
+    data["experts"]["parameters"] = {"gate_up_proj": 3}
+    with pytest.raises(RecipeError, match="parameter 'gate_up_proj' needs its expert axis"):
+        Recipe.from_dict(data)
+    # A dense recipe's dict form is what it was: no experts key.
+    assert "experts" not in shipped_recipes()["llama"].to_dict()
