@@ -350,3 +350,46 @@ def test_a_recipe_needs_an_mlp_or_experts() -> None:
         Recipe.from_dict(data)
     # A dense recipe's dict form is what it was: no experts key.
     assert "experts" not in shipped_recipes()["llama"].to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gradual pruning while training.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_trainer_run_with_the_callback_ends_with_fewer_experts_and_loads(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    ids = torch.randint(3, 96, (32, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    model = MOE_CASES_BY_NAME["mixtral"].build()
+    callback = hf_prune.PruningCallback(experts=0.34, heads=0.0, importance="taylor", end=0.75, update_every=2)
+    args = T.TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=8,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
+    trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    trainer.train()
+
+    assert [s.counts for s in ModelStructure(model).shapes()] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+    logged = [h for h in trainer.state.log_history if "pruning/experts_kept" in h]
+    assert logged and logged[-1]["pruning/experts_kept"] == pytest.approx(4 / 6)
+    assert logged[-1]["pruning/heads_kept"] == 1.0
+    report = json.loads((tmp_path / "run" / "pruning_report.json").read_text())
+    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    assert loaded.config.num_local_experts == 4
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_ids()).logits, model(_ids()).logits, atol=ATOL, rtol=0)
