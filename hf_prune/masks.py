@@ -99,12 +99,14 @@ class MaskSet:
 
     # -- applying --------------------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Install the hooks (idempotent)."""
+    def attach(self, kinds: Sequence[str] | None = None) -> None:
+        """Install the hooks (idempotent), of every scored kind or of ``kinds`` only."""
         if self._handles:
             return
         for i in range(self.structure.num_layers):
             for kind in self.structure.leaders:
+                if kinds is not None and kind.name not in kinds:
+                    continue
                 self._handles.append(kind.mask_hook(self.structure, i, partial(self._multiplier, kind.name, i)))
 
     def detach(self) -> None:

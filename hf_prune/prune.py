@@ -181,7 +181,13 @@ def apply_plan(
     masks = MaskSet(structure)
     masks.set_from_plan(plans)
     if reconstruction is not None:
-        reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
+        # Kinds masked without a gated input (experts, at the router) are masked while the blocks are reconstructed,
+        # so each block is fed what the pruned blocks before it compute; the others are zeroed by the reconstruction.
+        masks.attach(kinds=[kind.name for kind in structure.leaders if not kind.gated])
+        try:
+            reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
+        finally:
+            masks.detach()
     probe, reference = (probe_inputs(model), None) if changed else (None, None)
     if probe is not None:
         masks.attach()

@@ -436,14 +436,16 @@ def reconstruct_sequentially(
     """
     model = structure.model
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # A bias only where some block loses units of that part (enabling one adds a zero bias to every block).
     leaders = structure.leaders  # plans[i] holds one entry per leading kind (one per part), in this order
     changes = [
         leaders[k].gated and any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans)
         for k in range(len(leaders))
     ]
+    if not any(changes):
+        return []  # nothing with a projection to refit loses units (experts alone)
+    was_training = model.training
+    model.eval()
     can_bias = {
         kind.part: bias and changed and enable_bias(structure, kind.part)
         for kind, changed in zip(leaders, changes, strict=True)

@@ -393,3 +393,33 @@ def test_a_trainer_run_with_the_callback_ends_with_fewer_experts_and_loads(tmp_p
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(_ids()).logits, model(_ids()).logits, atol=ATOL, rtol=0)
+
+
+def test_reconstruction_refits_attention_with_the_experts_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-shot with data: the heads' output projections are reconstructed while the removed experts are masked at
+    the routers (each block is fed what the pruned blocks before it compute); experts have nothing to refit."""
+    from hf_prune.reconstruct import Reconstruction
+
+    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), _ids()
+    routers = [layer.mlp.gate for layer in model.model.layers]
+    hooked: list[list[int]] = []
+    run = Reconstruction.run
+
+    def recording_run(self: Reconstruction, structure: ModelStructure, plans: object) -> None:
+        hooked.append([len(router._forward_hooks) for router in routers])
+        run(self, structure, plans)
+
+    monkeypatch.setattr(Reconstruction, "run", recording_run)
+    report = hf_prune.prune(
+        model, heads=0.5, experts=0.34, importance="taylor", calibration=[{"input_ids": ids, "labels": ids}] * 2
+    )
+    assert hooked == [[1, 1]] and all(len(router._forward_hooks) == 0 for router in routers)
+    assert report.layers_after == [{"heads": 2, "kv_heads": 2, "experts": 4}] * 2
+    reconstruction = report.extra["reconstruction"]
+    assert reconstruction["projections"] == 2  # o_proj of each block; the experts are not refitted
+    assert all(set(block) == {"attention"} for block in reconstruction["per_block"])
+
+    experts_only = hf_prune.prune(
+        MOE_CASES_BY_NAME["qwen3_moe"].build(), experts=0.34, importance="frequency", calibration=[{"input_ids": ids}]
+    )
+    assert experts_only.extra["reconstruction"]["projections"] == 0  # nothing captured or refitted
