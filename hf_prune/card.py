@@ -377,12 +377,18 @@ def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
     return "## Evaluation\n\n" + _table(header, body, align) + "".join("\n\n" + note for note in notes)
 
 
+def _units_prose(report: PruningReport, conjunction: str = "and") -> str:
+    """The leading kinds' units, as the prose names them: "heads and neurons", "heads and experts"."""
+    labels = [kind.label for kind in _report_kinds(report) if kind.follows is None]
+    return f" {conjunction} ".join(labels)
+
+
 def _loading_section(report: PruningReport, class_name: str | None, repo: str) -> str:
     auto_name, _ = auto_class(class_name)
     loader = auto_name or class_name
     if report.vanilla_loadable and loader:
         return (
-            "## How to load it\n\nEvery layer keeps the same number of heads and neurons, so plain transformers "
+            f"## How to load it\n\nEvery layer keeps the same number of {_units_prose(report)}, so plain transformers "
             "loads it (hf_prune is not needed):\n\n"
             f'```python\nfrom transformers import {loader}\n\nmodel = {loader}.from_pretrained("{repo}")\n```'
         )
@@ -396,7 +402,7 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
             "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
             "cannot express fewer heads on its own"
             if uniform
-            else "Layers keep different numbers of heads or neurons"
+            else f"Layers keep different numbers of {_units_prose(report, 'or')}"
         )
         lines += [f"{why}; the config records the structure per layer. Load it with hf_prune:", ""]
     lines.append(f'```python\nimport hf_prune\n\nmodel = hf_prune.from_pretrained("{repo}")\n```')
