@@ -271,6 +271,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         config = self.config
         if config.flops is not None or config.params is not None:
             return config.flops if config.flops is not None else config.params
+        assert self.structure is not None
         heads, neurons, _ = resolve_targets(config, self.structure)
         return max(heads, neurons, resolve_experts(config, self.structure), config.layers or 0.0)
 

@@ -294,6 +294,8 @@ def enable_bias(structure: ModelStructure, part: str) -> bool:
     config flag that makes the modeling code build them (``attention_bias``, ``mlp_bias``...). New biases are
     zero, so outputs do not change. Returns whether the output projection has a bias now."""
     spec = structure.recipe.attention if part == "attention" else structure.recipe.mlp
+    if spec is None:
+        return False  # no dense MLP (an MoE recipe): nothing to give a bias
     output_role = "o" if part == "attention" else "down"
     if all(structure.module(i, output_role).bias is not None for i in range(structure.num_layers)):
         return True

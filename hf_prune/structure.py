@@ -249,8 +249,8 @@ class ModelStructure:
         """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``, or the
         :class:`UnitParameter` of a unit parameter role (``router``, ``experts.gate_up_proj``...)."""
         if role in self._parameters:
-            path, name, axis = self._parameters[role]
-            return UnitParameter(surgery.get_submodule(self.layers[index], path), name, axis)  # type: ignore[return-value]
+            owner, name, axis = self._parameters[role]
+            return UnitParameter(surgery.get_submodule(self.layers[index], owner), name, axis)  # type: ignore[return-value]
         path = self._paths.get(role)
         if path is None:
             raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")

@@ -335,10 +335,9 @@ def prune_experts(
     keep = torch.as_tensor(keep_list, dtype=torch.long, device="cpu")
     router = get_submodule(layer, spec["router"])
     for name in ("weight", "bias"):
-        if isinstance(getattr(router, name, None), nn.Parameter):
-            _replace_parameter(
-                router, name, getattr(router, name).detach().index_select(0, keep.to(router.weight.device))
-            )
+        rows = getattr(router, name, None)
+        if isinstance(rows, nn.Parameter):
+            _replace_parameter(router, name, rows.detach().index_select(0, keep.to(rows.device)))
     experts = get_submodule(layer, spec["experts"])
     for name, axis in spec["parameters"].items():
         parameter = getattr(experts, name)

@@ -22,7 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .. import surgery
 from ..allocation import KindRequest, single_units
-from ..recipe import Recipe
+from ..recipe import ExpertsSpec, Recipe, RecipeError
 from . import mlp  # noqa: F401  (neurons register first: the kinds' table order)
 from .base import Multiplier, Reducer, Restorer, UnitKind, register_kind, zero_sum
 
@@ -35,6 +35,13 @@ ROUTER = "router"
 
 def _role(name: str) -> str:
     return f"experts.{name}"
+
+
+def _spec(recipe: Recipe) -> ExpertsSpec:
+    """The recipe's experts section (the kind applies only to recipes that have one)."""
+    if recipe.experts is None:
+        raise RecipeError(f"recipe '{recipe.name}' has no `experts` section.")
+    return recipe.experts
 
 
 class Experts(UnitKind):
@@ -52,8 +59,7 @@ class Experts(UnitKind):
         return recipe.experts is not None
 
     def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int]]:
-        spec = recipe.experts
-        assert spec is not None
+        spec = _spec(recipe)
         roles = {ROUTER: (spec.router, "weight", 0)}
         roles.update({_role(name): (spec.experts, name, axis) for name, axis in spec.parameters.items()})
         return roles
@@ -68,7 +74,7 @@ class Experts(UnitKind):
 
     def top_k(self, structure: ModelStructure) -> int:
         """Experts each token is routed to (the config's top-k attribute)."""
-        attribute = structure.recipe.experts.top_k_attribute
+        attribute = _spec(structure.recipe).top_k_attribute
         value = surgery._config_get(structure.config, attribute)
         if not isinstance(value, int) or value < 1:
             raise ValueError(
@@ -79,7 +85,7 @@ class Experts(UnitKind):
 
     def normalizes(self, structure: ModelStructure) -> bool:
         """Whether the router renormalises the top-k probabilities (always, never, or as a config flag says)."""
-        rule = structure.recipe.experts.normalize_top_k
+        rule = _spec(structure.recipe).normalize_top_k
         return rule if isinstance(rule, bool) else bool(surgery._config_get(structure.config, rule))
 
     # -- scoring ------------------------------------------------------------------------------------------------
@@ -93,7 +99,7 @@ class Experts(UnitKind):
     # -- masking ------------------------------------------------------------------------------------------------
 
     def mask_module(self, structure: ModelStructure, index: int) -> nn.Module:
-        return surgery.get_submodule(structure.layers[index], structure.recipe.experts.router)
+        return surgery.get_submodule(structure.layers[index], _spec(structure.recipe).router)
 
     def mask_hook(self, structure: ModelStructure, index: int, multiplier: Multiplier) -> RemovableHandle:
         top_k, normalize = self.top_k(structure), self.normalizes(structure)
@@ -117,7 +123,7 @@ class Experts(UnitKind):
             total = structure.shape(index)["experts"]
             raise ValueError(
                 f"block {index} would keep {len(keep)} of its {total} experts, fewer than the {top_k} that every "
-                f"token is routed to ({structure.recipe.experts.top_k_attribute}={top_k}). Keep at least {top_k} "
+                f"token is routed to ({_spec(structure.recipe).top_k_attribute}={top_k}). Keep at least {top_k} "
                 "experts per block: lower `experts`, or protect the block."
             )
 
@@ -150,27 +156,31 @@ class Experts(UnitKind):
 
     def _expert_size(self, structure: ModelStructure) -> int:
         """Parameters of one expert, router row excluded (the same in every block)."""
-        experts = surgery.get_submodule(structure.layers[0], structure.recipe.experts.experts)
-        return sum(
-            getattr(experts, name).numel() // getattr(experts, name).shape[axis]
-            for name, axis in structure.recipe.experts.parameters.items()
-        )
+        experts = surgery.get_submodule(structure.layers[0], _spec(structure.recipe).experts)
+        axes = _spec(structure.recipe).parameters
+        return sum(getattr(experts, name).numel() // getattr(experts, name).shape[axis] for name, axis in axes.items())
+
+    def _hidden(self, structure: ModelStructure) -> int:
+        """Input features of the router (the model width)."""
+        weight = structure.module(0, ROUTER).weight
+        assert isinstance(weight, torch.Tensor)
+        return int(weight.shape[1])
 
     def _router_row(self, structure: ModelStructure) -> int:
-        router = self.mask_module(structure, 0)
-        bias = getattr(router, "bias", None)
-        return router.weight.shape[1] + (1 if isinstance(bias, nn.Parameter) else 0)
+        bias = getattr(self.mask_module(structure, 0), "bias", None)
+        return self._hidden(structure) + (1 if isinstance(bias, nn.Parameter) else 0)
 
     def context_flops(self, structure: ModelStructure, counts: dict[str, int], seq_len: int) -> int:
         # The experts' matmuls that one token runs (top-k of them, however many exist) and the router's logits;
         # neither is an nn.Linear, so no projection count holds them.
-        hidden = self.mask_module(structure, 0).weight.shape[1]
-        return 2 * self.top_k(structure) * self._expert_size(structure) + 2 * counts["experts"] * hidden
+        return 2 * self.top_k(structure) * self._expert_size(structure) + 2 * counts["experts"] * self._hidden(
+            structure
+        )
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         if measure == "params":
             return self._expert_size(structure) + self._router_row(structure)
-        return 2 * self.mask_module(structure, 0).weight.shape[1]  # its router row only: top-k experts still run
+        return 2 * self._hidden(structure)  # its router row only: every token still runs its top-k experts
 
 
 register_kind(Experts())
