@@ -301,9 +301,14 @@ def plan_for(
     those that meet it on the current scores. (Solving each partial cost target on its own let the fine
     neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
     reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
+    MoE experts are removed by their own fraction (``config.experts``, scaled by ``progress`` too), which a cost
+    target counts but does not choose.
     """
     heads, neurons, protected = resolve_targets(config, structure)
     fixed = {"experts": resolve_experts(config, structure) * progress}  # experts do not trade against a cost target
+    # Heads stay whole where the recipe forbids removing them, or where the criterion does not score them (a cost
+    # target would otherwise spend its budget on heads ranked by nothing; a heads fraction is refused below).
+    heads_stay = bool(structure.recipe.attention.heads_fixed_because) or "heads" not in scores
     if structure.recipe.attention.heads_fixed_because:
         heads = 0.0
     masked = masked or {}
@@ -335,7 +340,7 @@ def plan_for(
             lambda h, n: plan({"heads": h, "neurons": n}),
             removed_fraction,
             cost_target,
-            0.0 if structure.recipe.attention.heads_fixed_because else config.heads,
+            0.0 if heads_stay else config.heads,
         )
     return plan({"heads": heads * progress, "neurons": neurons * progress})
 

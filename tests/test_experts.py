@@ -304,6 +304,12 @@ def test_criteria_that_do_not_score_experts_say_which_do() -> None:
     report = hf_prune.prune(model, heads=0.5, experts=0.0, importance="fisher", calibration=batches, reconstruct=False)
     assert report.layers_after == [{"heads": 2, "kv_heads": 1, "experts": 6}] * 2
 
+    # A cost target does not spend its budget on heads that the criterion does not rank.
+    report = hf_prune.prune(
+        MOE_CASES_BY_NAME["mixtral"].build(), params=0.3, importance="frequency", calibration=batches, reconstruct=False
+    )
+    assert report.layers_after == [{"heads": 4, "kv_heads": 2, "experts": 5}] * 2  # the recipe's 25% of experts
+
     with pytest.raises(ValueError, match="scores MoE experts, and recipe 'llama' has none"):
         hf_prune.prune(CASES_BY_NAME["llama"].build(), heads=0.25, importance="reap", calibration=batches)
 
