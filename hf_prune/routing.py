@@ -29,6 +29,8 @@ class _RoutingImportance(_Accumulating):
     """Shared hooks: per block, routed-token counts and summed router-weighted output norms per expert."""
 
     needs_gradients = False
+    #: Whether the hooks also compute each routed expert's own output (REAP needs its norm; counting does not).
+    reads_outputs = False
 
     def __init__(self, beta: float | None = 0.9) -> None:
         super().__init__(beta)
@@ -69,8 +71,6 @@ class _RoutingImportance(_Accumulating):
                     self.weighted[index] = self.weighted.get(index, torch.zeros(experts)) + summed
 
         return hook
-
-    reads_outputs = False
 
     @staticmethod
     def _expert_output_norms(module: nn.Module, hidden: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

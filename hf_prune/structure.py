@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,11 +157,13 @@ class ModelStructure:
                 owner = None
             parameter = getattr(owner, name, None)
             if not isinstance(parameter, nn.Parameter):
-                found = type(surgery.get_submodule(layer, path.rpartition(".")[0])).__name__ if "." in path else ""
+                parent = path.rpartition(".")[0]
+                found = ""
+                with contextlib.suppress(AttributeError):
+                    found = f"; '{parent}' there is a {type(layer.get_submodule(parent)).__name__}" if parent else ""
                 raise RecipeError(
-                    f"layer {index} has no parameter '{path}.{name}' ({role}) of recipe '{self.recipe.name}'"
-                    + (f"; '{path.rpartition('.')[0]}' there is a {found}" if found else "")
-                    + ". hf_prune prunes models whose every block has the recipe's structure: a dense MLP among MoE "
+                    f"layer {index} has no parameter '{path}.{name}' ({role}) of recipe '{self.recipe.name}'{found}"
+                    ". hf_prune prunes models whose every block has the recipe's structure: a dense MLP among MoE "
                     "blocks (config mlp_only_layers / decoder_sparse_step) is not supported; build the model with "
                     "every block sparse, or fix the recipe's paths."
                 )
