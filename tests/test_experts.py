@@ -152,6 +152,8 @@ def test_global_ranking_spreads_the_budget_and_keeps_top_k() -> None:
 def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case = MOE_CASES_BY_NAME["mixtral"]
     case.build().save_pretrained(tmp_path / "dense")
+    code, out, _ = run_cli(capsys, "inspect", tmp_path / "dense")
+    assert code == 0 and "prunable: 8 heads, 4 KV heads, 12 experts" in out
     output = tmp_path / "pruned"
     code, out, err = run_cli(
         capsys, "prune", tmp_path / "dense", "--experts", "0.34", "--importance", "random", "--no-reconstruct",
