@@ -59,6 +59,8 @@ class _RoutingImportance(_Accumulating):
 
     def _hook(self, index: int, experts: int):
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            if not torch.is_grad_enabled():
+                return  # as for the activation criterion: evaluation passes (no_grad) do not count
             hidden, chosen, weights = args[:3]
             with torch.no_grad():
                 chosen_flat = chosen.reshape(-1)

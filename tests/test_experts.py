@@ -276,6 +276,19 @@ def test_frequency_is_the_share_of_tokens_routed_to_each_expert(name: str) -> No
         torch.testing.assert_close(scores["experts"][block], expected)
         assert float(scores["experts"][block].sum()) == pytest.approx(TOP_K)  # every token picks two
 
+    # Evaluation passes (no_grad) do not count, as for the activation criterion.
+    structure, criterion = ModelStructure(model), hf_prune.get_importance("frequency")
+    criterion.attach(structure)
+    with torch.no_grad():
+        model(ids)
+    criterion.accumulate(structure)
+    with pytest.raises(RuntimeError, match="has no statistics yet"):
+        criterion.scores(structure)
+    model(ids)
+    criterion.accumulate(structure)
+    criterion.detach()
+    torch.testing.assert_close(criterion.scores(structure)["experts"], scores["experts"])
+
 
 def test_reap_is_the_router_weighted_output_norm_over_routed_tokens() -> None:
     model, ids = MOE_CASES_BY_NAME["mixtral"].build(), _ids()
