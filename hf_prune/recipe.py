@@ -133,7 +133,10 @@ class ExpertsSpec:
 
     transformers stores the experts of one block as 3-D parameters (``gate_up_proj [E, 2I, H]``,
     ``down_proj [E, H, I]``) of one module, and the router as an ``[E, H]`` weight whose forward does softmax and
-    top-k itself. Removing an expert slices every one of them along its expert axis.
+    top-k itself. Removing an expert slices every one of them along its expert axis. The router's forward returns
+    ``(logits, top-k weights, top-k indices)`` and the experts module takes ``(hidden_states, top-k indices, top-k
+    weights)``, as transformers 5's ``*TopKRouter`` / ``*Experts`` classes do: masking and the routing criteria
+    read them.
     """
 
     router: str = field(metadata={"help": "router module (its `weight` has one row per expert), e.g. mlp.gate"})
