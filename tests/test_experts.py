@@ -1,64 +1,30 @@
 """MoE experts (hf_prune/kinds/experts.py) on tiny Mixtral, Qwen3-MoE (top-k renormalised or not) and OLMoE models:
 masked == pruned (forward and cached generation), backward, closed-form counts, the top-k floor, the routing
-criteria, the errors, and checkpoints that load three ways."""
+criteria, reconstruction, and the errors. Checkpoints, the CLI and the callback: tests/test_experts_checkpoints.py."""
 
 from __future__ import annotations
 
-import copy
-import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
-import transformers as T
 
 import hf_prune
 from hf_prune import surgery
 from hf_prune.flops import unit_costs
 from hf_prune.kinds import get_kind
-from hf_prune.masks import MaskSet
 from hf_prune.recipe import Recipe, RecipeError, shipped_recipes
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME, MOE_CASES, MOE_CASES_BY_NAME, MoECase
-from .cli_run import run_cli
-
-ATOL = 1e-5
-# Random scores (seeded): no calibration, no warning about magnitude on decoders, nothing reconstructed.
-QUICK = {"importance": "random", "reconstruct": False}
-TOP_K = 2
-
-
-def _ids(batch: int = 2, length: int = 9) -> torch.Tensor:
-    return torch.randint(3, 96, (batch, length), generator=torch.Generator().manual_seed(1))
-
-
-def _targets(case: MoECase) -> dict[str, float]:
-    """A third of the experts (6 -> 4 per block), and half the heads where the recipe removes heads."""
-    return {"experts": 0.34, **({"heads": 0.5} if case.prunes_heads else {})}
-
-
-def _prune_with_masked_twin(case: MoECase, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module, object]:
-    """(pruned model, an unpruned copy masked with the same plan, the report)."""
-    model = case.build()
-    masked = copy.deepcopy(model)
-    report = hf_prune.prune(model, **{**QUICK, **settings})
-    masks = MaskSet(ModelStructure(masked))
-    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
-    masks.attach()
-    return model, masked, report
+from .moe import ATOL, QUICK, TOP_K, moe_ids, moe_targets, prune_with_masked_twin
 
 
 @pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
 def test_masked_equals_pruned_in_forward_and_cached_generation(case: MoECase) -> None:
     dense = case.build()
-    model, masked, report = _prune_with_masked_twin(case, **_targets(case))
+    model, masked, report = prune_with_masked_twin(case, **moe_targets(case))
     assert [a["experts"] for a in report.layers_after] == [4, 4]
     assert [a["heads"] for a in report.layers_after] == ([2, 2] if case.prunes_heads else [4, 4])
-    ids = _ids()
+    ids = moe_ids()
     with torch.no_grad():
         pruned_logits, masked_logits = model(ids).logits, masked(ids).logits
         assert (dense(ids).logits - masked_logits).abs().max() > 1e-3  # the masks change what the model computes
@@ -81,9 +47,9 @@ def test_masked_equals_pruned_in_forward_and_cached_generation(case: MoECase) ->
 
 @pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
 def test_backward_runs_on_the_pruned_model(case: MoECase) -> None:
-    model, _, _ = _prune_with_masked_twin(case, experts=0.34)
+    model, _, _ = prune_with_masked_twin(case, experts=0.34)
     model.train()
-    ids = _ids()
+    ids = moe_ids()
     model(ids, labels=ids).loss.backward()
     structure = ModelStructure(model)
     for role in ("router", "experts.gate_up_proj", "experts.down_proj"):
@@ -149,101 +115,6 @@ def test_global_ranking_spreads_the_budget_and_keeps_top_k() -> None:
     assert not report.vanilla_loadable or len(set(kept)) == 1
 
 
-def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    case = MOE_CASES_BY_NAME["mixtral"]
-    case.build().save_pretrained(tmp_path / "dense")
-    code, out, _ = run_cli(capsys, "inspect", tmp_path / "dense")
-    assert code == 0 and "prunable: 8 heads, 4 KV heads, 12 experts" in out
-    output = tmp_path / "pruned"
-    code, out, err = run_cli(
-        capsys, "prune", tmp_path / "dense", "--experts", "0.34", "--importance", "random", "--no-reconstruct",
-        "--output", output,
-    )  # fmt: skip
-    assert code == 0, err
-    assert "experts" in out.splitlines()[4] and "4/6" in out  # the summary's table has an experts column
-    report = json.loads((output / "pruning_report.json").read_text())
-    assert report["config"]["experts"] == 0.34
-    assert report["layers_before"] == [{"heads": 4, "kv_heads": 2, "experts": 6}] * 2
-    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
-    card = (output / "README.md").read_text()
-    assert "8 of 12 MoE experts" in card and "Experts kept" in card
-    assert "Every layer keeps the same number of heads and experts" in card
-    loaded = T.AutoModelForCausalLM.from_pretrained(output)
-    assert loaded.config.num_local_experts == 4
-
-    # Without a target, the recipe's default: a quarter of each block's experts (1.5 of 6, ties keep more), no heads.
-    default = hf_prune.prune(case.build(), **QUICK)
-    assert [a["experts"] for a in default.layers_after] == [5, 5]
-    assert [a["heads"] for a in default.layers_after] == [4, 4]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkpoints: vanilla where uniform, hf_prune and trust_remote_code (without hf_prune) otherwise.
-# ---------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
-def test_uniform_pruning_loads_with_plain_from_pretrained(case: MoECase, tmp_path: Path) -> None:
-    model, _, report = _prune_with_masked_twin(case, **_targets(case))
-    assert report.vanilla_loadable
-    hf_prune.save_pretrained(model, tmp_path / "pruned")
-    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
-    assert config[case.count_attribute] == 4 and "auto_map" not in config and "per_layer_config" not in config
-    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
-    assert type(loaded).__module__.startswith("transformers.models.")
-    ids = _ids()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=ATOL, rtol=0)
-
-
-LOADER = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.modules["hf_prune"] = None  # prove that hf_prune is not needed (importing it now fails)
-    import transformers
-    results = []
-    for directory in json.loads(sys.argv[1]):
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
-        data = torch.load(directory + ".pt")
-        with torch.no_grad():
-            logits = model(data["ids"]).logits
-        results.append([float((logits - data["logits"]).abs().max()), type(model).__module__])
-    print(json.dumps(results))
-    """
-)
-
-
-def test_non_uniform_pruning_loads_through_hf_prune_and_without_it(tmp_path: Path) -> None:
-    ids, directories = _ids(), []
-    for case in MOE_CASES:
-        model, _, report = _prune_with_masked_twin(case, **_targets(case), protected_layers=[0])
-        assert not report.vanilla_loadable
-        assert [a["experts"] for a in report.layers_after] == [6, 4]
-        directory = tmp_path / case.name
-        hf_prune.save_pretrained(model, directory)
-        with torch.no_grad():
-            logits = model(ids).logits
-        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
-        directories.append(str(directory))
-
-        loaded = hf_prune.from_pretrained(directory).eval()
-        assert [s.counts for s in ModelStructure(loaded).shapes()] == report.layers_after
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
-
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(directories)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
-        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
-        assert "modeling_pruned" in module, f"{directory} should load through the shipped loader code"
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Importance of experts.
 # ---------------------------------------------------------------------------------------------------------
@@ -268,7 +139,7 @@ def _routing(model: torch.nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tens
 
 @pytest.mark.parametrize("name", ["mixtral", "qwen3_moe-unnormalised"])
 def test_frequency_is_the_share_of_tokens_routed_to_each_expert(name: str) -> None:
-    model, ids = MOE_CASES_BY_NAME[name].build(), _ids()
+    model, ids = MOE_CASES_BY_NAME[name].build(), moe_ids()
     scores = hf_prune.calibrate(model, [{"input_ids": ids}], "frequency").scores(ModelStructure(model))
     assert list(scores) == ["experts"]
     for block, (_, chosen, _) in enumerate(_routing(model, ids)):
@@ -291,7 +162,7 @@ def test_frequency_is_the_share_of_tokens_routed_to_each_expert(name: str) -> No
 
 
 def test_reap_is_the_router_weighted_output_norm_over_routed_tokens() -> None:
-    model, ids = MOE_CASES_BY_NAME["mixtral"].build(), _ids()
+    model, ids = MOE_CASES_BY_NAME["mixtral"].build(), moe_ids()
     scores = hf_prune.calibrate(model, [{"input_ids": ids}], "reap").scores(ModelStructure(model))["experts"]
     for block, (hidden, chosen, weights) in enumerate(_routing(model, ids)):
         experts = model.model.layers[block].mlp.experts
@@ -307,7 +178,7 @@ def test_reap_is_the_router_weighted_output_norm_over_routed_tokens() -> None:
 
 
 def test_criteria_that_do_not_score_experts_say_which_do() -> None:
-    ids = _ids()
+    ids = moe_ids()
     batches = [{"input_ids": ids, "labels": ids}]
     model = MOE_CASES_BY_NAME["mixtral"].build()
     with pytest.raises(ValueError, match=r"does not score experts.*Criteria that score experts: frequency, magnitude"):
@@ -330,7 +201,7 @@ def test_criteria_that_do_not_score_experts_say_which_do() -> None:
 
 
 def test_taylor_scores_experts_from_their_3d_parameters_gradients() -> None:
-    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), _ids()
+    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), moe_ids()
     scores = hf_prune.calibrate(model, [{"input_ids": ids, "labels": ids}], "taylor").scores(ModelStructure(model))
     assert [t.shape for t in scores["experts"]] == [torch.Size([6])] * 2
     assert all(bool((t > 0).any()) for t in scores["experts"])
@@ -374,55 +245,12 @@ def test_a_recipe_needs_an_mlp_or_experts() -> None:
     assert "experts" not in shipped_recipes()["llama"].to_dict()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Gradual pruning while training.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def test_a_trainer_run_with_the_callback_ends_with_fewer_experts_and_loads(tmp_path: Path) -> None:
-    from datasets import Dataset
-
-    ids = torch.randint(3, 96, (32, 12), generator=torch.Generator().manual_seed(0))
-    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    model = MOE_CASES_BY_NAME["mixtral"].build()
-    callback = hf_prune.PruningCallback(experts=0.34, heads=0.0, importance="taylor", end=0.75, update_every=2)
-    args = T.TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        max_steps=8,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        logging_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-    )
-    trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
-    trainer.train()
-
-    assert [s.counts for s in ModelStructure(model).shapes()] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
-    logged = [h for h in trainer.state.log_history if "pruning/experts_kept" in h]
-    assert logged and logged[-1]["pruning/experts_kept"] == pytest.approx(4 / 6)
-    assert logged[-1]["pruning/heads_kept"] == 1.0
-    report = json.loads((tmp_path / "run" / "pruning_report.json").read_text())
-    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
-
-    trainer.save_model(str(tmp_path / "saved"))
-    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
-    assert loaded.config.num_local_experts == 4
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(_ids()).logits, model(_ids()).logits, atol=ATOL, rtol=0)
-
-
 def test_reconstruction_refits_attention_with_the_experts_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     """One-shot with data: the heads' output projections are reconstructed while the removed experts are masked at
     the routers (each block is fed what the pruned blocks before it compute); experts have nothing to refit."""
     from hf_prune.reconstruct import Reconstruction
 
-    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), _ids()
+    model, ids = MOE_CASES_BY_NAME["qwen3_moe"].build(), moe_ids()
     routers = [layer.mlp.gate for layer in model.model.layers]
     hooked: list[list[int]] = []
     run = Reconstruction.run
