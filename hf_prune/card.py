@@ -377,9 +377,15 @@ def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
     return "## Evaluation\n\n" + _table(header, body, align) + "".join("\n\n" + note for note in notes)
 
 
-def _units_prose(report: PruningReport, conjunction: str = "and") -> str:
-    """The leading kinds' units, as the prose names them: "heads and neurons", "heads and experts"."""
-    labels = [kind.label for kind in _report_kinds(report) if kind.follows is None]
+# How the card's prose names each kind's units (the label otherwise).
+PROSE_NAMES = {"heads": "attention heads", "neurons": "MLP neurons", "experts": "MoE experts"}
+
+
+def _units_prose(report: PruningReport, conjunction: str = "and", prose: bool = False) -> str:
+    """The leading kinds' units: "heads and neurons", "heads and experts" (``prose``: "attention heads and MLP
+    neurons")."""
+    leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
+    labels = [PROSE_NAMES.get(kind.name, kind.label) if prose else kind.label for kind in leaders]
     return f" {conjunction} ".join(labels)
 
 
@@ -416,10 +422,6 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
             f'model = {auto_name}.from_pretrained("{repo}", trust_remote_code=True)\n```',
         ]
     return "\n".join(lines)
-
-
-# How the card's prose names each kind's units (the label otherwise).
-PROSE_NAMES = {"heads": "attention heads", "neurons": "MLP neurons", "experts": "MoE experts"}
 
 
 def _summary(report: PruningReport, base_model: str | None) -> str:
@@ -622,7 +624,7 @@ def build_model_card(
         _summary(report, base_model),
         _loading_section(report, model_class_name, repo_id or REPO_PLACEHOLDER),
         "## What was removed\n\n" + _structure_table(report),
-        f"![Kept units per layer]({PICTURE_NAME})",
+        f"![Kept {_units_prose(report, prose=True)} per layer]({PICTURE_NAME})",
         "## Size and compute\n\n"
         + _cost_table(report)
         + "\n\nCounted by hf_prune on the model itself, as saved here (with the embeddings and whatever head "

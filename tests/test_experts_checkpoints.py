@@ -41,6 +41,7 @@ def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.Capt
     card = (output / "README.md").read_text()
     assert "8 of 12 MoE experts" in card and "Experts kept" in card
     assert "Every layer keeps the same number of heads and experts" in card
+    assert "![Kept attention heads and MoE experts per layer]" in card
     loaded = T.AutoModelForCausalLM.from_pretrained(output)
     assert loaded.config.num_local_experts == 4
 
