@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import fluctuation  # noqa: F401  (registers the 'fluctuation' criterion)
+from . import fluctuation, routing  # noqa: F401  (register the fluctuation, frequency and reap criteria)
 from .allocation import LayerPlan, plan_pruning
 from .calibration import CalibrationData, CalibrationError, prepare_calibration, self_generate
 from .callback import PruningCallback

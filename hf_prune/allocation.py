@@ -210,6 +210,7 @@ class KindRequest:
     fraction: float  # of the units to remove, in [0, 1)
     units: Callable[[int, torch.Tensor], Units]  # (block, prepared scores) -> removable units
     multiple: int = 1  # kept units per block are rounded to a multiple of this
+    min_kept: int = 1  # no block keeps fewer units than this (an MoE block keeps its top-k experts)
     masked: Sequence[torch.Tensor] | None = None  # per block, indices already removed (they stay removed)
     tied: bool = False  # every block keeps the same units (uniform removal, whatever the ranking)
     # Build units only when something is removed: GQA units refuse some layouts that are fine to leave alone.
@@ -262,7 +263,10 @@ def _plan_kind(request: KindRequest, ranking: str, protected: set[int]) -> list[
             for i, n in enumerate(counts)
         ]
     else:
-        remove = _global_counts([u.scores for u in units], request.fraction, protected, multiple=request.multiple)
+        remove = _global_counts(
+            [u.scores for u in units], request.fraction, protected, request.multiple, request.min_kept
+        )
+    remove = [max(0, min(r, n - request.min_kept)) for r, n in zip(remove, counts, strict=True)]
     # What is already removed stays removed, whatever the new counts say: a smaller fraction (a cost target may
     # trade heads for neurons between updates), or a global budget below what rounding to the multiple removed
     # last time. Removed units sort first (see _prepare), so they are the first ones taken.
@@ -361,8 +365,10 @@ def neuron_request(
     )
 
 
-def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int) -> list[int]:
-    """Per-block removal counts from one global ranking of (normalised) scores, at least one unit kept."""
+def _global_counts(
+    scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int, least: int = 1
+) -> list[int]:
+    """Per-block removal counts from one global ranking of (normalised) scores, at least ``least`` units kept."""
     eligible = [i for i in range(len(scores)) if i not in protected]
     counts = [0] * len(scores)
     if not eligible:
@@ -379,7 +385,9 @@ def _global_counts(scores: Sequence[torch.Tensor], fraction: float, protected: s
     for i in eligible:
         where = layer_sorted == i
         rank[where] = torch.arange(int(where.sum()))
-    caps = torch.tensor([scores[i].numel() - min_kept(scores[i].numel(), multiple) for i in range(len(scores))])
+    caps = torch.tensor(
+        [max(0, scores[i].numel() - max(least, min_kept(scores[i].numel(), multiple))) for i in range(len(scores))]
+    )
     chosen = layer_sorted[rank < caps[layer_sorted]][:budget]
     for i, c in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
         counts[i] = c

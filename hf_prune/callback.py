@@ -39,7 +39,15 @@ from .flops import measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
 from .masks import MaskSet
 from .modeling_pruned import atomic_write_text
-from .prune import PruningReport, apply_plan, kept_entries, layers_entries, plan_for, resolve_targets
+from .prune import (
+    PruningReport,
+    apply_plan,
+    kept_entries,
+    layers_entries,
+    plan_for,
+    resolve_experts,
+    resolve_targets,
+)
 from .structure import ModelStructure
 
 logger = logging.get_logger(__name__)
@@ -205,10 +213,11 @@ class PruningCallback(TrainerCallback, ExportableState):
         model = _unwrap(model)
         self.structure = ModelStructure(model, self.config.recipe)
         heads, neurons, self._protected = resolve_targets(self.config, self.structure)
+        experts = resolve_experts(self.config, self.structure)
         cost_target = self.config.flops is not None or self.config.params is not None
-        if not cost_target and heads == 0 and neurons == 0 and not self.config.layers:
+        if not cost_target and heads == 0 and neurons == 0 and experts == 0 and not self.config.layers:
             raise ValueError(
-                "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons (fractions in "
+                "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons/experts (fractions in "
                 "(0, 1)), layers, or a flops/params target."
             )
         if self.config.layers:
@@ -268,8 +277,9 @@ class PruningCallback(TrainerCallback, ExportableState):
         config = self.config
         if config.flops is not None or config.params is not None:
             return config.flops if config.flops is not None else config.params
+        assert self.structure is not None
         heads, neurons, _ = resolve_targets(config, self.structure)
-        return max(heads, neurons, config.layers or 0.0)
+        return max(heads, neurons, resolve_experts(config, self.structure), config.layers or 0.0)
 
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None

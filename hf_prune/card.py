@@ -377,12 +377,24 @@ def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
     return "## Evaluation\n\n" + _table(header, body, align) + "".join("\n\n" + note for note in notes)
 
 
+# How the card's prose names each kind's units (the label otherwise).
+PROSE_NAMES = {"heads": "attention heads", "neurons": "MLP neurons", "experts": "MoE experts"}
+
+
+def _units_prose(report: PruningReport, conjunction: str = "and", prose: bool = False) -> str:
+    """The leading kinds' units: "heads and neurons", "heads and experts" (``prose``: "attention heads and MLP
+    neurons")."""
+    leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
+    labels = [PROSE_NAMES.get(kind.name, kind.label) if prose else kind.label for kind in leaders]
+    return f" {conjunction} ".join(labels)
+
+
 def _loading_section(report: PruningReport, class_name: str | None, repo: str) -> str:
     auto_name, _ = auto_class(class_name)
     loader = auto_name or class_name
     if report.vanilla_loadable and loader:
         return (
-            "## How to load it\n\nEvery layer keeps the same number of heads and neurons, so plain transformers "
+            f"## How to load it\n\nEvery layer keeps the same number of {_units_prose(report)}, so plain transformers "
             "loads it (hf_prune is not needed):\n\n"
             f'```python\nfrom transformers import {loader}\n\nmodel = {loader}.from_pretrained("{repo}")\n```'
         )
@@ -396,7 +408,7 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
             "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
             "cannot express fewer heads on its own"
             if uniform
-            else "Layers keep different numbers of heads or neurons"
+            else f"Layers keep different numbers of {_units_prose(report, 'or')}"
         )
         lines += [f"{why}; the config records the structure per layer. Load it with hf_prune:", ""]
     lines.append(f'```python\nimport hf_prune\n\nmodel = hf_prune.from_pretrained("{repo}")\n```')
@@ -413,10 +425,14 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
 
 
 def _summary(report: PruningReport, base_model: str | None) -> str:
-    heads = (sum(a["heads"] for a in report.layers_after), sum(b["heads"] for b in report.layers_before))
-    neurons = (sum(a["neurons"] for a in report.layers_after), sum(b["neurons"] for b in report.layers_before))
+    leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
+    totals = {
+        kind.name: (sum(a[kind.name] for a in report.layers_after), sum(b[kind.name] for b in report.layers_before))
+        for kind in leaders
+    }
+    names = {kind.name: PROSE_NAMES.get(kind.name, kind.label) for kind in leaders}
     origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a transformers model"
-    removed = [what for what, (kept, total) in (("attention heads", heads), ("MLP neurons", neurons)) if kept < total]
+    removed = [names[k] for k, (kept, total) in totals.items() if kept < total]
     blocks = len(report.layers_before)
     if report.removed_layers:
         criterion = report.extra.get("depth", {}).get("criterion")
@@ -424,12 +440,12 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
         chosen = f", chosen by {criterion.replace('_', ' ')}" if criterion else ""
         removed.insert(0, f"{len(report.removed_layers)} of its {blocks} transformer blocks ({which}{chosen})")
     how = f"with {' and '.join(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
+    kept = " and ".join(f"{kept:,} of {total:,} {names[k]}" for k, (kept, total) in totals.items())
     return (
-        f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {heads[0]} of {heads[1]} "
-        f"attention heads and {neurons[0]:,} of {neurons[1]:,} MLP neurons: {report.after.parameters:,} parameters "
-        f"instead of {report.before.parameters:,} ({report.parameter_ratio:.1%}), and a theoretical speedup of "
-        f"x{report.flops_ratio:.2f} in FLOPs per token (x{report.block_flops_ratio:.2f} in the attention and MLP "
-        "blocks alone)."
+        f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {kept}: "
+        f"{report.after.parameters:,} parameters instead of {report.before.parameters:,} "
+        f"({report.parameter_ratio:.1%}), and a theoretical speedup of x{report.flops_ratio:.2f} in FLOPs per token "
+        f"(x{report.block_flops_ratio:.2f} in the attention and MLP blocks alone)."
     )
 
 
@@ -487,24 +503,26 @@ def with_exports_section(card_text: str, exports: Sequence[Mapping[str, Any]]) -
 # -- picture --------------------------------------------------------------------------------------------------------
 
 
-def _kept_masks(report: PruningReport) -> tuple[list[list[float]], list[list[float]]] | None:
-    """Kept (1) / removed (0) per original head and neuron of each layer; None if ``report.kept`` does not say."""
+def _kept_masks(report: PruningReport) -> list[list[list[float]]] | None:
+    """Per leading kind (table order), kept (1) / removed (0) per original unit of each layer; None if
+    ``report.kept`` does not say."""
     if len(report.kept) != len(report.layers_after):
         return None
-    heads, neurons = [], []
-    width_h = max(b["heads"] for b in report.layers_before)
-    width_n = max(b["neurons"] for b in report.layers_before)
-    for kept, before, after in zip(report.kept, report.layers_before, report.layers_after, strict=True):
-        keep_h, keep_n = set(kept.get("keep_heads", [])), set(kept.get("keep_neurons", []))
-        if len(keep_h) != after["heads"] or len(keep_n) != after["neurons"]:
-            return None  # indices that disagree with the counts would draw a wrong picture
-        heads.append([float(j in keep_h) if j < before["heads"] else math.nan for j in range(width_h)])
-        neurons.append([float(j in keep_n) if j < before["neurons"] else math.nan for j in range(width_n)])
-    return heads, neurons
+    masks = []
+    for kind in (k for k in _report_kinds(report) if k.follows is None):
+        width = max(b[kind.name] for b in report.layers_before)
+        rows = []
+        for kept, before, after in zip(report.kept, report.layers_before, report.layers_after, strict=True):
+            keep = set(kept.get(f"keep_{kind.name}", []))
+            if len(keep) != after[kind.name]:
+                return None  # indices that disagree with the counts would draw a wrong picture
+            rows.append([float(j in keep) if j < before[kind.name] else math.nan for j in range(width)])
+        masks.append(rows)
+    return masks
 
 
 def structure_png(report: PruningReport) -> bytes:
-    """A heat map of the heads and neurons each layer keeps (PNG bytes), drawn with matplotlib's Agg backend."""
+    """A heat map of the units of each kind each layer keeps (PNG bytes), drawn with matplotlib's Agg backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
@@ -516,13 +534,15 @@ def structure_png(report: PruningReport) -> bytes:
     masks = _kept_masks(report)
     if masks is not None:
         colors = ListedColormap(["#e5e7eb", "#15803d"]).with_extremes(bad="white")
-        head_axes, neuron_axes = figure.subplots(1, 2, width_ratios=[1, 3])
-        for axes, mask, what, interpolation in (
-            (head_axes, masks[0], "attention heads", "nearest"),
-            (neuron_axes, masks[1], "MLP neurons", "antialiased"),
-        ):
+        leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
+        widths = [len(mask[0]) if mask else 1 for mask in masks]
+        # Narrow kinds (heads, experts) get narrow panels; hundreds of neurons are smoothed, not drawn one by one.
+        ratios = [1 if width <= 64 else 3 for width in widths]
+        panels = figure.subplots(1, len(masks), width_ratios=ratios, squeeze=False)[0]
+        for axes, mask, kind, width in zip(panels, masks, leaders, widths, strict=True):
+            interpolation = "nearest" if width <= 64 else "antialiased"
             axes.imshow(mask, cmap=colors, vmin=0, vmax=1, aspect="auto", interpolation=interpolation)
-            axes.set_title(f"Kept {what} (green)")
+            axes.set_title(f"Kept {PROSE_NAMES.get(kind.name, kind.label)} (green)")
             axes.set_xlabel("index before pruning")
             axes.set_ylabel("layer")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -604,7 +624,7 @@ def build_model_card(
         _summary(report, base_model),
         _loading_section(report, model_class_name, repo_id or REPO_PLACEHOLDER),
         "## What was removed\n\n" + _structure_table(report),
-        f"![Kept attention heads and MLP neurons per layer]({PICTURE_NAME})",
+        f"![Kept {_units_prose(report, prose=True)} per layer]({PICTURE_NAME})",
         "## Size and compute\n\n"
         + _cost_table(report)
         + "\n\nCounted by hf_prune on the model itself, as saved here (with the embeddings and whatever head "

@@ -28,6 +28,13 @@ class PruningConfig:
     neurons: float | None = field(
         default=None, metadata={"help": "fraction of MLP neurons to remove, in [0, 1); unset: recipe default"}
     )
+    experts: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of each MoE block's routed experts to remove, in [0, 1), never below top-k (fewer "
+            "parameters; FLOPs per token stay, top-k experts still run); unset: recipe default"
+        },
+    )
     importance: str = field(
         default="auto",
         metadata={
@@ -117,7 +124,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "flops", "params", "layers"):
+        for name in ("heads", "neurons", "experts", "flops", "params", "layers"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)

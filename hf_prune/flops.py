@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .kinds import UnitParameter
 from .structure import LayerShape, ModelStructure
 
 
@@ -22,8 +23,9 @@ class Cost:
     seq_len: int
 
 
-def _linear_flops(module: nn.Module) -> int:
-    return 2 * module.weight.numel()
+def _linear_flops(module: nn.Module | UnitParameter) -> int:
+    # A unit parameter (an MoE block's experts) is not run whole per token: its kind's context_flops counts it.
+    return 0 if isinstance(module, UnitParameter) else 2 * module.weight.numel()
 
 
 def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
@@ -32,7 +34,8 @@ def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
 
 
 def _context_flops(structure: ModelStructure, shape: LayerShape, seq_len: int) -> int:
-    """FLOPs per token of a block that are not in its weights (attention scores and the weighted sum of values)."""
+    """FLOPs per token of a block that no projection holds: attention scores and the weighted sum of values, and an
+    MoE block's router and its top-k experts."""
     return sum(kind.context_flops(structure, shape.counts, seq_len) for kind in structure.kinds)
 
 
@@ -40,7 +43,8 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
     """Count parameters (tied weights once) and forward FLOPs per token at context length ``seq_len``.
 
     FLOPs are 2 x multiply-accumulates of every Linear/Conv1D layer, plus attention scores and the weighted sum
-    of values (``4 * seq_len * heads * head_dim`` per block and token).
+    of values (``4 * seq_len * heads * head_dim`` per block and token), plus an MoE block's router logits and the
+    top-k experts a token runs (not all of its experts: removing experts barely changes FLOPs per token).
     """
     model = structure.model
     parameters = sum(p.numel() for p in model.parameters())

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .importance import _Accumulating, register_importance
+from .importance import _Accumulating, gated_leaders, register_importance
+from .kinds import UnitKind
 from .structure import ModelStructure
 
 
@@ -61,6 +62,10 @@ class FluctuationImportance(_Accumulating):
 
     needs_gradients = False
 
+    @classmethod
+    def scores_kind(cls, kind: UnitKind) -> bool:
+        return kind.gated  # it reads the input of the kind's mask module, one slice per unit
+
     def __init__(self, beta: float | None = 0.9) -> None:
         super().__init__(beta)
         self.handles: list = []
@@ -70,7 +75,7 @@ class FluctuationImportance(_Accumulating):
         if self.handles:
             return
         for i in range(structure.num_layers):
-            for kind in structure.leaders:
+            for kind in gated_leaders(structure):
                 self.moments[(kind.name, i)] = _UnitMoments(kind.unit_width(structure))
                 module = kind.mask_module(structure, i)
                 self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
@@ -90,9 +95,9 @@ class FluctuationImportance(_Accumulating):
     def accumulate(self, structure: ModelStructure) -> None:
         if not self.handles:
             raise RuntimeError("call attach(structure) before running batches so activations are recorded.")
-        values: dict[str, list[torch.Tensor]] = {kind.name: [] for kind in structure.leaders}
+        values: dict[str, list[torch.Tensor]] = {kind.name: [] for kind in gated_leaders(structure)}
         for i in range(structure.num_layers):
-            for kind in structure.leaders:
+            for kind in gated_leaders(structure):
                 moments = self.moments[(kind.name, i)]
                 if moments.gram is None:
                     return  # no forward pass since the last update

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 from transformers.utils import logging
 
-from .kinds import get_kind
+from .kinds import UnitKind, get_kind
 from .lean_backward import chunked_loss_for, lean_backward
 from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure
@@ -89,6 +89,11 @@ class Importance:
     def scores(self, structure: ModelStructure) -> Scores:
         raise NotImplementedError
 
+    @classmethod
+    def scores_kind(cls, kind: UnitKind) -> bool:
+        """Whether this criterion scores units of ``kind`` (its :meth:`scores` then has an entry for it)."""
+        return True
+
     def state_dict(self) -> dict:
         return {}
 
@@ -111,6 +116,16 @@ def register_importance(name: str) -> Callable[[type[Importance]], type[Importan
 
 def available_importances() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def importances_for(kind: UnitKind) -> list[str]:
+    """The registered criteria that score units of ``kind``."""
+    return [name for name in available_importances() if _REGISTRY[name].scores_kind(kind)]
+
+
+def gated_leaders(structure: ModelStructure) -> list[UnitKind]:
+    """The leading kinds whose mask module's input holds one slice per unit: what input-gate criteria score."""
+    return [kind for kind in structure.leaders if kind.gated]
 
 
 def get_importance(name: str | Importance, **kwargs: object) -> Importance:
@@ -266,7 +281,7 @@ class _GateHooks:
         self.activations: dict[tuple[str, int], torch.Tensor] = {}
         self.handles: list = []
         for i in range(structure.num_layers):
-            for kind in structure.leaders:
+            for kind in gated_leaders(structure):
                 module = kind.mask_module(structure, i)
                 self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
 
@@ -320,6 +335,10 @@ class _HookedImportance(_Accumulating):
         super().__init__(beta)
         self.hooks: _GateHooks | None = None
 
+    @classmethod
+    def scores_kind(cls, kind: UnitKind) -> bool:
+        return kind.gated  # it reads the gated input of the kind's mask module
+
     def attach(self, structure: ModelStructure) -> None:
         if self.hooks is None:
             self.hooks = _GateHooks(structure, self.track_gradients)
@@ -336,7 +355,7 @@ class _HookedImportance(_Accumulating):
         self._fold(
             {
                 k.name: [values.get((k.name, i), torch.zeros(s[k.name])) for i, s in enumerate(shapes)]
-                for k in structure.leaders
+                for k in gated_leaders(structure)
             }
         )
 

@@ -3,16 +3,18 @@
 Each scored kind (:mod:`hf_prune.kinds`) names the module whose input holds one slice per unit: a head is masked by
 zeroing its slice of the input of the attention output projection, a neuron by zeroing its input to the down
 projection. Everything upstream of a masked unit then has no effect on the output (and receives no gradient through
-it), which is exactly what removing it does. Coupled kinds (KV heads) are not masked: they follow their leader.
+it), which is exactly what removing it does. A kind may install its own hook (:meth:`UnitKind.mask_hook`): an MoE
+expert is masked at its router, which then never picks it. Coupled kinds (KV heads) are not masked: they follow
+their leader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .allocation import LayerPlan
@@ -97,14 +99,15 @@ class MaskSet:
 
     # -- applying --------------------------------------------------------------------------------------
 
-    def attach(self) -> None:
-        """Install the hooks (idempotent)."""
+    def attach(self, kinds: Sequence[str] | None = None) -> None:
+        """Install the hooks (idempotent), of every scored kind or of ``kinds`` only."""
         if self._handles:
             return
         for i in range(self.structure.num_layers):
             for kind in self.structure.leaders:
-                module = kind.mask_module(self.structure, i)
-                self._handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
+                if kinds is not None and kind.name not in kinds:
+                    continue
+                self._handles.append(kind.mask_hook(self.structure, i, partial(self._multiplier, kind.name, i)))
 
     def detach(self) -> None:
         """Remove the hooks; the model computes densely again."""
@@ -126,10 +129,3 @@ class MaskSet:
     def _unit_width(self, kind: str) -> int:
         """Input features of the mask module per unit of ``kind``."""
         return next(k for k in self.structure.leaders if k.name == kind).unit_width(self.structure)
-
-    def _hook(self, kind: str, index: int):
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            hidden = args[0]
-            return (hidden * self._multiplier(kind, index, hidden), *args[1:])
-
-        return hook

@@ -19,7 +19,7 @@ from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal
 from .config import PruningConfig
 from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_blocks
 from .flops import Cost, measure_cost, unit_costs
-from .importance import Importance, Scores, calibrate, get_importance
+from .importance import Importance, Scores, calibrate, get_importance, importances_for
 from .masks import MaskSet
 from .recipe import RecipeError
 from .reconstruct import Reconstruction, SublayerPlan
@@ -92,16 +92,15 @@ class PruningReport:
             f"attention+MLP blocks: parameters {self.before.block_parameters:,} -> {self.after.block_parameters:,},"
             f" FLOPs/token {self.before.block_flops_per_token:,} -> {self.after.block_flops_per_token:,}"
             f" (x{self.block_flops_ratio:.2f})",
-            "layer  heads  kv_heads  neurons",
         ]
+        kinds = list(self.layers_before[0]) if self.layers_before else []  # units per kind, in table order
+        widths = {kind: max(len(kind), 2 * len(str(max(b[kind] for b in self.layers_before))) + 1) for kind in kinds}
+        lines.append("  ".join(["layer", *(kind.rjust(widths[kind]) for kind in kinds)]))
         for i, (b, a) in enumerate(zip(self.layers_before, self.layers_after, strict=True)):
             if i in self.removed_layers:
                 lines.append(f"{i:>5}  block removed")
                 continue
-            lines.append(
-                f"{i:>5}  {a['heads']:>2}/{b['heads']:<3} {a['kv_heads']:>2}/{b['kv_heads']:<5}"
-                f" {a['neurons']:>5}/{b['neurons']}"
-            )
+            lines.append("  ".join([f"{i:>5}", *(f"{a[k]}/{b[k]}".rjust(widths[k]) for k in kinds)]))
         lines.append(
             "loads with plain transformers from_pretrained"
             if self.vanilla_loadable
@@ -175,11 +174,20 @@ def apply_plan(
             f"({', '.join(e.parameter for e in shared)}): every block must keep the same heads. Plan with "
             "hf_prune's allocation (it ties the heads of such models), or give every block the same keep_heads."
         )
+    for i, plan in enumerate(plans):  # before any surgery: the model stays untouched when a kind refuses
+        for kind in structure.leaders:
+            kind.check_keep(structure, i, plan.keep[kind.name])
     refusal = layout_refusal(structure, [p.counts() for p in plans])
     masks = MaskSet(structure)
     masks.set_from_plan(plans)
     if reconstruction is not None:
-        reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
+        # Kinds masked without a gated input (experts, at the router) are masked while the blocks are reconstructed,
+        # so each block is fed what the pruned blocks before it compute; the others are zeroed by the reconstruction.
+        masks.attach(kinds=[kind.name for kind in structure.leaders if not kind.gated])
+        try:
+            reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
+        finally:
+            masks.detach()
     probe, reference = (probe_inputs(model), None) if changed else (None, None)
     if probe is not None:
         masks.attach()
@@ -223,8 +231,8 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
 
 
 def _width_given(config: PruningConfig) -> bool:
-    """Whether the config sets any width target (heads, neurons, or a cost)."""
-    return any(getattr(config, name) is not None for name in ("heads", "neurons", "flops", "params"))
+    """Whether the config sets any width target (heads, neurons, experts, or a cost)."""
+    return any(getattr(config, name) is not None for name in ("heads", "neurons", "experts", "flops", "params"))
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
@@ -252,8 +260,30 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
     check_protected_layers(protected, structure.num_layers)
     cost_target = config.flops is not None or config.params is not None
-    check_head_tensors(structure, heads > 0 or (cost_target and config.heads is None), protected)
+    fixed = structure.recipe.attention.heads_fixed_because
+    if fixed and heads > 0:
+        raise ValueError(
+            f"recipe '{structure.recipe.name}' cannot remove attention heads: {fixed}. Set heads=0 (CLI: --heads 0) "
+            "and prune other units (experts=..., neurons=...)."
+        )
+    check_head_tensors(structure, heads > 0 or (cost_target and config.heads is None and not fixed), protected)
+    for name in ("neurons", "experts"):
+        value = neurons if name == "neurons" else resolve_experts(config, structure)
+        if value > 0 and not any(kind.name == name for kind in structure.kinds):
+            raise ValueError(
+                f"recipe '{structure.recipe.name}' has no {name} to remove ({name}={value}); it prunes "
+                f"{', '.join(k.label for k in structure.leaders)}. Set {name}=0 or use another recipe."
+            )
     return heads, neurons, list(protected)
+
+
+def resolve_experts(config: PruningConfig, structure: ModelStructure) -> float:
+    """The fraction of each MoE block's experts to remove: the config's, else the recipe's default (none for a
+    depth target alone). Every path that prunes reads it here, as it reads heads and neurons from
+    :func:`resolve_targets`."""
+    if config.experts is not None:
+        return config.experts
+    return 0.0 if config.layers and not _width_given(config) else structure.recipe.targets.experts
 
 
 def plan_for(
@@ -271,9 +301,18 @@ def plan_for(
     those that meet it on the current scores. (Solving each partial cost target on its own let the fine
     neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
     reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
+    MoE experts are removed by their own fraction (``config.experts``, scaled by ``progress`` too), which a cost
+    target counts but does not choose.
     """
     heads, neurons, protected = resolve_targets(config, structure)
+    fixed = {"experts": resolve_experts(config, structure) * progress}  # experts do not trade against a cost target
+    # Heads stay whole where the recipe forbids removing them, or where the criterion does not score them (a cost
+    # target would otherwise spend its budget on heads ranked by nothing; a heads fraction is refused below).
+    heads_stay = bool(structure.recipe.attention.heads_fixed_because) or "heads" not in scores
+    if structure.recipe.attention.heads_fixed_because:
+        heads = 0.0
     masked = masked or {}
+    scores = _scores_for_targets(structure, scores, {"heads": heads, "neurons": neurons, **fixed})
     # One request per leading kind, built once: a cost target plans hundreds of times on the same scores.
     requests = {
         kind.name: kind.plan_request(structure, scores[kind.name], 0.0, config, masked.get(kind.name))
@@ -281,7 +320,7 @@ def plan_for(
     }
 
     def plan(fractions: dict[str, float]) -> list[LayerPlan]:
-        chosen = [replace(request, fraction=fractions[name]) for name, request in requests.items()]
+        chosen = [replace(r, fraction={**fixed, **fractions}.get(name, 0.0)) for name, r in requests.items()]
         return plan_units(chosen, config.ranking, protected)
 
     cost_target = config.flops if config.flops is not None else config.params
@@ -298,9 +337,29 @@ def plan_for(
 
         # The coarse heads on a grid, the fine neurons completing each (allocation.budget_fractions).
         heads, neurons = budget_fractions(
-            lambda h, n: plan({"heads": h, "neurons": n}), removed_fraction, cost_target, config.heads
+            lambda h, n: plan({"heads": h, "neurons": n}),
+            removed_fraction,
+            cost_target,
+            0.0 if heads_stay else config.heads,
         )
     return plan({"heads": heads * progress, "neurons": neurons * progress})
+
+
+def _scores_for_targets(structure: ModelStructure, scores: Scores, fractions: dict[str, float]) -> Scores:
+    """``scores`` with every leading kind present: a criterion may score only some kinds (router statistics score
+    experts; gate criteria do not). A kind it leaves out is refused when something of it is to be removed, naming
+    the criteria that score it, and otherwise gets neutral scores (nothing of it is removed)."""
+    complete = Scores(dict(scores))
+    for kind in structure.leaders:
+        if kind.name in complete:
+            continue
+        if fractions.get(kind.name, 0.0) > 0:
+            raise ValueError(
+                f"the importance criterion does not score {kind.label}, and {kind.name}={fractions[kind.name]} removes "
+                f"some. Criteria that score {kind.label}: {', '.join(importances_for(kind))}."
+            )
+        complete[kind.name] = [torch.ones(s[kind.name]) for s in structure.shapes()]
+    return complete
 
 
 # What the decoder benchmark measured for magnitude scores (benchmarks/README.md), for the warning.
@@ -402,7 +461,8 @@ def width_after_depth(
     kept = [i for i in range(len(removed) + structure.num_layers) if i not in set(removed)]
     width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
     if not _width_given(config):
-        return width.replace(heads=0.0, neurons=0.0)  # a depth target alone: no width defaults from the recipe
+        # A depth target alone: no width defaults from the recipe.
+        return width.replace(heads=0.0, neurons=0.0, experts=0.0)
     target = config.flops if config.flops is not None else config.params
     if target is None:
         return width
@@ -422,7 +482,7 @@ def width_after_depth(
                 UserWarning,
                 stacklevel=3,
             )
-        return width.replace(**{kind: None}, heads=0.0, neurons=0.0)
+        return width.replace(**{kind: None}, heads=0.0, neurons=0.0, experts=config.experts or 0.0)
     return width.replace(**{kind: rest})
 
 
@@ -434,7 +494,7 @@ def prune(
     tokenizer: Any = None,
     **overrides: Any,
 ) -> PruningReport:
-    """Remove a fraction of attention heads and MLP neurons from ``model``, in place.
+    """Remove a fraction of attention heads, MLP neurons and MoE experts from ``model``, in place.
 
     Example::
 
@@ -442,6 +502,7 @@ def prune(
         report = hf_prune.prune(model, flops=0.4, calibration=texts, tokenizer=tokenizer)
         report = hf_prune.prune(model, heads=0.3, neurons=0.3, importance="magnitude", reconstruct=False)
         report = hf_prune.prune(model, layers=0.25)                        # whole blocks (Block Influence)
+        report = hf_prune.prune(moe_model, experts=0.25)                   # a quarter of each MoE block's experts
         print(report.summary())
 
     Args:
@@ -478,7 +539,8 @@ def prune(
         structure = ModelStructure(model, config.recipe)
         config = width_after_depth(config, before_cost, structure, depth_plan.remove, protected)
         heads, neurons, _ = resolve_targets(config, structure)
-    prunes_width = heads > 0 or neurons > 0 or config.flops is not None or config.params is not None
+    experts = resolve_experts(config, structure)
+    prunes_width = heads > 0 or neurons > 0 or experts > 0 or config.flops is not None or config.params is not None
     reconstructs = config.reconstruct is not False and data is not None and prunes_width
     config = config.replace(gqa_mode=auto_gqa_mode(config.gqa_mode, reconstructs))
     if criterion is None and not prunes_width:
@@ -507,6 +569,7 @@ def prune(
             "importance": criterion.name,
             "heads": heads,
             "neurons": neurons,
+            "experts": resolve_experts(config, structure),
             "protected_layers": protected,
             "gqa_mode": config.gqa_mode,  # what "auto" meant for this run
         },

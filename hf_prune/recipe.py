@@ -1,4 +1,4 @@
-"""Recipes: where an architecture keeps its heads and neurons, and what to prune by default.
+"""Recipes: where an architecture keeps its heads, neurons and experts, and what to prune by default.
 
 A recipe is a YAML file that maps one-to-one onto :class:`Recipe`. Module paths are relative to one
 transformer block; ``layers`` lists candidate paths of the block list under the base model.
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-QUANTITIES = ("heads", "kv_heads", "kv_groups", "head_dim", "q_width", "kv_width", "neurons")
+QUANTITIES = ("heads", "kv_heads", "kv_groups", "head_dim", "q_width", "kv_width", "neurons", "experts")
 
 
 class RecipeError(ValueError):
@@ -77,6 +77,12 @@ class AttentionSpec:
         default_factory=list,
         metadata={"help": "per-head tensors outside the blocks, shared by every block, sliced with the heads"},
     )
+    heads_fixed_because: str | None = field(
+        default=None,
+        metadata={
+            "help": "why this architecture's heads cannot be removed (heads > 0 is refused with it); unset: they can"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.qkv is None and not (self.q and self.k and self.v):
@@ -122,6 +128,53 @@ class MLPSpec:
 
 
 @dataclass
+class ExpertsSpec:
+    """Where a block's mixture of experts lives: the router, the experts' 3-D parameters, and the routing rule.
+
+    transformers stores the experts of one block as 3-D parameters (``gate_up_proj [E, 2I, H]``,
+    ``down_proj [E, H, I]``) of one module, and the router as an ``[E, H]`` weight whose forward does softmax and
+    top-k itself. Removing an expert slices every one of them along its expert axis. The router's forward returns
+    ``(logits, top-k weights, top-k indices)`` and the experts module takes ``(hidden_states, top-k indices, top-k
+    weights)``, as transformers 5's ``*TopKRouter`` / ``*Experts`` classes do: masking and the routing criteria
+    read them.
+    """
+
+    router: str = field(metadata={"help": "router module (its `weight` has one row per expert), e.g. mlp.gate"})
+    experts: str = field(metadata={"help": "module holding the experts' 3-D parameters, e.g. mlp.experts"})
+    parameters: dict[str, int] = field(
+        metadata={"help": "{parameter name of the experts module: its expert axis}, e.g. {gate_up_proj: 0}"}
+    )
+    count_attribute: str = field(metadata={"help": "config: experts per block (num_local_experts / num_experts)"})
+    top_k_attribute: str = field(
+        default="num_experts_per_tok", metadata={"help": "config: experts each token is routed to"}
+    )
+    normalize_top_k: bool | str = field(
+        default=True,
+        metadata={
+            "help": "whether the router renormalises the top-k probabilities: true/false, or the config attribute "
+            "that says (norm_topk_prob)"
+        },
+    )
+    module_attributes: dict[str, dict[str, str]] = field(
+        default_factory=dict, metadata={"help": "{module path: {attribute: quantity}} to update after surgery"}
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parameters, dict) or not self.parameters:
+            raise RecipeError("experts: `parameters` maps the experts' 3-D parameter names to their expert axis.")
+        for name, axis in self.parameters.items():
+            if isinstance(axis, bool) or not isinstance(axis, int) or not 0 <= axis <= 2:
+                raise RecipeError(f"experts: parameter '{name}' needs its expert axis (0, 1 or 2), got {axis!r}.")
+        if not isinstance(self.normalize_top_k, bool) and not (
+            isinstance(self.normalize_top_k, str) and self.normalize_top_k
+        ):
+            raise RecipeError(
+                f"experts: `normalize_top_k` is true, false or a config attribute name, got {self.normalize_top_k!r}."
+            )
+        _check_quantities("experts", self.module_attributes)
+
+
+@dataclass
 class DepthSpec:
     """How whole blocks are removed: what holds a block's index, and which config values hold one entry per block.
 
@@ -156,9 +209,10 @@ class Targets:
 
     heads: float = 0.0
     neurons: float = 0.0
+    experts: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons"):
+        for name in ("heads", "neurons", "experts"):
             check_fraction(name, getattr(self, name))
 
 
@@ -197,13 +251,16 @@ class Recipe:
     model_types: list[str]
     layers: list[str]
     attention: AttentionSpec
-    mlp: MLPSpec
+    mlp: MLPSpec | None = field(default=None, metadata={"help": "the dense MLP; optional when `experts` is given"})
     targets: Targets = field(default_factory=Targets)
     protected_layers: list[int] = field(default_factory=list, metadata={"help": "blocks never pruned"})
     description: str = ""
     gguf: GGUFSpec | None = field(default=None, metadata={"help": "how llama.cpp represents it; unset: no GGUF export"})
     depth: DepthSpec | None = field(
         default=None, metadata={"help": "how whole blocks are removed (layers=...); unset: no depth pruning"}
+    )
+    experts: ExpertsSpec | None = field(
+        default=None, metadata={"help": "the mixture of experts of each block (MoE models); unset: none"}
     )
 
     def __post_init__(self) -> None:
@@ -217,6 +274,13 @@ class Recipe:
             self.gguf = _build(GGUFSpec, self.gguf, f"recipe '{self.name}' gguf")
         if isinstance(self.depth, dict):
             self.depth = _build(DepthSpec, self.depth, f"recipe '{self.name}' depth")
+        if isinstance(self.experts, dict):
+            self.experts = _build(ExpertsSpec, self.experts, f"recipe '{self.name}' experts")
+        if self.mlp is None and self.experts is None:
+            raise RecipeError(
+                f"recipe '{self.name}' needs `mlp` (the dense MLP's projections), or `experts` for a "
+                "mixture-of-experts model without a dense MLP."
+            )
         if isinstance(self.layers, str):
             self.layers = [self.layers]
         if not self.model_types or not self.layers:
@@ -243,11 +307,12 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (what ``surgery`` consumes and what is stored in ``config.json``).
 
-        A recipe without depth fields leaves the key out, so checkpoints that do not need it read as before.
+        A recipe without depth or experts fields leaves the key out, so checkpoints that do not need it read as before.
         """
         data = asdict(self)
-        if data["depth"] is None:
-            del data["depth"]
+        for optional in ("depth", "experts"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
     def to_yaml(self) -> str:

@@ -294,6 +294,8 @@ def enable_bias(structure: ModelStructure, part: str) -> bool:
     config flag that makes the modeling code build them (``attention_bias``, ``mlp_bias``...). New biases are
     zero, so outputs do not change. Returns whether the output projection has a bias now."""
     spec = structure.recipe.attention if part == "attention" else structure.recipe.mlp
+    if spec is None:
+        return False  # no dense MLP (an MoE recipe): nothing to give a bias
     output_role = "o" if part == "attention" else "down"
     if all(structure.module(i, output_role).bias is not None for i in range(structure.num_layers)):
         return True
@@ -436,11 +438,16 @@ def reconstruct_sequentially(
     """
     model = structure.model
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     # A bias only where some block loses units of that part (enabling one adds a zero bias to every block).
     leaders = structure.leaders  # plans[i] holds one entry per leading kind (one per part), in this order
-    changes = [any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans) for k in range(len(leaders))]
+    changes = [
+        leaders[k].gated and any(p[k] is not None and len(p[k].keep_units) != p[k].units for p in plans)
+        for k in range(len(leaders))
+    ]
+    if not any(changes):
+        return []  # nothing with a projection to refit loses units (experts alone)
+    was_training = model.training
+    model.eval()
     can_bias = {
         kind.part: bias and changed and enable_bias(structure, kind.part)
         for kind, changed in zip(leaders, changes, strict=True)
@@ -453,7 +460,8 @@ def reconstruct_sequentially(
         for index in tqdm(range(structure.num_layers), desc="reconstruction", unit="block", leave=False):
             layer, entry = structure.layers[index], {}
             for kind, sub in zip(leaders, plans[index], strict=True):
-                if sub is None or len(sub.keep_units) == sub.units:
+                # A kind without a gated mask module (experts, masked at the router) has no projection to refit.
+                if sub is None or len(sub.keep_units) == sub.units or not kind.gated:
                     continue
                 part, projection = kind.part, kind.mask_module(structure, index)
                 width = projection.weight.shape[0 if isinstance(projection, Conv1D) else 1]

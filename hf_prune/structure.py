@@ -1,7 +1,8 @@
-"""From a recipe and a model to prunable groups: heads, KV groups and neurons of every block."""
+"""From a recipe and a model to prunable groups: heads, KV groups, neurons and experts of every block."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import __version__, surgery
-from .kinds import UnitKind, kinds_for
+from .kinds import UnitKind, UnitParameter, kinds_for
 from .recipe import Recipe, RecipeError, resolve_recipe
 
 
@@ -51,8 +52,11 @@ class LayerShape:
 GroupSums = dict[str, torch.Tensor]
 
 
-def _as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """View a weight-shaped tensor as (out, in), whatever the layer type (Conv1D stores (in, out))."""
+def _as_out_in(module: nn.Module | UnitParameter, tensor: torch.Tensor) -> torch.Tensor:
+    """View a weight-shaped tensor as (out, in), whatever the layer type (Conv1D stores (in, out)); a unit
+    parameter's unit axis comes first (one expert per leading index)."""
+    if isinstance(module, UnitParameter):
+        return tensor.movedim(module.axis, 0)
     return tensor.t() if isinstance(module, Conv1D) else tensor
 
 
@@ -79,6 +83,7 @@ class ModelStructure:
         #: The kinds of unit this model has (hf_prune.kinds), in table order.
         self.kinds: list[UnitKind] = kinds_for(self.recipe)
         self._paths = {role: path for kind in self.kinds for role, path in kind.paths(self.recipe).items()}
+        self._parameters = {role: spec for kind in self.kinds for role, spec in kind.parameters(self.recipe).items()}
         self.head_dim = self._head_dim(recorded)
         self._check_modules()
 
@@ -102,9 +107,10 @@ class ModelStructure:
     def _check_modules(self) -> None:
         """Fail before any surgery, naming the path, if the recipe points at modules or attributes that do not
         exist in some block, or at weights that cannot be sliced (quantized layers)."""
-        att, mlp = self.recipe.attention, self.recipe.mlp
+        specs = [s for s in (self.recipe.attention, self.recipe.mlp, self.recipe.experts) if s is not None]
         paths = list(dict.fromkeys(self._paths.values()))
         for index, layer in enumerate(self.layers):
+            self._check_parameters(index, layer)
             for path in paths:
                 module = surgery.get_submodule(layer, path)
                 if type(module) not in (nn.Linear, Conv1D):
@@ -117,7 +123,7 @@ class ModelStructure:
                     raise TypeError(
                         f"layer {index}: '{path}' holds {module.weight.dtype} weights; load the model in a float dtype."
                     )
-            for spec in (att, mlp):
+            for spec in specs:
                 # A misspelt attribute would otherwise be created silently, leaving the real one stale.
                 for module_path, attributes in spec.module_attributes.items():
                     module = surgery.get_submodule(layer, module_path) if module_path else layer
@@ -127,7 +133,7 @@ class ModelStructure:
                             f"layer {index}: '{module_path}' ({type(module).__name__}) has no attribute(s) {missing} "
                             f"to update; fix `module_attributes` in recipe '{self.recipe.name}'."
                         )
-                for module_path in spec.module_config:
+                for module_path in getattr(spec, "module_config", {}):
                     module = surgery.get_submodule(layer, module_path) if module_path else layer
                     if getattr(module, "config", None) is None:
                         raise AttributeError(
@@ -138,6 +144,39 @@ class ModelStructure:
             for kind in self.kinds:
                 kind.check(counts, index)
         self._check_shared_head_tensors()
+
+    def _check_parameters(self, index: int, layer: nn.Module) -> None:
+        """The unit parameters (expert weights, router rows) exist in block ``index``, are floating point, and agree
+        on the number of units. A block without them is refused by name: a dense MLP among MoE blocks (Qwen3-MoE's
+        ``mlp_only_layers`` / ``decoder_sparse_step``) is not something the recipe's blocks can describe."""
+        counts = []
+        for role, (path, name, axis) in self._parameters.items():
+            try:
+                owner = layer.get_submodule(path)
+            except AttributeError:
+                owner = None
+            parameter = getattr(owner, name, None)
+            if not isinstance(parameter, nn.Parameter):
+                parent = path.rpartition(".")[0]
+                found = ""
+                with contextlib.suppress(AttributeError):
+                    found = f"; '{parent}' there is a {type(layer.get_submodule(parent)).__name__}" if parent else ""
+                raise RecipeError(
+                    f"layer {index} has no parameter '{path}.{name}' ({role}) of recipe '{self.recipe.name}'{found}"
+                    ". hf_prune prunes models whose every block has the recipe's structure: a dense MLP among MoE "
+                    "blocks (config mlp_only_layers / decoder_sparse_step) is not supported; build the model with "
+                    "every block sparse, or fix the recipe's paths."
+                )
+            if not parameter.is_floating_point():
+                raise TypeError(
+                    f"layer {index}: '{path}.{name}' holds {parameter.dtype}; load the model in a float dtype."
+                )
+            counts.append(parameter.shape[axis] if axis < parameter.dim() else -1)
+        if len(set(counts)) > 1:
+            raise RecipeError(
+                f"layer {index}: the unit axes of {list(self._parameters)} have lengths {counts}, which should agree "
+                f"(one entry per expert); fix the axes under `experts.parameters` in recipe '{self.recipe.name}'."
+            )
 
     def _check_shared_head_tensors(self) -> None:
         """Declared shared per-head tensors exist, and their head axis has one entry per query head of every
@@ -163,7 +202,7 @@ class ModelStructure:
         head size, a neuron count, the vocabulary, the labels or an image's channels are not taken as a sign."""
         shapes = self.shapes()
         heads = {s.heads for s in shapes}
-        ambiguous = {self.head_dim, *(s.neurons for s in shapes)}
+        ambiguous = {self.head_dim, *(s.counts.get("neurons", 0) for s in shapes)}
         sizes_elsewhere = ("hidden_size", "vocab_size", "num_labels", "num_channels")
         ambiguous |= {surgery._config_get(self.config, a) for a in sizes_elsewhere}
         ambiguous |= {surgery._config_get(self.model.config, a) for a in sizes_elsewhere}
@@ -185,7 +224,8 @@ class ModelStructure:
         ]
 
     def roles(self) -> list[str]:
-        return list(self._paths)
+        """Every projection and unit parameter some kind's units live in."""
+        return [*self._paths, *self._parameters]
 
     def shape(self, index: int) -> LayerShape:
         """Current counts of block ``index`` (read from weight shapes)."""
@@ -209,7 +249,11 @@ class ModelStructure:
         return len(self.layers)
 
     def module(self, index: int, role: str) -> nn.Module:
-        """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``."""
+        """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``, or the
+        :class:`UnitParameter` of a unit parameter role (``router``, ``experts.gate_up_proj``...)."""
+        if role in self._parameters:
+            owner, name, axis = self._parameters[role]
+            return UnitParameter(surgery.get_submodule(self.layers[index], owner), name, axis)  # type: ignore[return-value]
         path = self._paths.get(role)
         if path is None:
             raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")
@@ -243,7 +287,7 @@ class ModelStructure:
 
         def rows(role: str) -> torch.Tensor | None:
             v = value(role)
-            return None if v is None else v.sum(dim=1)
+            return None if v is None else v.flatten(1).sum(dim=1)  # a 3-D unit parameter: one value per unit
 
         def cols(role: str) -> torch.Tensor | None:
             v = value(role)

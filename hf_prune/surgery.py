@@ -1,4 +1,4 @@
-"""Physical removal of attention heads and MLP neurons.
+"""Physical removal of attention heads, MLP neurons and MoE experts.
 
 This module is deliberately self-contained (torch, transformers and the standard library only): hf_prune
 copies it next to a saved checkpoint so that ``trust_remote_code=True`` can rebuild a pruned model without
@@ -7,7 +7,8 @@ returns and what is stored in ``config.json`` under ``hf_prune``).
 
 Vocabulary used throughout:
 - ``heads``: query heads of a layer; ``kv_heads``: key/value heads (equal to ``heads`` without GQA);
-- ``neurons``: intermediate units of the MLP.
+- ``neurons``: intermediate units of the MLP;
+- ``experts``: the routed experts of a mixture-of-experts block (3-D parameters, one slice per expert).
 """
 
 from __future__ import annotations
@@ -131,13 +132,22 @@ def count_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> in
     return output_size(get_submodule(layer, mlp["up"]))
 
 
+def count_experts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
+    """Current routed experts of one block, read from the shape of its first expert parameter."""
+    spec = recipe["experts"]
+    name, axis = next(iter(spec["parameters"].items()))
+    return getattr(get_submodule(layer, spec["experts"]), name).shape[axis]
+
+
 def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
-    """Current ``heads``, ``kv_heads`` and ``neurons`` of one block, read from its weight shapes."""
-    return {
-        "heads": count_heads(layer, recipe, head_dim),
-        "kv_heads": count_kv_heads(layer, recipe, head_dim),
-        "neurons": count_neurons(layer, recipe, head_dim),
-    }
+    """Current ``heads``, ``kv_heads``, and ``neurons`` and/or ``experts`` (as the recipe has them) of one block,
+    read from its weight shapes."""
+    counts = {"heads": count_heads(layer, recipe, head_dim), "kv_heads": count_kv_heads(layer, recipe, head_dim)}
+    if recipe.get("mlp"):
+        counts["neurons"] = count_neurons(layer, recipe, head_dim)
+    if recipe.get("experts"):
+        counts["experts"] = count_experts(layer, recipe, head_dim)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,6 +181,7 @@ class LayerConfigView:
 
 def _quantities(counts: dict[str, int], head_dim: int) -> dict[str, int]:
     heads, kv_heads = counts["heads"], counts["kv_heads"]
+    # Neurons and experts are there when the recipe has a dense MLP / a mixture of experts.
     return {
         "heads": heads,
         "kv_heads": kv_heads,
@@ -178,7 +189,7 @@ def _quantities(counts: dict[str, int], head_dim: int) -> dict[str, int]:
         "head_dim": head_dim,
         "q_width": heads * head_dim,
         "kv_width": kv_heads * head_dim,
-        "neurons": counts["neurons"],
+        **{name: counts[name] for name in ("neurons", "experts") if name in counts},
     }
 
 
@@ -275,7 +286,7 @@ def prune_attention(
         keep_outputs(get_submodule(layer, att["v"]), kv_rows)
     keep_inputs(get_submodule(layer, att["o"]), q_rows)
 
-    new = {"heads": len(keep_heads), "kv_heads": len(keep_kv_heads), "neurons": counts["neurons"]}
+    new = {**counts, "heads": len(keep_heads), "kv_heads": len(keep_kv_heads)}
     _update_module_attributes(layer, att, _quantities(new, head_dim))
     return new
 
@@ -299,6 +310,40 @@ def prune_mlp(layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep_neur
     keep_inputs(get_submodule(layer, mlp["down"]), keep)
     new = {**counts, "neurons": len(keep)}
     _update_module_attributes(layer, mlp, _quantities(new, head_dim))
+    return new
+
+
+def prune_experts(
+    layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep_experts: Sequence[int], top_k: int
+) -> dict[str, int]:
+    """Keep only the routed experts ``keep_experts`` of a block's mixture of experts, in place; returns new counts.
+
+    Slices the router's rows (and its bias, if any) and every expert parameter along its expert axis, then updates
+    the module attributes the forward reads (``num_experts``). Refuses, before any change, to keep fewer experts
+    than the ``top_k`` each token is routed to (top-k over fewer experts fails, or routes a token twice).
+    """
+    spec = recipe["experts"]
+    counts = layer_counts(layer, recipe, head_dim)
+    keep_list = sorted({int(e) for e in keep_experts})
+    if len(keep_list) < top_k:
+        raise ValueError(
+            f"refusing to keep {len(keep_list)} experts in a block that routes every token to {top_k}: keep at least "
+            f"{top_k} (the top-k experts) of its {counts['experts']}. Lower the experts fraction."
+        )
+    if keep_list[-1] >= counts["experts"] or keep_list[0] < 0:
+        raise IndexError(f"expert index out of range: the block has {counts['experts']} experts.")
+    keep = torch.as_tensor(keep_list, dtype=torch.long, device="cpu")
+    router = get_submodule(layer, spec["router"])
+    for name in ("weight", "bias"):
+        rows = getattr(router, name, None)
+        if isinstance(rows, nn.Parameter):
+            _replace_parameter(router, name, rows.detach().index_select(0, keep.to(rows.device)))
+    experts = get_submodule(layer, spec["experts"])
+    for name, axis in spec["parameters"].items():
+        parameter = getattr(experts, name)
+        _replace_parameter(experts, name, parameter.detach().index_select(axis, keep.to(parameter.device)))
+    new = {**counts, "experts": len(keep_list)}
+    _update_module_attributes(layer, spec, _quantities(new, head_dim))
     return new
 
 
@@ -423,14 +468,21 @@ def restore_attention(layer: nn.Module, recipe: dict[str, Any], head_dim: int, t
 
 
 def restore_mlp(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
-    """Shrink a dense-shaped block's MLP to the recorded ``neurons`` (the first ones)."""
-    if target["neurons"] != count_neurons(layer, recipe, head_dim):
+    """Shrink a dense-shaped block's MLP to the recorded ``neurons`` (the first ones); nothing without an MLP."""
+    if recipe.get("mlp") and target["neurons"] != count_neurons(layer, recipe, head_dim):
         prune_mlp(layer, recipe, head_dim, list(range(target["neurons"])))
+
+
+def restore_experts(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
+    """Shrink a dense-shaped block's mixture of experts to the recorded ``experts`` (the first ones); nothing
+    without experts. The recorded count was checked against top-k when it was pruned."""
+    if recipe.get("experts") and target["experts"] != count_experts(layer, recipe, head_dim):
+        prune_experts(layer, recipe, head_dim, list(range(target["experts"])), top_k=1)
 
 
 # One restorer per sublayer, in order. hf_prune's unit kinds (hf_prune/kinds) name these as their restore step; this
 # tuple is what runs without hf_prune (trust_remote_code), and a test checks that both agree.
-RESTORERS = (restore_attention, restore_mlp)
+RESTORERS = (restore_attention, restore_mlp, restore_experts)
 
 
 def restore_structure(model: nn.Module) -> None:

@@ -335,3 +335,84 @@ PUBLISHED = [
 # fmt: on
 
 CASES_BY_NAME = {case.name: case for case in CASES + PUBLISHED}
+
+
+@dataclass(frozen=True)
+class MoECase:
+    """A tiny mixture-of-experts model (tests/test_experts.py): 2 blocks of 6 experts, each token routed to 2."""
+
+    name: str
+    build: Callable[..., torch.nn.Module]  # keyword arguments override the config
+    count_attribute: str  # the config attribute holding the experts per block
+    prunes_heads: bool  # the recipe can remove attention heads too
+    moe_intermediate: str  # the config attribute holding one expert's width
+
+
+def _moe(config_cls: type, model_cls: type, **fields: object) -> Callable[..., torch.nn.Module]:
+    def build(**overrides: object) -> torch.nn.Module:
+        torch.manual_seed(0)
+        defaults: dict[str, object] = dict(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            num_experts_per_tok=2,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        defaults.update(fields)
+        defaults.update(overrides)
+        return model_cls(config_cls(**defaults)).eval()
+
+    return build
+
+
+MOE_CASES = [
+    MoECase(
+        "mixtral",
+        _moe(T.MixtralConfig, T.MixtralForCausalLM, head_dim=8, num_local_experts=6),
+        "num_local_experts",
+        True,
+        "intermediate_size",
+    ),
+    MoECase(
+        "qwen3_moe",
+        _moe(
+            T.Qwen3MoeConfig,
+            T.Qwen3MoeForCausalLM,
+            head_dim=8,
+            num_experts=6,
+            moe_intermediate_size=24,
+            norm_topk_prob=True,
+        ),
+        "num_local_experts",
+        True,
+        "moe_intermediate_size",
+    ),
+    MoECase(
+        "qwen3_moe-unnormalised",  # top-k probabilities used as they are (norm_topk_prob=False)
+        _moe(
+            T.Qwen3MoeConfig,
+            T.Qwen3MoeForCausalLM,
+            head_dim=8,
+            num_experts=6,
+            moe_intermediate_size=24,
+            norm_topk_prob=False,
+        ),
+        "num_local_experts",
+        True,
+        "moe_intermediate_size",
+    ),
+    MoECase(
+        "olmoe",
+        _moe(T.OlmoeConfig, T.OlmoeForCausalLM, num_key_value_heads=4, num_experts=6, norm_topk_prob=True),
+        "num_experts",
+        False,  # q/k norms over the full width (recipes/olmoe.yaml)
+        "intermediate_size",
+    ),
+]
+MOE_CASES_BY_NAME = {case.name: case for case in MOE_CASES}

@@ -161,7 +161,7 @@ def test_recipe_with_missing_module_attribute_path_leaves_model_untouched(tmp_pa
         (lambda r: r.update(atention=r.pop("attention")), "atention"),
         (lambda r: r["attention"].update(query="self_attn.q_proj"), "query"),
         (lambda r: r["mlp"].update(intermediate_size="intermediate_size"), "intermediate_size"),
-        (lambda r: r["targets"].update(experts=0.5), "experts"),
+        (lambda r: r["targets"].update(blocks=0.5), "blocks"),  # experts is a target since MoE recipes
     ],
     ids=["top-level", "attention", "mlp", "targets"],
 )

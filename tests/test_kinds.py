@@ -13,15 +13,16 @@ from hf_prune.importance import Scores
 from hf_prune.kinds import UnitKind, get_kind, kinds_for, register_kind, registered_kinds
 from hf_prune.structure import ModelStructure
 
-from .architectures import CASES, CASES_BY_NAME
+from .architectures import CASES, CASES_BY_NAME, MOE_CASES
 
 
 def test_shipped_kinds_in_table_order() -> None:
-    assert [k.name for k in registered_kinds()][:3] == ["heads", "kv_heads", "neurons"]
+    assert [k.name for k in registered_kinds()][:4] == ["heads", "kv_heads", "neurons", "experts"]
     assert get_kind("kv_heads").follows == "heads" and get_kind("kv_heads").part == "attention"
+    assert get_kind("experts").part == "experts" and not get_kind("experts").gated
     assert [k.name for k in ModelStructure(CASES_BY_NAME["llama"].build()).leaders] == ["heads", "neurons"]
-    with pytest.raises(KeyError, match="unknown unit kind 'experts'"):
-        get_kind("experts")
+    with pytest.raises(KeyError, match="unknown unit kind 'routers'"):
+        get_kind("routers")
 
 
 class _Nameless(UnitKind):
@@ -105,6 +106,29 @@ def test_a_unit_costs_what_removing_it_saves(case) -> None:
     assert before.block_flops_per_token - after.block_flops_per_token == flops.removed(
         counts, structure.shape(0).counts
     )
+
+
+@pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
+def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
+    """The MoE rows: experts instead of neurons; one KV group and one expert cost what removing them saves."""
+    structure = ModelStructure(case.build())
+    assert [k.name for k in structure.kinds] == ["heads", "kv_heads", "experts"]
+    for i, layer in enumerate(structure.layers):
+        assert structure.shape(i).counts == surgery.layer_counts(layer, structure.recipe_dict, structure.head_dim)
+    params, flops = unit_costs(structure, "params"), unit_costs(structure, "flops")
+    before, counts = measure_cost(structure), structure.shape(0).counts
+    group = counts["heads"] // counts["kv_heads"]
+    keep = {
+        "heads": list(range(group, counts["heads"])),
+        "kv_heads": list(range(1, counts["kv_heads"])),
+        "experts": list(range(1, counts["experts"])),
+    }
+    for leader in structure.leaders:
+        leader.remove(structure.layers[0], structure.recipe_dict, structure.head_dim, keep)
+    after = structure.shape(0).counts
+    assert after == {"heads": counts["heads"] - group, "kv_heads": counts["kv_heads"] - 1, "experts": 5}
+    assert before.block_parameters - measure_cost(structure).block_parameters == params.removed(counts, after)
+    assert before.block_flops_per_token - measure_cost(structure).block_flops_per_token == flops.removed(counts, after)
 
 
 def test_containers_are_keyed_by_kind() -> None:

@@ -4,8 +4,8 @@ The rest of hf_prune iterates over :func:`kinds_for` a recipe instead of naming 
 module here (a :class:`UnitKind` subclass and one ``register_kind`` call), its recipe fields and a test row.
 """
 
-# Registration order is the order of every table: query heads, KV heads, neurons.
-from . import attention, mlp  # noqa: F401  (register the shipped kinds)
-from .base import UnitKind, get_kind, kinds_for, register_kind, registered_kinds
+# Registration order is the order of every table: query heads, KV heads, neurons, experts.
+from . import attention, experts, mlp  # noqa: F401  (register the shipped kinds)
+from .base import UnitKind, UnitParameter, get_kind, kinds_for, register_kind, registered_kinds
 
-__all__ = ["UnitKind", "get_kind", "kinds_for", "register_kind", "registered_kinds"]
+__all__ = ["UnitKind", "UnitParameter", "get_kind", "kinds_for", "register_kind", "registered_kinds"]

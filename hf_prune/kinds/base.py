@@ -9,11 +9,12 @@ recipe has instead of naming them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..recipe import Recipe
 
@@ -27,6 +28,27 @@ if TYPE_CHECKING:
 Reducer = Callable[[str], "torch.Tensor | None"]
 # A sublayer's surgery step that shrinks a dense-shaped block to recorded counts (hf_prune.surgery.RESTORERS).
 Restorer = Callable[[nn.Module, dict[str, Any], int, dict[str, int]], None]
+# multiplier(like): a kind's keep mask of one block (1 kept, 0 masked), one entry per input feature of its mask module,
+# on ``like``'s device and dtype.
+Multiplier = Callable[[torch.Tensor], torch.Tensor]
+
+
+class UnitParameter:
+    """A parameter whose slices along ``axis`` belong to units (the 3-D expert parameters of an MoE block, or a
+    router's rows), seen as a module with a ``weight``: per-element criteria (magnitude, Taylor), the frozen-weights
+    backward and the cost count read it like a projection. It holds no FLOPs of its own (see ``context_flops``)."""
+
+    bias = None
+
+    def __init__(self, owner: nn.Module, name: str, axis: int) -> None:
+        self.owner, self.name, self.axis = owner, name, axis
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return getattr(self.owner, self.name)  # read live: surgery replaces the parameter
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        yield self.weight
 
 
 class UnitKind:
@@ -47,6 +69,9 @@ class UnitKind:
     part: ClassVar[str] = ""
     #: The leading kind whose kept units decide this one's (``None``: the kind is scored and masked itself).
     follows: ClassVar[str | None] = None
+    #: Whether the input of :meth:`mask_module` holds one slice per unit: criteria that gate that input (fisher,
+    #: activation) score the kind, and reconstruction refits that module. False for experts (masked at the router).
+    gated: ClassVar[bool] = True
 
     # -- where it lives ---------------------------------------------------------------------------------------
 
@@ -66,6 +91,11 @@ class UnitKind:
     def count(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
         """The block's current number of units, read from weight shapes (the config may be stale)."""
         raise NotImplementedError
+
+    def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int]]:
+        """``{role: (module path, parameter name, unit axis)}`` of the non-projection parameters this kind's units
+        are slices of (read as :class:`UnitParameter`)."""
+        return {}
 
     def config_attribute(self, recipe: Recipe) -> str | None:
         """The config attribute that states the count in a vanilla checkpoint (``None``: the config has none)."""
@@ -96,6 +126,16 @@ class UnitKind:
         """Input features of :meth:`mask_module` per unit."""
         return 1
 
+    def mask_hook(self, structure: ModelStructure, index: int, multiplier: Multiplier) -> RemovableHandle:
+        """Install what makes block ``index``'s masked units have no effect (leaders only): by default a pre-hook
+        that multiplies the input of :meth:`mask_module` by ``multiplier``."""
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            hidden = args[0]
+            return (hidden * multiplier(hidden), *args[1:])
+
+        return self.mask_module(structure, index).register_forward_pre_hook(hook)
+
     # -- removal ------------------------------------------------------------------------------------------------
 
     def keep_following(self, leader_keep: Sequence[int], counts: dict[str, int]) -> list[int]:
@@ -105,6 +145,10 @@ class UnitKind:
     def remove(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep: dict[str, list[int]]) -> None:
         """Keep only ``keep`` (indices per kind of this part) of one block, in place (leaders only)."""
         raise NotImplementedError
+
+    def check_keep(self, structure: ModelStructure, index: int, keep: Sequence[int]) -> None:
+        """Refuse, before any surgery, a plan that keeps ``keep`` of block ``index``'s units when this kind cannot
+        work with so few (raise ``ValueError`` naming the block and the fix)."""
 
     # -- allocation ---------------------------------------------------------------------------------------------
 

@@ -10,12 +10,19 @@ from torch import nn
 
 from .. import surgery
 from ..allocation import KindRequest, neuron_request
-from ..recipe import Recipe
+from ..recipe import MLPSpec, Recipe, RecipeError
 from .base import Reducer, Restorer, UnitKind, register_kind, zero_sum
 
 if TYPE_CHECKING:
     from ..config import PruningConfig
     from ..structure import ModelStructure
+
+
+def _spec(recipe: Recipe) -> MLPSpec:
+    """The recipe's dense MLP (the kind applies only to recipes that have one)."""
+    if recipe.mlp is None:
+        raise RecipeError(f"recipe '{recipe.name}' has no `mlp` section.")
+    return recipe.mlp
 
 
 class Neurons(UnitKind):
@@ -28,20 +35,23 @@ class Neurons(UnitKind):
     def restorer(self) -> Restorer:
         return surgery.restore_mlp
 
+    def applies(self, recipe: Recipe) -> bool:
+        return recipe.mlp is not None  # an MoE recipe may have experts instead
+
     def paths(self, recipe: Recipe) -> dict[str, str]:
-        mlp = recipe.mlp
+        mlp = _spec(recipe)
         return {role: getattr(mlp, role) for role in ("up", "gate", "gate_up", "down") if getattr(mlp, role)}
 
     def count(self, layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
         return surgery.count_neurons(layer, recipe, head_dim)
 
     def config_attribute(self, recipe: Recipe) -> str | None:
-        return recipe.mlp.intermediate_attribute
+        return _spec(recipe).intermediate_attribute
 
     def group_sum(
         self, structure: ModelStructure, index: int, counts: dict[str, int], rows: Reducer, cols: Reducer
     ) -> torch.Tensor:
-        mlp, neurons = structure.recipe.mlp, counts["neurons"]
+        mlp, neurons = _spec(structure.recipe), counts["neurons"]
         if mlp.gate_up:
             fused = rows("gate_up")
             up_gate = None if fused is None else fused.view(2, neurons).sum(0)
@@ -66,7 +76,7 @@ class Neurons(UnitKind):
         return neuron_request(scores, fraction, config.neuron_multiple, masked)
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
-        mlp = structure.recipe.mlp
+        mlp = _spec(structure.recipe)
         hidden = surgery.output_size(structure.module(0, "o"))
         inputs = 2 if (mlp.gate or mlp.gate_up) else 1  # projections that produce a neuron (up, gate)
         if measure == "params":

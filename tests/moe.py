@@ -1,0 +1,38 @@
+"""Shared pieces of the MoE expert tests (tests/test_experts*.py): settings, inputs and a masked twin."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import hf_prune
+from hf_prune.masks import MaskSet
+from hf_prune.structure import ModelStructure
+
+from .architectures import MoECase
+
+ATOL = 1e-5
+# Random scores (seeded): no calibration, no warning about magnitude on decoders, nothing reconstructed.
+QUICK = {"importance": "random", "reconstruct": False}
+TOP_K = 2
+
+
+def moe_ids(batch: int = 2, length: int = 9) -> torch.Tensor:
+    return torch.randint(3, 96, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def moe_targets(case: MoECase) -> dict[str, float]:
+    """A third of the experts (6 -> 4 per block), and half the heads where the recipe removes heads."""
+    return {"experts": 0.34, **({"heads": 0.5} if case.prunes_heads else {})}
+
+
+def prune_with_masked_twin(case: MoECase, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module, object]:
+    """(pruned model, an unpruned copy masked with the same plan, the report)."""
+    model = case.build()
+    masked = copy.deepcopy(model)
+    report = hf_prune.prune(model, **{**QUICK, **settings})
+    masks = MaskSet(ModelStructure(masked))
+    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
+    masks.attach()
+    return model, masked, report
