@@ -547,7 +547,8 @@ def prune(
         criterion = get_importance("magnitude")  # nothing to rank: keep every head and neuron of what remains
     elif criterion is None:
         name = resolve_importance(config.importance, model, data, reconstructs)
-        if name == "magnitude" and is_causal_lm(model):
+        cuts_heads_or_neurons = heads > 0 or neurons > 0 or config.flops is not None or config.params is not None
+        if name == "magnitude" and is_causal_lm(model) and cuts_heads_or_neurons:  # what the warning measured
             warnings.warn(MAGNITUDE_ON_DECODERS, UserWarning, stacklevel=2)
         criterion = get_importance(name)
         if criterion.accumulates:

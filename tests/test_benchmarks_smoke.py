@@ -264,3 +264,21 @@ def test_quality_depth_smoke(tmp_path: Path) -> None:
     again = json.loads(output.read_text())
     assert again["meta"]["latency"]["retimed"] is True
     assert [p["eval"] for p in again["points"]] == [p["eval"] for p in data["points"]]
+
+
+def test_quality_experts_smoke(tmp_path: Path) -> None:
+    """A small Mixtral is trained, then each criterion removes 25% and 50% of its experts; every point is scored."""
+    output = tmp_path / "experts.json"
+    run = _run_script("quality_experts.py", "--smoke", "--output", str(output))
+    assert "magnitude scores destroy" not in run.stderr  # that warning measured heads and neurons, not experts
+    data = json.loads(output.read_text())
+    assert data["meta"]["smoke"] is True and data["model"]["num_local_experts"] == 8
+    criteria = ["random", "magnitude", "frequency", "reap", "taylor"]
+    assert [(p["experts_removed"], p["criterion"]) for p in data["points"]] == [
+        (f, c) for f in (0.25, 0.5) for c in criteria
+    ]
+    for point in data["points"]:
+        assert point["experts_after"] == [8 - int(8 * point["experts_removed"])] * 2
+        assert point["parameters"] < data["model"]["parameters"]
+        assert all(point["eval"][text]["ppl"] > 1 for text in ("hamlet", "modern_prose"))
+    assert all(abs(sum(shares) - 1) < 1e-3 for shares in data["expert_share"])
