@@ -106,8 +106,52 @@ def causal_loss_in_chunks(model: nn.Module, batch: Mapping[str, Any], chunk: int
     return _loss_of_hidden(model.get_output_embeddings(), hidden, batch["labels"], chunk)
 
 
+class _FrozenHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of a frozen linear head, ``chunk`` positions at a time. The head takes no gradient, so
+    the hidden states' gradient ``(softmax - onehot) W`` is computed chunk by chunk in the forward pass: neither the
+    whole logits nor a recomputation of the head (what checkpointing each chunk costs) is needed in the backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.zeros_like(hidden)
+        for start in range(0, labels.shape[1], chunk):
+            piece, targets = hidden[:, start : start + chunk], labels[:, start : start + chunk].flatten()
+            log_p = nn.functional.linear(piece, weight, bias).float().flatten(0, 1).log_softmax(-1)
+            valid = targets != IGNORE_INDEX
+            rows = valid.nonzero().squeeze(1)
+            total -= log_p[rows, targets[rows]].sum()
+            slope = log_p.exp_()
+            slope[rows, targets[rows]] -= 1
+            slope[~valid] = 0
+            grad[:, start : start + chunk] = (slope @ weight.float()).view_as(piece).to(grad.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_total.to(grad.dtype), None, None, None, None
+
+
+def _frozen_linear(head: nn.Module) -> bool:
+    return (
+        type(head) is nn.Linear and not head.weight.requires_grad and (head.bias is None or not head.bias.requires_grad)
+    )
+
+
 def _loss_of_hidden(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
     hidden, labels = hidden[:, :-1], labels[:, 1:].to(hidden.device)
+    if _frozen_linear(head):  # the lean backward freezes the head: Taylor never scores it
+        total = _FrozenHeadLoss.apply(hidden, head.weight, head.bias, labels, chunk)
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, labels.shape[1], chunk):
         piece = (hidden[:, start : start + chunk], labels[:, start : start + chunk])

@@ -84,6 +84,22 @@ def test_the_chunked_loss_is_the_models_loss_with_the_same_gradients(name: str) 
     torch.testing.assert_close(chunked_grad, own_grad, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_the_chunked_loss_of_a_frozen_head_gives_the_blocks_the_same_gradients(name: str) -> None:
+    """As in calibration, where the head is frozen: the hidden states' gradient is computed in the forward pass."""
+    model = CASES_BY_NAME[name].build()
+    model.get_output_embeddings().weight.requires_grad_(False)
+    batch = _batches(model, True)[0]
+    batch["labels"][0, :4] = -100
+    block = ModelStructure(model).module(0, "down").weight
+    own = model(**batch).loss
+    (own_grad,) = torch.autograd.grad(own, block)
+    chunked = causal_loss_in_chunks(model, batch, chunk=5)
+    (chunked_grad,) = torch.autograd.grad(chunked, block)
+    torch.testing.assert_close(chunked, own, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked_grad, own_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_a_head_that_is_more_than_a_linear_map_keeps_the_models_own_loss() -> None:
     model = CASES_BY_NAME["gemma2"].build()  # Gemma 2 soft-caps its final logits
     assert model.config.final_logit_softcapping
