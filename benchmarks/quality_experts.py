@@ -1,6 +1,6 @@
 """Removing whole experts from a small mixture-of-experts model: what each criterion costs in held-out perplexity.
 
-    python benchmarks/quality_experts.py            # about 10 minutes on one core
+    python benchmarks/quality_experts.py            # about 50 minutes on one core (45 of them training)
     python benchmarks/quality_experts.py --smoke    # seconds (CI)
 
 No MoE checkpoint ships in a PyPI package, so the model is trained here: Mixtral's block shape scaled down (8
