@@ -353,15 +353,29 @@ def neuron_request(
     masked: Sequence[torch.Tensor] | None = None,
 ) -> KindRequest:
     """MLP neurons, one unit each, kept in multiples of ``multiple``."""
+    return single_unit_request("neurons", scores, fraction, multiple=multiple, masked=masked)
+
+
+def single_unit_request(
+    name: str,
+    scores: Sequence[torch.Tensor],
+    fraction: float,
+    multiple: int = 1,
+    masked: Sequence[torch.Tensor] | None = None,
+    min_kept: int = 1,
+) -> KindRequest:
+    """A kind whose every index is a unit of its own (neurons, experts): ``fraction`` of each block's units, kept in
+    multiples of ``multiple`` and never fewer than ``min_kept``."""
     return KindRequest(
-        name="neurons",
+        name=name,
         scores=scores,
-        sizes={"neurons": [s.numel() for s in scores]},
+        sizes={name: [s.numel() for s in scores]},
         fraction=fraction,
         units=lambda i, s: single_units(s),
         multiple=multiple,
         masked=masked,
-        label="neurons",
+        min_kept=min_kept,
+        label=name,
     )
 
 

@@ -20,6 +20,7 @@ from hf_prune.structure import ModelStructure
 from .architectures import MOE_CASES, MOE_CASES_BY_NAME, MoECase
 from .cli_run import run_cli
 from .moe import ATOL, QUICK, moe_ids, moe_targets, prune_with_masked_twin
+from .test_callback import _args
 
 
 def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,19 +131,7 @@ def test_a_trainer_run_with_the_callback_ends_with_fewer_experts_and_loads(tmp_p
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     model = MOE_CASES_BY_NAME["mixtral"].build()
     callback = hf_prune.PruningCallback(experts=0.34, heads=0.0, importance="taylor", end=0.75, update_every=2)
-    args = T.TrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        max_steps=8,
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        logging_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-    )
+    args = _args(tmp_path / "run", max_steps=8, logging_steps=2)
     trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
     trainer.train()
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .. import surgery
-from ..allocation import KindRequest, single_units
+from ..allocation import KindRequest, single_unit_request
 from ..recipe import ExpertsSpec, Recipe, RecipeError
 from . import mlp  # noqa: F401  (neurons register first: the kinds' table order)
 from .base import Multiplier, Reducer, Restorer, UnitKind, register_kind, zero_sum
@@ -141,16 +141,8 @@ class Experts(UnitKind):
         config: PruningConfig,
         masked: Sequence[torch.Tensor] | None,
     ) -> KindRequest:
-        return KindRequest(
-            name="experts",
-            scores=scores,
-            sizes={"experts": [s.numel() for s in scores]},
-            fraction=fraction,
-            units=lambda i, s: single_units(s),
-            masked=masked,
-            min_kept=self.top_k(structure),  # a fraction is rounded so that no block goes below top-k
-            label="experts",
-        )
+        # A fraction is rounded so that no block goes below top-k.
+        return single_unit_request("experts", scores, fraction, masked=masked, min_kept=self.top_k(structure))
 
     # -- cost ---------------------------------------------------------------------------------------------------
 
