@@ -12,6 +12,10 @@ With ``layers=``, whole blocks go too: Block Influence (``1 - cos`` between a bl
 over the training forward passes, the least influential blocks are skipped (their output is their input) as the
 schedule advances, and removed at the end with everything else (:class:`hf_prune.depth.BlockSkips`).
 
+With ``compact=True``, the masked units are removed from the live model at every update, and the optimizer's
+state is sliced to match (:mod:`hf_prune.compaction`): the rest of the run computes only what is kept. Masks, plans
+and the report keep the original numbering of units.
+
 When the run evaluates, the callback keeps the Trainer's eval metrics of the dense model (the last evaluation
 before the first pruning update) and of the pruned one (the last after the final update) for the report and card
 (:class:`hf_prune.evaluation.TrainerEvaluations`).
@@ -19,6 +23,7 @@ before the first pruning update) and of the pruned one (the last after the final
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -31,11 +36,20 @@ from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from .calibration import is_causal_lm
-from .checkpoint import not_vanilla_because
+from .checkpoint import layout_refusal, not_vanilla_because, record_structure
+from .compaction import (
+    LiveUnits,
+    OriginalLayout,
+    check_optimizer_class,
+    check_optimizer_state,
+    match_checkpoint_shapes,
+    recorded_slices,
+    slice_optimizer,
+)
 from .config import PruningConfig
 from .depth import BlockSkips, blocks_to_remove, check_depth_recipe, remove_blocks
 from .evaluation import TrainerEvaluations
-from .flops import measure_cost, unit_costs
+from .flops import Cost, measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
 from .masks import MaskSet
 from .modeling_pruned import atomic_write_text
@@ -48,7 +62,7 @@ from .prune import (
     resolve_experts,
     resolve_targets,
 )
-from .structure import ModelStructure
+from .structure import LayerShape, ModelStructure
 
 logger = logging.get_logger(__name__)
 
@@ -146,6 +160,11 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "removed units on its own, and folding their mean into the biases at each update did not help "
                 "(README, 'Reconstruction on the gradual path'). Leave reconstruct unset here."
             )
+        if self.config.compact and self.config.layers:
+            raise ValueError(
+                "compact=True removes heads, neurons and experts during training; with layers= the skipped blocks are "
+                "removed at the end only. Drop layers=, or set compact=False."
+            )
         if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
             self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name
@@ -155,6 +174,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.importance: Importance | None = None
         self.report: PruningReport | None = None
         self.blocks: BlockSkips | None = None  # with layers=: the skipped blocks and their Block Influence
+        self.live: LiveUnits | None = None  # with compact=True: the original units the live model still has
+        self._optimizer: Any = None
         self._resume: dict[str, Any] | None = None  # set by Trainer when restoring callback states
         self._max_steps: int | None = None
         self._progress = 0.0
@@ -180,6 +201,10 @@ class PruningCallback(TrainerCallback, ExportableState):
             "pending": self._pending,
             "eval": self.evaluations.state_dict(),
             "depth": None if self.blocks is None else self.blocks.state_dict(),
+            # The model as it was built: compaction shrinks the live one, and a resumed run starts from that.
+            "before_shapes": [dict(s.counts) for s in self._before_shapes],
+            "before_cost": dataclasses.asdict(self._before_cost),
+            "live": None if self.live is None else self.live.state_dict(),
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -192,6 +217,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.evaluations.load_state_dict(snapshot.get("eval"))
         if self.blocks is not None and snapshot.get("depth"):
             self.blocks.load_state_dict(snapshot["depth"])
+        if self.live is not None and snapshot.get("live"):
+            self.live.load_state_dict(snapshot["live"])
         logger.info("restored pruning state from the checkpoint (progress %.2f)", self._progress)
 
     @staticmethod
@@ -205,13 +232,62 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     # -- set-up --------------------------------------------------------------------------------------------
 
+    def on_init_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
+        if self.config.compact and model is not None:
+            self._shrink_on_load(_unwrap(model))
+
+    def _shrink_on_load(self, model: torch.nn.Module) -> None:
+        """A checkpoint written after a compaction holds smaller blocks than a freshly built model: shrink the model
+        to its shapes when ``Trainer`` loads it to resume (before the optimizer, built on the model, loads its own)."""
+        if getattr(model, "_hf_prune_shrinks_on_load", False):
+            return
+        recipe = self.config.recipe
+
+        def hook(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+            if match_checkpoint_shapes(ModelStructure(module, recipe), state_dict, prefix):
+                logger.info("shrank the model to the compacted checkpoint's blocks before loading it")
+
+        model.register_load_state_dict_pre_hook(hook)
+        model._hf_prune_shrinks_on_load = True
+
+    def _check_compaction(self, args: TrainingArguments, optimizer: Any) -> None:
+        """Refuse, before training, what compaction cannot do yet, naming the alternative."""
+        where = (
+            "several processes (DDP)"
+            if _distributed()
+            else "FSDP"
+            if args.fsdp
+            else "DeepSpeed"
+            if args.deepspeed
+            else None
+        )
+        if where:
+            raise ValueError(
+                f"compact=True runs in a single process for now; this run uses {where}, whose wrappers hold the "
+                "parameters it would replace. Set compact=False: masking works there, and the end of training "
+                "removes the masked units all the same."
+            )
+        if args.load_best_model_at_end:
+            raise ValueError(
+                "compact=True with load_best_model_at_end: an earlier checkpoint can be larger than the compacted "
+                "model and cannot be loaded back into it. Set load_best_model_at_end=False, or compact=False."
+            )
+        check_optimizer_class(optimizer)
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
     ) -> None:
         if model is None:
             raise ValueError("PruningCallback needs the Trainer's model; use it with transformers.Trainer.")
         model = _unwrap(model)
+        if self.config.compact:
+            self._check_compaction(args, kwargs.get("optimizer"))
+            self._shrink_on_load(model)  # a later resume in this process
+        self._optimizer = kwargs.get("optimizer")
         self.structure = ModelStructure(model, self.config.recipe)
+        snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
         heads, neurons, self._protected = resolve_targets(self.config, self.structure)
         experts = resolve_experts(self.config, self.structure)
         cost_target = self.config.flops is not None or self.config.params is not None
@@ -227,15 +303,22 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
         self.schedule = self.config.to_schedule()
         self.schedule.steps(self._max_steps)  # validates the schedule against the length of training
-        self.masks = MaskSet(self.structure)
-        self.importance = get_importance(self.config.importance, **self._importance_kwargs())
-        self._before_shapes = self.structure.shapes()
-        self._before_cost = measure_cost(self.structure, self.config.flops_seq_len)
+        if snapshot and snapshot.get("before_shapes"):  # the model as it was built, which compaction may have shrunk
+            self._before_shapes = [LayerShape(counts) for counts in snapshot["before_shapes"]]
+            self._before_cost = Cost(**snapshot["before_cost"])
+        else:
+            self._before_shapes = self.structure.shapes()
+            self._before_cost = measure_cost(self.structure, self.config.flops_seq_len)
         self._flops_costs = unit_costs(self.structure, "flops", self.config.flops_seq_len)
+        self.layout = OriginalLayout(self.structure, self._before_shapes)
+        self.live = LiveUnits(self._before_shapes) if self.config.compact else None
+        self.masks = MaskSet(self.structure, self._before_shapes, self.live)
+        self.importance = get_importance(self.config.importance, **self._importance_kwargs())
 
-        snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
         if snapshot:
             self._restore(snapshot)
+            if self.live is not None and self.live.compacted:
+                self._check_resumed_shapes()
         self.masks.attach()
         self.importance.attach(self.structure)
         if self.blocks is not None:
@@ -245,6 +328,20 @@ class PruningCallback(TrainerCallback, ExportableState):
                 self._after_dense_evaluation = True
             else:
                 self._update(state.global_step)
+
+    def _check_resumed_shapes(self) -> None:
+        """A resumed compacted run: the model must have been shrunk to the checkpoint's blocks when it loaded."""
+        assert self.structure is not None and self.live is not None
+        expected = [
+            {kind: len(per[i]) for kind, per in self.live.ids.items()} for i in range(self.structure.num_layers)
+        ]
+        if [dict(s.counts) for s in self.structure.shapes()] != expected:
+            raise ValueError(
+                "this checkpoint was compacted during training, but the model was not shrunk to it when it loaded. "
+                "Pass the PruningCallback to Trainer(callbacks=[...]) when the Trainer is built (it shrinks the model "
+                "as the checkpoint loads), not with add_callback later."
+            )
+        record_structure(self.structure, layout_refusal(self.structure, expected))  # the config says what it is
 
     def _importance_kwargs(self) -> dict[str, Any]:
         criterion = get_importance(self.config.importance)
@@ -296,6 +393,9 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._pending = False
         progress = self.schedule.progress(step, self._max_steps, self._target())
         scores = _reduce_scores(self.importance.scores(self.structure))
+        if self.live is not None:  # the live model's units, in the original numbering plans use
+            live = self.live
+            scores = Scores({k: [live.original(k, i, v) for i, v in enumerate(vs)] for k, vs in scores.items()})
         width = self.config
         if self.blocks is not None:
             sums, tokens = _all_reduce_sum(*self.blocks.totals())
@@ -306,14 +406,42 @@ class PruningCallback(TrainerCallback, ExportableState):
             if self.blocks.skipped and not self.structure.recipe.attention.shared_head_tensors:
                 width = width.replace(protected_layers=sorted({*self._protected, *self.blocks.skipped}))
         plans = plan_for(
-            self.structure,
+            self.layout,
             scores,
             width,
             progress,
             masked={kind: [~m for m in masks] for kind, masks in self.masks.masks.items()},
+            before=self._before_cost,
         )
         self.masks.set_from_plan(plans)
         self._progress, self._last_update = progress, step
+        if self.live is not None:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Remove the masked units that the live model still has, and slice the optimizer's state to match."""
+        assert self.structure is not None and self.masks is not None and self.importance is not None
+        assert self.live is not None
+        plans = self.live.live_plans(self.masks.to_plan())
+        shapes = self.structure.shapes()
+        if all(plan.counts() == dict(shape.counts) for plan, shape in zip(plans, shapes, strict=True)):
+            return
+        check_optimizer_state(self._optimizer)  # before any surgery
+        self.masks.detach()  # apply_plan masks the model itself to check that the compact one computes the same
+        self.importance.detach()  # its hooks hold the old widths
+        with recorded_slices() as slices:
+            apply_plan(self.structure, plans)
+        slice_optimizer(self._optimizer, slices)
+        self.importance.keep_units(
+            {
+                kind.name: [torch.as_tensor(p.keep[kind.name], dtype=torch.long) for p in plans]
+                for kind in self.structure.leaders
+            }
+        )
+        self.live.keep(plans)
+        self.masks.attach()  # in the order training started with: masks first, then what observes them
+        self.importance.attach(self.structure)
+        logger.info("compacted the model: %s", json.dumps(self.metrics()))
 
     # -- visibility ----------------------------------------------------------------------------------------
 
@@ -392,6 +520,8 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks.detach()
         self.importance.detach()
         plans = self.masks.to_plan()
+        # Surgery works in the live model's numbering; the report keeps the original one.
+        live_plans = plans if self.live is None else self.live.live_plans(plans)
         removed: list[int] = []
         if self.blocks is not None:
             self.blocks.detach()
@@ -401,7 +531,8 @@ class PruningCallback(TrainerCallback, ExportableState):
                 remove_blocks(self.structure, removed)
                 self.structure = ModelStructure(self.structure.model, self.config.recipe)
                 plans = [plan for i, plan in enumerate(plans) if i not in removed]
-        vanilla = apply_plan(self.structure, plans)
+                live_plans = plans
+        vanilla = apply_plan(self.structure, live_plans)
         self.report = PruningReport(
             model_type=self.structure.config.model_type,
             recipe=self.structure.recipe.name,

@@ -122,6 +122,13 @@ class PruningConfig:
     ema_beta: float = field(
         default=0.9, metadata={"help": "moving-average factor of accumulated importance scores (taylor, fisher...)"}
     )
+    compact: bool = field(
+        default=False,
+        metadata={
+            "help": "remove masked units from the live model at every mask update, with the optimizer's state, so "
+            "training gets cheaper as it prunes (single process; masking only when False)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("heads", "neurons", "experts", "flops", "params", "layers"):

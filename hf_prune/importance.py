@@ -100,6 +100,10 @@ class Importance:
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def keep_units(self, keep: dict[str, list[torch.Tensor]]) -> None:
+        """Compaction removed units from the model: statistics follow the kept ones (``keep[kind][block]``, the
+        positions kept in the numbering the statistics had)."""
+
 
 def register_importance(name: str) -> Callable[[type[Importance]], type[Importance]]:
     """Class decorator that makes a criterion available by ``name``."""
@@ -232,6 +236,15 @@ class _Accumulating(Importance):
         if self.values is None:
             return {"updates": 0}
         return {"updates": self.updates, **{kind: [pack_scores(t) for t in ts] for kind, ts in self.values.items()}}
+
+    def keep_units(self, keep: dict[str, list[torch.Tensor]]) -> None:
+        if self.values is not None:
+            self.values = Scores(
+                {
+                    kind: [v[index] for v, index in zip(values, keep[kind], strict=True)] if kind in keep else values
+                    for kind, values in self.values.items()
+                }
+            )
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state.get("updates", 0))

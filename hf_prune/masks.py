@@ -18,6 +18,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .allocation import LayerPlan
+from .compaction import LiveUnits
 from .packed import pack_mask, unpack_mask
 from .structure import LayerShape, ModelStructure
 
@@ -29,9 +30,14 @@ class MaskSet:
     keep a float copy on the activation's device.
     """
 
-    def __init__(self, structure: ModelStructure) -> None:
+    def __init__(
+        self, structure: ModelStructure, shapes: Sequence[LayerShape] | None = None, live: LiveUnits | None = None
+    ) -> None:
+        """``shapes``: the blocks' shapes the masks number units by (default: the current ones). ``live``: which of
+        those units the model still has, when compaction removed some (the hooks then mask the live ones)."""
         self.structure = structure
-        shapes = structure.shapes()
+        shapes = structure.shapes() if shapes is None else list(shapes)
+        self.live = live
         #: ``masks[kind][block]``: True where the unit is kept.
         self.masks: dict[str, list[torch.Tensor]] = {
             kind.name: [torch.ones(s[kind.name], dtype=torch.bool) for s in shapes] for kind in structure.leaders
@@ -120,6 +126,8 @@ class MaskSet:
         key = (kind, index, like.device, like.dtype)
         if key not in self._cache:
             mask = self.masks[kind][index]
+            if self.live is not None:
+                mask = self.live.live(kind, index, mask)
             width = self._unit_width(kind)
             if width > 1:
                 mask = mask.repeat_interleave(width)

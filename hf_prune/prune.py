@@ -292,6 +292,7 @@ def plan_for(
     config: PruningConfig,
     progress: float = 1.0,
     masked: dict[str, Sequence[torch.Tensor]] | None = None,
+    before: Cost | None = None,
 ) -> list[LayerPlan]:
     """The plan that reaches ``progress`` (0..1) of the config's target on ``structure``'s current blocks.
 
@@ -302,7 +303,8 @@ def plan_for(
     neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
     reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
     MoE experts are removed by their own fraction (``config.experts``, scaled by ``progress`` too), which a cost
-    target counts but does not choose.
+    target counts but does not choose. ``before``: the cost of the blocks ``structure.shapes()`` describe, when
+    that is not the model's current one (the callback's compaction plans on the shapes the model had).
     """
     heads, neurons, protected = resolve_targets(config, structure)
     fixed = {"experts": resolve_experts(config, structure) * progress}  # experts do not trade against a cost target
@@ -327,7 +329,7 @@ def plan_for(
     if cost_target is not None:
         measure = "flops" if config.flops is not None else "params"
         costs = unit_costs(structure, measure, config.flops_seq_len)
-        cost = measure_cost(structure, config.flops_seq_len)
+        cost = before or measure_cost(structure, config.flops_seq_len)
         total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
         shapes = structure.shapes()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,18 +31,29 @@ FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _replace_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
+# Called with (old parameter, new parameter, axis, kept indices) after every slice: compaction during training
+# (hf_prune.compaction) maps the optimizer's state onto the new parameters this way.
+SLICE_OBSERVERS: list[Callable[[nn.Parameter, nn.Parameter, int, torch.Tensor], None]] = []
+
+
+def _keep_slices(module: nn.Module, name: str, axis: int, index: torch.Tensor) -> None:
+    """Replace parameter ``name`` of ``module`` by its slices ``index`` along ``axis``."""
     old = getattr(module, name)
-    setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+    index = index.to(old.device)
+    value = old.detach().index_select(axis, index).contiguous()
+    new = nn.Parameter(value, requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    for observe in SLICE_OBSERVERS:
+        observe(old, new, axis, index)
 
 
 def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
     """Keep only the output units ``index`` of a Linear/Conv1D layer (rows of ``y``), in place."""
     out_dim = 1 if isinstance(module, Conv1D) else 0
     index = index.to(module.weight.device)
-    _replace_parameter(module, "weight", module.weight.detach().index_select(out_dim, index))
+    _keep_slices(module, "weight", out_dim, index)
     if module.bias is not None:
-        _replace_parameter(module, "bias", module.bias.detach().index_select(0, index))
+        _keep_slices(module, "bias", 0, index)
     if isinstance(module, Conv1D):
         module.nf = len(index)
     else:
@@ -53,7 +64,7 @@ def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
     """Keep only the input features ``index`` of a Linear/Conv1D layer, in place."""
     in_dim = 0 if isinstance(module, Conv1D) else 1
     index = index.to(module.weight.device)
-    _replace_parameter(module, "weight", module.weight.detach().index_select(in_dim, index))
+    _keep_slices(module, "weight", in_dim, index)
     if isinstance(module, Conv1D):
         module.nx = len(index)
     else:
@@ -337,11 +348,10 @@ def prune_experts(
     for name in ("weight", "bias"):
         rows = getattr(router, name, None)
         if isinstance(rows, nn.Parameter):
-            _replace_parameter(router, name, rows.detach().index_select(0, keep.to(rows.device)))
+            _keep_slices(router, name, 0, keep)
     experts = get_submodule(layer, spec["experts"])
     for name, axis in spec["parameters"].items():
-        parameter = getattr(experts, name)
-        _replace_parameter(experts, name, parameter.detach().index_select(axis, keep.to(parameter.device)))
+        _keep_slices(experts, name, axis, keep)
     new = {**counts, "experts": len(keep_list)}
     _update_module_attributes(layer, spec, _quantities(new, head_dim))
     return new
@@ -379,7 +389,7 @@ def prune_shared_heads(
         parameter = getattr(owner, name)
         if parameter.shape[entry["dim"]] == len(keep):
             continue  # already this size
-        _replace_parameter(owner, name, parameter.detach().index_select(entry["dim"], keep.to(parameter.device)))
+        _keep_slices(owner, name, entry["dim"], keep)
         values = _quantities(counts, head_dim)
         for attribute, quantity in (entry.get("module_attributes") or {}).items():
             setattr(owner, attribute, values[quantity])
