@@ -165,7 +165,9 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "compact=True removes heads, neurons and experts during training; with layers= the skipped blocks are "
                 "removed at the end only. Drop layers=, or set compact=False."
             )
-        if self.config.importance == "auto":  # training has gradients: Taylor, the best gradual criterion measured
+        #: importance="auto": Taylor, the best gradual criterion measured, unless the weights are frozen (LoRA)
+        self._auto_importance = self.config.importance == "auto"
+        if self._auto_importance:
             self.config = self.config.replace(importance="taylor")
         importance = get_importance(self.config.importance)  # fail fast on an unknown name
         del importance
@@ -287,6 +289,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             self._shrink_on_load(model)  # a later resume in this process
         self._optimizer = kwargs.get("optimizer")
         self.structure = ModelStructure(model, self.config.recipe)
+        self._check_adapters(args, model)
         snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
         heads, neurons, self._protected = resolve_targets(self.config, self.structure)
         experts = resolve_experts(self.config, self.structure)
@@ -342,6 +345,38 @@ class PruningCallback(TrainerCallback, ExportableState):
                 "as the checkpoint loads), not with add_callback later."
             )
         record_structure(self.structure, layout_refusal(self.structure, expected))  # the config says what it is
+
+    def _check_adapters(self, args: TrainingArguments, model: torch.nn.Module) -> None:
+        """A peft model (LoRA) trains adapters on frozen weights: no weight gradients for Taylor to read, and only the
+        adapters go into checkpoints. Choose what works, or refuse what cannot, before the first step."""
+        assert self.structure is not None
+        frozen = not any(
+            self.structure.module(i, role).weight.requires_grad
+            for i in range(self.structure.num_layers)
+            for role in self.structure.roles()
+        )
+        if frozen and getattr(get_importance(self.config.importance), "reads_weight_gradients_only", False):
+            if not self._auto_importance:
+                raise ValueError(
+                    f"importance='{self.config.importance}' reads the gradients of the pruned projections' weights, "
+                    "and every one of them is frozen (LoRA keeps the base weights fixed). Use importance='fisher' "
+                    "(mask gradients, which LoRA training computes) or 'activation', or leave importance='auto'."
+                )
+            logger.info("the pruned weights are frozen (adapters train): importance 'auto' is Fisher here")
+            self.config = self.config.replace(importance="fisher")
+        if self.structure.model is model:
+            return
+        if self.config.compact:
+            raise ValueError(
+                "compact=True with a peft model: Trainer checkpoints hold only the adapters, which a resumed run could "
+                "not match to full-size base weights. Set compact=False (masking; the end of training removes the "
+                "masked units from base weights and adapters alike)."
+            )
+        if args.push_to_hub:
+            raise ValueError(
+                "push_to_hub with a peft model would upload adapters for a base model nobody has. After training, "
+                "merge them (model.merge_and_unload()) and push the compact model: hf_prune.push_to_hub(folder, ...)."
+            )
 
     def _importance_kwargs(self) -> dict[str, Any]:
         criterion = get_importance(self.config.importance)

@@ -15,7 +15,7 @@ from transformers.utils import logging
 from .kinds import UnitKind, get_kind
 from .lean_backward import chunked_loss_for, lean_backward
 from .packed import pack_scores, unpack_scores
-from .structure import ModelStructure
+from .structure import ModelStructure, adapted_weight
 
 logger = logging.get_logger(__name__)
 
@@ -162,7 +162,7 @@ class MagnitudeImportance(Importance):
 
     def scores(self, structure: ModelStructure) -> Scores:
         with torch.no_grad():
-            return weight_scores(structure, lambda m: m.weight.detach() ** 2, torch.sqrt)
+            return weight_scores(structure, lambda m: adapted_weight(m) ** 2, torch.sqrt)
 
 
 @register_importance("random")
@@ -275,7 +275,8 @@ class TaylorImportance(_Accumulating):
     def accumulate(self, structure: ModelStructure) -> None:
         def values(module: torch.nn.Module) -> torch.Tensor | None:
             grad = module.weight.grad
-            return None if grad is None else (module.weight.detach() * grad).abs()
+            # dL/dW of a LoRA layer's base weight is dL/dW' of the adapted one (W' = W + s B A): |W' dL/dW'|.
+            return None if grad is None else (adapted_weight(module) * grad).abs()
 
         scale = self.parameter_gradient_scale
         with torch.no_grad():
@@ -287,9 +288,10 @@ class _GateHooks:
     each scored kind. The gates change nothing in the forward pass; their gradients are the mask gradients
     ``dL/dm`` of Michel et al. (2019) and Kwon et al. (2022), and the hooks also see activations."""
 
-    def __init__(self, structure: ModelStructure, track_gradients: bool) -> None:
+    def __init__(self, structure: ModelStructure, track_gradients: bool, track_activations: bool = True) -> None:
         self.structure = structure
         self.track_gradients = track_gradients
+        self.track_activations = track_activations
         self.gates: dict[tuple[str, int], torch.Tensor] = {}
         self.activations: dict[tuple[str, int], torch.Tensor] = {}
         self.handles: list = []
@@ -305,11 +307,12 @@ class _GateHooks:
                 return None  # evaluation (no_grad/inference_mode) does not count
             width = get_kind(kind).unit_width(self.structure)
             groups = hidden.shape[-1] // width
-            with torch.no_grad():
-                grouped = hidden.detach().float().reshape(-1, groups, width)
-                magnitude = grouped.norm(dim=-1).mean(0).cpu()  # mean activation norm per group
             key = (kind, index)
-            self.activations[key] = self.activations.get(key, 0) + magnitude
+            if self.track_activations:
+                with torch.no_grad():
+                    grouped = hidden.detach().float().reshape(-1, groups, width)
+                    magnitude = grouped.norm(dim=-1).mean(0).cpu()  # mean activation norm per group
+                self.activations[key] = self.activations.get(key, 0) + magnitude
             if not (self.track_gradients and torch.is_grad_enabled() and hidden.requires_grad):
                 return None
             gate = self.gates.get(key)
@@ -343,6 +346,7 @@ class _GateHooks:
 
 class _HookedImportance(_Accumulating):
     track_gradients = True
+    track_activations = False  # mean activation norms per unit (a forward reduction and a device sync per module)
 
     def __init__(self, beta: float | None = 0.9) -> None:
         super().__init__(beta)
@@ -354,7 +358,7 @@ class _HookedImportance(_Accumulating):
 
     def attach(self, structure: ModelStructure) -> None:
         if self.hooks is None:
-            self.hooks = _GateHooks(structure, self.track_gradients)
+            self.hooks = _GateHooks(structure, self.track_gradients, self.track_activations)
 
     def detach(self) -> None:
         if self.hooks is not None:
@@ -391,6 +395,7 @@ class ActivationImportance(_HookedImportance):
     """Mean L2 norm of each head's output and each neuron's activation, from forward hooks."""
 
     track_gradients = False
+    track_activations = True
     needs_gradients = False
 
     def accumulate(self, structure: ModelStructure) -> None:

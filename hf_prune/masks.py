@@ -122,7 +122,9 @@ class MaskSet:
         self._handles.clear()
         self._cache.clear()
 
-    def _multiplier(self, kind: str, index: int, like: torch.Tensor) -> torch.Tensor:
+    def _multiplier(self, kind: str, index: int, like: torch.Tensor) -> torch.Tensor | None:
+        """``None`` when the block keeps every unit of ``kind`` (nothing to multiply: the hook leaves the input as
+        it is, which is what a step costs before the first update, and after each compaction)."""
         key = (kind, index, like.device, like.dtype)
         if key not in self._cache:
             mask = self.masks[kind][index]
@@ -131,7 +133,7 @@ class MaskSet:
             width = self._unit_width(kind)
             if width > 1:
                 mask = mask.repeat_interleave(width)
-            self._cache[key] = mask.to(device=like.device, dtype=like.dtype)
+            self._cache[key] = None if bool(mask.all()) else mask.to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
     def _unit_width(self, kind: str) -> int:

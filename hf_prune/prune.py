@@ -525,6 +525,13 @@ def prune(
     requested = config  # what the user asked for (the report's record); depth pruning rewrites the width part
     check_sliceable(model)
     structure = ModelStructure(model, config.recipe)
+    if structure.has_adapters:  # reconstruction refits the base weights, under adapters that add to them
+        if config.reconstruct:
+            raise ValueError(
+                "reconstruct=True on a model with LoRA adapters: reconstruction refits base weights that the adapters "
+                "add to. Merge them first (model.merge_and_unload()), then prune with reconstruction."
+            )
+        config = config.replace(reconstruct=False)
     heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
     if config.layers:  # before calibration, which may take minutes: the recipe and the count must allow it
         check_depth_recipe(structure)

@@ -57,7 +57,45 @@ def _as_out_in(module: nn.Module | UnitParameter, tensor: torch.Tensor) -> torch
     parameter's unit axis comes first (one expert per leading index)."""
     if isinstance(module, UnitParameter):
         return tensor.movedim(module.axis, 0)
-    return tensor.t() if isinstance(module, Conv1D) else tensor
+    return tensor.t() if isinstance(surgery.base_layer(module), Conv1D) else tensor
+
+
+def _check_lora(index: int, path: str, module: nn.Module) -> None:
+    """A peft LoRA layer on a pruned projection is sliced with it; refuse what slicing cannot keep exact."""
+    if surgery.lora_parts(module) is None:
+        return
+    variants = sorted(getattr(module, "lora_variant", {}) or {})
+    magnitudes = getattr(module, "lora_magnitude_vector", None)
+    if variants or (magnitudes is not None and len(magnitudes) > 0):
+        raise TypeError(
+            f"layer {index}: '{path}' carries a LoRA variant (DoRA or another, adapters {variants}) whose extra "
+            "state hf_prune does not slice. Prune with plain LoRA adapters (LoraConfig(use_dora=False)), or merge "
+            "the adapter (merge_and_unload()) before pruning."
+        )
+    if getattr(module, "merged", False):
+        raise TypeError(
+            f"layer {index}: '{path}' has its LoRA adapter merged into the base weight; unmerge it "
+            "(model.unmerge_adapter()) or merge it for good (merge_and_unload()) before pruning."
+        )
+
+
+def adapted_weight(module: nn.Module | UnitParameter) -> torch.Tensor:
+    """The weight a projection computes with, detached: a peft LoRA layer's base weight plus its active adapters'
+    ``s * B @ A`` (peft's own delta, laid out like the base weight), so criteria score the adapted model."""
+    weight = module.weight.detach()
+    if surgery.lora_parts(module) is None or getattr(module, "disable_adapters", False):
+        return weight
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    with torch.no_grad():
+        return weight + sum((module.get_delta_weight(a).to(weight.dtype) for a in active), torch.zeros_like(weight))
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft ``PeftModel`` (the model itself otherwise): recipes describe its paths,
+    and its LoRA layers are sliced with the projections they wrap."""
+    if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
+        return model.get_base_model()
+    return model
 
 
 class ModelStructure:
@@ -69,6 +107,7 @@ class ModelStructure:
     """
 
     def __init__(self, model: nn.Module, recipe: str | os.PathLike[str] | Recipe | dict[str, Any] = "auto") -> None:
+        model = unwrap_peft(model)
         config = getattr(model, "config", None)
         if config is None:
             raise TypeError(f"expected a transformers PreTrainedModel, got {type(model).__name__}.")
@@ -113,6 +152,8 @@ class ModelStructure:
             self._check_parameters(index, layer)
             for path in paths:
                 module = surgery.get_submodule(layer, path)
+                _check_lora(index, path, module)
+                module = surgery.base_layer(module)
                 if type(module) not in (nn.Linear, Conv1D):
                     raise TypeError(
                         f"layer {index}: '{path}' is a {type(module).__name__}; hf_prune slices plain nn.Linear or "
@@ -222,6 +263,11 @@ class ModelStructure:
             for name, p in root.named_parameters()
             if id(p) not in known and sizes & set(p.shape)
         ]
+
+    @property
+    def has_adapters(self) -> bool:
+        """Whether peft LoRA layers wrap some of the projections that are pruned."""
+        return any(surgery.lora_parts(self.module(0, role)) is not None for role in self._paths)
 
     def roles(self) -> list[str]:
         """Every projection and unit parameter some kind's units live in."""

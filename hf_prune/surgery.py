@@ -47,8 +47,32 @@ def _keep_slices(module: nn.Module, name: str, axis: int, index: torch.Tensor) -
         observe(old, new, axis, index)
 
 
+def lora_parts(module: nn.Module) -> tuple[nn.Module, list[nn.Module], list[nn.Module]] | None:
+    """A peft LoRA layer around a Linear/Conv1D: ``(its base layer, its A factors, its B factors)``, one factor per
+    adapter; ``None`` for any other module. ``y = base(x) + s * B(A(x))``: an output unit is a row of the base
+    weight and of every B, an input feature a column of the base weight and of every A."""
+    base = getattr(module, "base_layer", None)
+    if base is None or not isinstance(getattr(module, "lora_A", None), nn.ModuleDict):
+        return None
+    while getattr(base, "base_layer", None) is not None:
+        base = base.base_layer
+    return base, list(module.lora_A.values()), list(module.lora_B.values())
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    """The Linear/Conv1D that holds ``module``'s weight (itself, or the base layer of a peft LoRA layer)."""
+    parts = lora_parts(module)
+    return module if parts is None else parts[0]
+
+
 def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
     """Keep only the output units ``index`` of a Linear/Conv1D layer (rows of ``y``), in place."""
+    if (parts := lora_parts(module)) is not None:
+        base, _, factors_b = parts
+        for layer in (base, *factors_b):
+            keep_outputs(layer, index)
+        module.out_features = len(index)
+        return
     out_dim = 1 if isinstance(module, Conv1D) else 0
     index = index.to(module.weight.device)
     _keep_slices(module, "weight", out_dim, index)
@@ -62,6 +86,12 @@ def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
 
 def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
     """Keep only the input features ``index`` of a Linear/Conv1D layer, in place."""
+    if (parts := lora_parts(module)) is not None:
+        base, factors_a, _ = parts
+        for layer in (base, *factors_a):
+            keep_inputs(layer, index)
+        module.in_features = len(index)
+        return
     in_dim = 0 if isinstance(module, Conv1D) else 1
     index = index.to(module.weight.device)
     _keep_slices(module, "weight", in_dim, index)
@@ -73,11 +103,13 @@ def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
 
 def output_size(module: nn.Module) -> int:
     """Number of output units of a Linear/Conv1D layer."""
+    module = base_layer(module)
     return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
 
 
 def input_size(module: nn.Module) -> int:
     """Number of input features of a Linear/Conv1D layer."""
+    module = base_layer(module)
     return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
 
 

@@ -282,3 +282,13 @@ def test_quality_experts_smoke(tmp_path: Path) -> None:
         assert point["parameters"] < data["model"]["parameters"]
         assert all(point["eval"][text]["ppl"] > 1 for text in ("hamlet", "modern_prose"))
     assert all(abs(sum(shares) - 1) < 1e-3 for shares in data["expert_share"])
+
+
+@pytest.mark.real_model
+def test_compaction_speed_smoke() -> None:
+    """The compaction benchmark on 64 real reviews: each run prints its row, and compaction lands on the masking
+    run's structure."""
+    run = _run_script("compaction_speed.py", "--max-train-samples", "64", "--flops", "0.6")
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"run"')]
+    assert [r["run"] for r in rows] == ["dense", "masked 60%", "compact 60%"]
+    assert rows[1]["parameters_after"] == rows[2]["parameters_after"] < 22_713_986

@@ -29,8 +29,8 @@ Reducer = Callable[[str], "torch.Tensor | None"]
 # A sublayer's surgery step that shrinks a dense-shaped block to recorded counts (hf_prune.surgery.RESTORERS).
 Restorer = Callable[[nn.Module, dict[str, Any], int, dict[str, int]], None]
 # multiplier(like): a kind's keep mask of one block (1 kept, 0 masked), one entry per input feature of its mask module,
-# on ``like``'s device and dtype.
-Multiplier = Callable[[torch.Tensor], torch.Tensor]
+# on ``like``'s device and dtype; ``None`` when the block keeps every unit (the hook then changes nothing).
+Multiplier = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
 class UnitParameter:
@@ -130,9 +130,10 @@ class UnitKind:
         """Install what makes block ``index``'s masked units have no effect (leaders only): by default a pre-hook
         that multiplies the input of :meth:`mask_module` by ``multiplier``."""
 
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
             hidden = args[0]
-            return (hidden * multiplier(hidden), *args[1:])
+            keep = multiplier(hidden)
+            return None if keep is None else (hidden * keep, *args[1:])
 
         return self.mask_module(structure, index).register_forward_pre_hook(hook)
 

@@ -104,9 +104,12 @@ class Experts(UnitKind):
     def mask_hook(self, structure: ModelStructure, index: int, multiplier: Multiplier) -> RemovableHandle:
         top_k, normalize = self.top_k(structure), self.normalizes(structure)
 
-        def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> tuple[Any, ...] | None:
             logits, weights = output[0], output[1]
-            kept = multiplier(logits) > 0
+            keep = multiplier(logits)
+            if keep is None:
+                return None  # every expert kept: the router's own choice
+            kept = keep > 0
             probabilities = torch.softmax(logits.masked_fill(~kept, float("-inf")).float(), dim=-1)
             top, indices = torch.topk(probabilities, top_k, dim=-1)
             if normalize:
