@@ -51,12 +51,14 @@ from .depth import BlockSkips, blocks_to_remove, check_depth_recipe, remove_bloc
 from .evaluation import TrainerEvaluations
 from .flops import Cost, measure_cost, unit_costs
 from .importance import Importance, Scores, get_importance
+from .latency_table import LatencyTable, measure_latency_table
 from .masks import MaskSet
 from .modeling_pruned import atomic_write_text
 from .prune import (
     PruningReport,
     apply_plan,
     kept_entries,
+    latency_entry,
     layers_entries,
     plan_for,
     resolve_experts,
@@ -142,7 +144,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if isinstance(config, dict):
             config = PruningConfig.from_dict(config)
         self.config = (config or PruningConfig()).replace(**overrides)
-        if self.config.layers and (self.config.flops is not None or self.config.params is not None):
+        if self.config.layers and self.config.cost_target is not None:
             raise ValueError(
                 "PruningCallback takes layers= with heads=/neurons= fractions; a flops/params target that counts "
                 "removed blocks is one-shot only for now (hf_prune.prune(model, layers=..., params=...)). Give "
@@ -207,6 +209,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             "before_shapes": [dict(s.counts) for s in self._before_shapes],
             "before_cost": dataclasses.asdict(self._before_cost),
             "live": None if self.live is None else self.live.state_dict(),
+            "latency": None if self._latency is None else self._latency.to_dict(),
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
@@ -293,7 +296,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
         heads, neurons, self._protected = resolve_targets(self.config, self.structure)
         experts = resolve_experts(self.config, self.structure)
-        cost_target = self.config.flops is not None or self.config.params is not None
+        cost_target = self.config.cost_target is not None
         if not cost_target and heads == 0 and neurons == 0 and experts == 0 and not self.config.layers:
             raise ValueError(
                 "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons/experts (fractions in "
@@ -318,6 +321,13 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks = MaskSet(self.structure, self._before_shapes, self.live)
         self.importance = get_importance(self.config.importance, **self._importance_kwargs())
 
+        self._latency: LatencyTable | None = None
+        if snapshot and snapshot.get("latency"):  # measured once, on the model as it was built
+            self._latency = LatencyTable(**snapshot["latency"])
+        elif self.config.latency is not None:
+            self._latency = measure_latency_table(
+                self.structure, self.config.latency_batch_size, self.config.latency_seq_len
+            )
         if snapshot:
             self._restore(snapshot)
             if self.live is not None and self.live.compacted:
@@ -407,8 +417,8 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     def _target(self) -> float:
         config = self.config
-        if config.flops is not None or config.params is not None:
-            return config.flops if config.flops is not None else config.params
+        if config.cost_target is not None:
+            return config.cost_target[1]
         assert self.structure is not None
         heads, neurons, _ = resolve_targets(config, self.structure)
         return max(heads, neurons, resolve_experts(config, self.structure), config.layers or 0.0)
@@ -447,6 +457,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             progress,
             masked={kind: [~m for m in masks] for kind, masks in self.masks.masks.items()},
             before=self._before_cost,
+            latency=self._latency,
         )
         self.masks.set_from_plan(plans)
         self._progress, self._last_update = progress, step
@@ -599,6 +610,11 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.report.extra["depth"] = {"criterion": "block_influence", "removed_layers": removed, "scores": scores}
         if (evaluations := self.evaluations.entry()) is not None:
             self.report.extra["eval"] = evaluations
+        if self._latency is not None and self.config.latency is not None:
+            was_training = self.structure.model.training
+            before = [dict(s.counts) for s in self._before_shapes]
+            self.report.extra["latency"] = latency_entry(self._latency, self.config.latency, before, self.structure)
+            self.structure.model.train(was_training)
         self.structure.model.hf_prune_report = self.report
         self._write_report(args, state)
         if state.is_world_process_zero and args.push_to_hub:

@@ -16,6 +16,9 @@ from .recipe import check_fraction
 from .reconstruct import REFITS
 from .schedule import Schedule
 
+#: The cost targets, each a fraction of that cost of the blocks (of the whole forward pass, for latency) to remove.
+COST_MEASURES = ("flops", "params", "latency")
+
 
 @dataclass
 class PruningConfig:
@@ -62,6 +65,15 @@ class PruningConfig:
         default=None,
         metadata={"help": "instead of fixed fractions: fraction of the blocks' parameters to remove, in (0, 1)"},
     )
+    latency: float | None = field(
+        default=None,
+        metadata={
+            "help": "instead of fixed fractions: fraction of the measured forward latency to remove, in (0, 1), at "
+            "latency_batch_size x latency_seq_len on the model's device (a table measured once)"
+        },
+    )
+    latency_batch_size: int = field(default=8, metadata={"help": "batch size of the latency target's measurements"})
+    latency_seq_len: int = field(default=128, metadata={"help": "tokens per sequence of the latency measurements"})
     layers: float | None = field(
         default=None,
         metadata={
@@ -131,15 +143,16 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts", "flops", "params", "layers"):
+        for name in ("heads", "neurons", "experts", "flops", "params", "latency", "layers"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)
-        if self.flops is not None and self.params is not None:
-            raise ValueError("give either a `flops` or a `params` target, not both.")
-        if self.neurons is not None and (self.flops is not None or self.params is not None):
+        given = [name for name in COST_MEASURES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one cost target of {COST_MEASURES}, not {given}.")
+        if self.neurons is not None and given:
             raise ValueError(
-                "`neurons` is solved for when a `flops`/`params` target is set; set `heads` to fix the head "
+                f"`neurons` is solved for when a `{given[0]}` target is set; set `heads` to fix the head "
                 "fraction, or drop the cost target."
             )
         # Builds (and so validates) the schedule; raises with a clear message on a bad kind/begin/end.
@@ -148,7 +161,14 @@ class PruningConfig:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}.")
         if self.gqa_mode not in GQA_MODES:
             raise ValueError(f"gqa_mode must be one of {GQA_MODES}, got {self.gqa_mode!r}.")
-        for name in ("neuron_multiple", "calibration_samples", "calibration_seq_len", "calibration_batch_size"):
+        for name in (
+            "neuron_multiple",
+            "calibration_samples",
+            "calibration_seq_len",
+            "calibration_batch_size",
+            "latency_batch_size",
+            "latency_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -173,6 +193,11 @@ class PruningConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def cost_target(self) -> tuple[str, float] | None:
+        """``(measure, fraction to remove)`` of the cost target (``flops``, ``params`` or ``latency``), if any."""
+        return next(((name, getattr(self, name)) for name in COST_MEASURES if getattr(self, name) is not None), None)
 
     def to_schedule(self) -> Schedule:
         return Schedule(kind=self.schedule, begin=self.begin, end=self.end, every=self.update_every)

@@ -18,8 +18,10 @@ from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import PruningConfig
 from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_blocks
-from .flops import Cost, measure_cost, unit_costs
+from .flops import Cost, UnitCosts, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance, importances_for
+from .latency import measure_latency
+from .latency_table import LatencyTable, measure_latency_table
 from .masks import MaskSet
 from .recipe import RecipeError
 from .reconstruct import Reconstruction, SublayerPlan
@@ -30,7 +32,7 @@ from .verify import check_pruned, masked_reference, probe_inputs
 logger = logging.get_logger(__name__)
 
 # PruningConfig fields that only the gradual callback uses: a one-shot report must not claim a schedule.
-GRADUAL_FIELDS = ("schedule", "begin", "end", "update_every", "ema_beta")
+GRADUAL_FIELDS = ("schedule", "begin", "end", "update_every", "ema_beta", "compact")
 
 
 @dataclass
@@ -232,7 +234,8 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
 
 def _width_given(config: PruningConfig) -> bool:
     """Whether the config sets any width target (heads, neurons, experts, or a cost)."""
-    return any(getattr(config, name) is not None for name in ("heads", "neurons", "experts", "flops", "params"))
+    names = ("heads", "neurons", "experts", "flops", "params", "latency")
+    return any(getattr(config, name) is not None for name in names)
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
@@ -259,7 +262,7 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     neurons = defaults[1] if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
     check_protected_layers(protected, structure.num_layers)
-    cost_target = config.flops is not None or config.params is not None
+    cost_target = config.cost_target is not None
     fixed = structure.recipe.attention.heads_fixed_because
     if fixed and heads > 0:
         raise ValueError(
@@ -293,6 +296,7 @@ def plan_for(
     progress: float = 1.0,
     masked: dict[str, Sequence[torch.Tensor]] | None = None,
     before: Cost | None = None,
+    latency: LatencyTable | None = None,
 ) -> list[LayerPlan]:
     """The plan that reaches ``progress`` (0..1) of the config's target on ``structure``'s current blocks.
 
@@ -305,6 +309,7 @@ def plan_for(
     MoE experts are removed by their own fraction (``config.experts``, scaled by ``progress`` too), which a cost
     target counts but does not choose. ``before``: the cost of the blocks ``structure.shapes()`` describe, when
     that is not the model's current one (the callback's compaction plans on the shapes the model had).
+    ``latency``: the measured table a ``config.latency`` target is met on (:mod:`hf_prune.latency_table`).
     """
     heads, neurons, protected = resolve_targets(config, structure)
     fixed = {"experts": resolve_experts(config, structure) * progress}  # experts do not trade against a cost target
@@ -325,13 +330,18 @@ def plan_for(
         chosen = [replace(r, fraction={**fixed, **fractions}.get(name, 0.0)) for name, r in requests.items()]
         return plan_units(chosen, config.ranking, protected)
 
-    cost_target = config.flops if config.flops is not None else config.params
-    if cost_target is not None:
-        measure = "flops" if config.flops is not None else "params"
-        costs = unit_costs(structure, measure, config.flops_seq_len)
-        cost = before or measure_cost(structure, config.flops_seq_len)
-        total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
+    if config.cost_target is not None:
+        measure, cost_target = config.cost_target
         shapes = structure.shapes()
+        costs: UnitCosts | LatencyTable
+        if measure == "latency":
+            if latency is None:
+                raise ValueError("a latency target needs its measured table (hf_prune.latency_table).")
+            costs, total = latency, latency.dense_ms
+        else:
+            costs = unit_costs(structure, measure, config.flops_seq_len)
+            cost = before or measure_cost(structure, config.flops_seq_len)
+            total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
 
         def removed_fraction(plans: list[LayerPlan]) -> float:
             removed = sum(costs.removed(s.counts, p.counts()) for s, p in zip(shapes, plans, strict=True))
@@ -488,6 +498,23 @@ def width_after_depth(
     return width.replace(**{kind: rest})
 
 
+def latency_entry(
+    table: LatencyTable, target: float, before: Sequence[dict[str, int]], structure: ModelStructure
+) -> dict[str, Any]:
+    """The report's record of a latency target: what was asked, what the table predicted and what the pruned model
+    measures, on the same device and input size."""
+    counts = [dict(s.counts) for s in structure.shapes()]
+    measured = measure_latency(structure.model, table.batch_size, table.seq_len).median_ms
+    return {
+        "target_removed": target,
+        "dense_ms": round(table.dense_ms, 3),
+        "predicted_ms": round(table.predicted_ms(counts, list(before)), 3),
+        "measured_ms": round(measured, 3),
+        "measured_removed": round(1 - measured / table.dense_ms, 4),
+        "table": table.to_dict(),
+    }
+
+
 def prune(
     model: nn.Module,
     config: PruningConfig | None = None,
@@ -533,6 +560,17 @@ def prune(
             )
         config = config.replace(reconstruct=False)
     heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
+    if config.layers and config.latency is not None:
+        raise ValueError(
+            "a latency target with layers= is not supported yet: the latency table is measured on the model's "
+            "blocks, before any is removed. Give a flops/params target with layers=, or latency= alone."
+        )
+    # Measured on the unpruned model, before calibration changes nothing but takes minutes.
+    table = (
+        measure_latency_table(structure, config.latency_batch_size, config.latency_seq_len)
+        if config.latency is not None
+        else None
+    )
     if config.layers:  # before calibration, which may take minutes: the recipe and the count must allow it
         check_depth_recipe(structure)
         blocks_to_remove(config.layers, structure.num_layers, protected)
@@ -549,14 +587,14 @@ def prune(
         config = width_after_depth(config, before_cost, structure, depth_plan.remove, protected)
         heads, neurons, _ = resolve_targets(config, structure)
     experts = resolve_experts(config, structure)
-    prunes_width = heads > 0 or neurons > 0 or experts > 0 or config.flops is not None or config.params is not None
+    prunes_width = heads > 0 or neurons > 0 or experts > 0 or config.cost_target is not None
     reconstructs = config.reconstruct is not False and data is not None and prunes_width
     config = config.replace(gqa_mode=auto_gqa_mode(config.gqa_mode, reconstructs))
     if criterion is None and not prunes_width:
         criterion = get_importance("magnitude")  # nothing to rank: keep every head and neuron of what remains
     elif criterion is None:
         name = resolve_importance(config.importance, model, data, reconstructs)
-        cuts_heads_or_neurons = heads > 0 or neurons > 0 or config.flops is not None or config.params is not None
+        cuts_heads_or_neurons = heads > 0 or neurons > 0 or config.cost_target is not None
         if name == "magnitude" and is_causal_lm(model) and cuts_heads_or_neurons:  # what the warning measured
             warnings.warn(MAGNITUDE_ON_DECODERS, UserWarning, stacklevel=2)
         criterion = get_importance(name)
@@ -567,7 +605,7 @@ def prune(
                     "or a criterion fitted with hf_prune.calibrate."
                 )
             criterion = calibrate(model, data.batches, name, recipe=config.recipe)
-    plans = plan_for(structure, criterion.scores(structure), config)
+    plans = plan_for(structure, criterion.scores(structure), config, latency=table)
     reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit) if reconstructs else None
     vanilla = apply_plan(structure, plans, reconstruction)
     removed = depth_plan.remove if depth_plan else []
@@ -599,5 +637,7 @@ def prune(
         report.extra["calibration"] = data.describe()
     if reconstruction is not None:
         report.extra["reconstruction"] = reconstruction.summary()
+    if table is not None:
+        report.extra["latency"] = latency_entry(table, config.latency, report.layers_before, structure)
     logger.info("pruned %s: %s parameters -> %s", report.recipe, report.before.parameters, report.after.parameters)
     return report

@@ -1,0 +1,124 @@
+"""Latency as a pruning target: a table of measured forward latency by units kept, which the allocator reads.
+
+FLOPs are a proxy. On a real device a head costs more or less than its FLOPs say (small matmuls run below peak,
+attention scores grow with the sequence), so ``PruningConfig(latency=0.5)`` asks for half the *measured* latency
+of a forward pass at ``latency_batch_size`` x ``latency_seq_len`` on the device the model is on. The table is
+measured once: the whole model with every block shrunk to ``k`` units of one kind (the others full), for a few
+``k``; a block's share is the whole model's latency over the number of blocks, linear between the measured points.
+The allocator then treats it like a cost per unit (:meth:`LatencyTable.removed`), and the pruned model is measured
+again, so the report holds the target, the prediction and the result side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from . import surgery
+from .latency import device_name, measure_latency
+from .structure import ModelStructure
+
+#: Fractions of each kind's units kept at which the table is measured (1.0, the dense model, is always measured).
+TABLE_POINTS = (0.25, 0.5, 0.75)
+
+
+@dataclass
+class LatencyTable:
+    """Forward latency (ms) of the model with every block at ``k`` units of one kind: ``curves[kind]`` is a list
+    of ``(k, ms)`` from the fewest units to the full count; the other kinds stay whole."""
+
+    dense_ms: float
+    curves: dict[str, list[tuple[int, float]]]
+    num_layers: int
+    batch_size: int
+    seq_len: int
+    device: str
+    threads: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def block_ms(self, kind: str, units: int) -> float:
+        """A block's share of the latency with ``units`` of ``kind`` (linear between measured points)."""
+        points = self.curves.get(kind)
+        if not points:
+            return 0.0
+        if units <= points[0][0]:
+            (k0, t0), (k1, t1) = points[0], points[min(1, len(points) - 1)]
+        else:
+            index = next((i for i in range(1, len(points)) if units <= points[i][0]), len(points) - 1)
+            (k0, t0), (k1, t1) = points[index - 1], points[index]
+        slope = 0.0 if k1 == k0 else (t1 - t0) / (k1 - k0)
+        return (t0 + slope * (units - k0)) / self.num_layers
+
+    def removed(self, before: Mapping[str, int], after: Mapping[str, int]) -> float:
+        """Milliseconds removed going from the counts ``before`` of one block to ``after``."""
+        return sum(self.block_ms(kind, before[kind]) - self.block_ms(kind, after[kind]) for kind in self.curves)
+
+    def predicted_ms(self, counts: list[Mapping[str, int]], before: list[Mapping[str, int]]) -> float:
+        """The latency the table predicts for blocks with ``counts`` (from blocks with ``before``)."""
+        return self.dense_ms - sum(self.removed(b, c) for b, c in zip(before, counts, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _shrunk_copy(structure: ModelStructure, kind: str, units: int) -> torch.nn.Module:
+    """A copy of the model with every block's ``kind`` cut to its first ``units`` (query heads: the same number
+    from every KV group)."""
+    model = copy.deepcopy(structure.model)
+    layers = surgery.find_layers(model, structure.recipe_dict)
+    for layer, shape in zip(layers, structure.shapes(), strict=True):
+        target = {**shape.counts, kind: units}
+        if kind == "heads" and shape.kv_heads == shape.heads:  # without GQA every head has its own keys and values
+            target["kv_heads"] = units
+        for restore in surgery.RESTORERS:
+            restore(layer, structure.recipe_dict, structure.head_dim, target)
+    return model
+
+
+def _table_units(structure: ModelStructure, kind: str) -> list[int]:
+    """The unit counts the table is measured at for ``kind``: valid in every block (heads: whole per KV group)."""
+    shapes = structure.shapes()
+    full = min(s[kind] for s in shapes)
+    gqa = kind == "heads" and any(s.kv_heads != s.heads for s in shapes)
+    step = max(s.kv_heads for s in shapes) if gqa else 1
+    units = {max(step, step * round(full * p / step)) for p in TABLE_POINTS}
+    return sorted(u for u in units if u < full)
+
+
+def measure_latency_table(
+    structure: ModelStructure, batch_size: int = 8, seq_len: int = 128, repeats: int = 10
+) -> LatencyTable:
+    """Measure :class:`LatencyTable` for the kinds that change a forward pass's work (heads, neurons)."""
+    model = structure.model
+    was_training = model.training
+    shapes = structure.shapes()
+    try:
+        dense = measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms
+        curves: dict[str, list[tuple[int, float]]] = {}
+        for kind in ("heads", "neurons"):
+            if not any(k.name == kind for k in structure.leaders) or len({s[kind] for s in shapes}) != 1:
+                continue  # a kind the model lacks, or blocks of different sizes (the table assumes uniform ones)
+            points = []
+            for units in _table_units(structure, kind):
+                shrunk = _shrunk_copy(structure, kind, units)
+                points.append((units, measure_latency(shrunk, batch_size, seq_len, repeats=repeats).median_ms))
+                del shrunk
+            curves[kind] = [*points, (shapes[0][kind], dense)]
+        again = measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms
+    finally:
+        model.train(was_training)
+    device = next(model.parameters()).device
+    return LatencyTable(
+        dense_ms=dense,
+        curves=curves,
+        num_layers=structure.num_layers,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=device_name(device),
+        threads=torch.get_num_threads(),
+        details={"dense_ms_at_the_end": again},  # drift of the machine while the table was measured
+    )

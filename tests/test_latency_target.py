@@ -1,0 +1,110 @@
+"""Latency as a pruning target (PruningConfig(latency=...)): the measured table, the allocator meeting it, the report.
+No timing is asserted here (speed goals live in benchmarks/latency_target.py): allocation is checked on a fixed
+table, and the measuring code on what it records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+import hf_prune
+from hf_prune.latency_table import LatencyTable, measure_latency_table
+from hf_prune.prune import plan_for
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME
+from .test_callback import _args, _config, _dataset
+
+
+def _table(structure: ModelStructure) -> LatencyTable:
+    """A fixed table: heads cost 6 ms per block at full size and neurons 12 ms, linear in the units kept, plus
+    10 ms that pruning cannot remove."""
+    shape = structure.shape(0)
+    blocks = structure.num_layers
+    dense = 10.0 + blocks * 18.0
+    curves = {
+        "heads": [(shape.heads // 2, dense - blocks * 3.0), (shape.heads, dense)],
+        "neurons": [(shape.neurons // 4, dense - blocks * 9.0), (shape.neurons, dense)],
+    }
+    return LatencyTable(dense, curves, blocks, batch_size=8, seq_len=128, device="test", threads=1)
+
+
+@pytest.mark.parametrize("target", [0.2, 0.4])
+def test_the_allocator_meets_a_latency_target_on_the_table(target: float) -> None:
+    structure = ModelStructure(CASES_BY_NAME["llama"].build())
+    table = _table(structure)
+    scores = hf_prune.get_importance("random").scores(structure)
+    config = hf_prune.PruningConfig(latency=target, ranking="global", neuron_multiple=1)
+    plans = plan_for(structure, scores, config, latency=table)
+    before = [dict(s.counts) for s in structure.shapes()]
+    predicted = table.predicted_ms([p.counts() for p in plans], before)
+    removed = 1 - predicted / table.dense_ms
+    one_neuron = table.removed(before[0], {**before[0], "neurons": before[0]["neurons"] - 1}) / table.dense_ms
+    assert target - 2 * one_neuron <= removed <= target + 1e-9
+
+
+def test_the_table_interpolates_between_measured_points_and_extrapolates_below() -> None:
+    table = LatencyTable(100.0, {"neurons": [(32, 60.0), (64, 80.0), (128, 100.0)]}, 2, 8, 128, "test", 1)
+    assert table.block_ms("neurons", 96) == pytest.approx(45.0)  # halfway between 80 and 100, over 2 blocks
+    assert table.block_ms("neurons", 16) == pytest.approx(25.0)  # the first segment's slope, below its start
+    assert table.removed({"neurons": 128}, {"neurons": 64}) == pytest.approx(10.0)
+
+
+def test_measuring_the_table_leaves_the_model_as_it_was() -> None:
+    model = CASES_BY_NAME["bert"].build().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    structure = ModelStructure(model)
+    table = measure_latency_table(structure, batch_size=2, seq_len=16, repeats=2)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    shape = structure.shape(0)
+    assert set(table.curves) == {"heads", "neurons"}
+    for kind in ("heads", "neurons"):
+        units = [k for k, _ in table.curves[kind]]
+        assert units == sorted(units) and units[-1] == shape[kind] and len(units) >= 2
+        assert all(ms > 0 for _, ms in table.curves[kind])
+    assert table.num_layers == structure.num_layers and table.batch_size == 2 and table.seq_len == 16
+
+
+def test_one_shot_latency_target_reports_target_prediction_and_measurement() -> None:
+    model = CASES_BY_NAME["bert"].build()
+    report = hf_prune.prune(
+        model, latency=0.3, latency_batch_size=2, latency_seq_len=16, importance="magnitude", reconstruct=False
+    )
+    entry = report.extra["latency"]
+    assert entry["target_removed"] == 0.3
+    assert entry["predicted_ms"] < entry["dense_ms"] and entry["measured_ms"] > 0
+    assert report.after.parameters < report.before.parameters
+    predicted_removed = 1 - entry["predicted_ms"] / entry["dense_ms"]
+    assert predicted_removed <= 0.3 + 1e-9
+
+
+def test_a_latency_target_in_training_is_measured_once_and_reported(tmp_path: Path) -> None:
+    model = CASES_BY_NAME["llama"].build()
+    config = _config(heads=None, neurons=None, latency=0.3, latency_batch_size=2, latency_seq_len=16)
+    callback = hf_prune.PruningCallback(config)
+    T.Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=[callback]).train()
+    entry = callback.report.extra["latency"]
+    assert entry["target_removed"] == 0.3 and 1 - entry["predicted_ms"] / entry["dense_ms"] <= 0.3 + 1e-9
+    assert callback.report.after.block_flops_per_token < callback.report.before.block_flops_per_token
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"latency": 0.3, "flops": 0.3}, "one cost target"),
+        ({"latency": 0.3, "neurons": 0.2}, "`neurons` is solved for"),
+        ({"latency": 1.5}, "latency"),
+    ],
+)
+def test_bad_latency_settings_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        hf_prune.PruningConfig(**settings)
+
+
+def test_a_latency_target_with_depth_is_refused_before_any_measurement() -> None:
+    with pytest.raises(ValueError, match="latency target with layers="):
+        hf_prune.prune(CASES_BY_NAME["llama"].build(), latency=0.3, layers=0.3, calibration=["some text"] * 4)
