@@ -255,11 +255,27 @@ def _cost_table(report: PruningReport) -> str:
     return _table(["", "Before", "After", "After / before"], rows, "lrrr")
 
 
+def _latency_target_line(entry: Any) -> str | None:
+    """What a ``latency=`` target asked, what the measured table predicted and what the pruned model measured."""
+    needed = {"target_removed", "dense_ms", "predicted_ms", "measured_ms"}
+    if not isinstance(entry, Mapping) or not needed <= set(entry):
+        return None
+    table = entry.get("table") or {}
+    dense = entry["dense_ms"]
+    return (
+        f"Latency target: remove {entry['target_removed']:.0%} of the forward latency at batch "
+        f"{_fmt(table.get('batch_size'))} x {_fmt(table.get('seq_len'))} tokens on {_fmt(table.get('device'))}. "
+        f"The latency table measured before pruning predicted {1 - entry['predicted_ms'] / dense:.0%}; the pruned "
+        f"model measured {dense:.2f} -> {entry['measured_ms']:.2f} ms ({1 - entry['measured_ms'] / dense:.0%} less)."
+    )
+
+
 def _latency_section(extra: Mapping[str, Any]) -> str | None:
     measured = [(label, extra.get(key)) for label, key in (("Before", "latency_before"), ("After", "latency_after"))]
     measured = [(label, lat) for label, lat in measured if isinstance(lat, Mapping) and "median_ms" in lat]
+    target = _latency_target_line(extra.get("latency"))
     if not measured:
-        return None
+        return None if target is None else "\n".join(["## Measured latency", "", target])
     rows = []
     for label, lat in measured:
         runs = lat.get("runs_ms") or []
@@ -284,6 +300,8 @@ def _latency_section(extra: Mapping[str, Any]) -> str | None:
     if len(measured) == 2 and all(measured[0][1].get(k) == measured[1][1].get(k) for k in setting):
         speedup = measured[0][1]["median_ms"] / measured[1][1]["median_ms"]
         lines += ["", f"Measured speedup under the same setting: x{speedup:.2f}."]
+    if target is not None:
+        lines += ["", target]
     return "\n".join(lines)
 
 

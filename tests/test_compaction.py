@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
+from datasets import Dataset
 
 import hf_prune
 from hf_prune.allocation import LayerPlan
@@ -18,7 +19,7 @@ from hf_prune.masks import MaskSet
 from hf_prune.prune import apply_plan
 from hf_prune.structure import ModelStructure
 
-from .architectures import CASES_BY_NAME
+from .architectures import CASES_BY_NAME, MOE_CASES_BY_NAME
 from .test_callback import _args, _config, _dataset, _StopAt
 
 STEPS_BEFORE = 3
@@ -240,3 +241,23 @@ def test_compaction_with_load_best_model_at_end_is_refused(tmp_path: Path) -> No
 def test_compaction_with_depth_is_refused() -> None:
     with pytest.raises(ValueError, match=r"layers=.*compact=False"):
         hf_prune.PruningCallback(_config(compact=True, layers=0.3))
+
+
+def test_moe_experts_compact_during_training_to_the_masking_runs_model(tmp_path: Path) -> None:
+    """Experts leave the live model with their 3-D slices, the router's rows and their optimizer state; the run
+    ends where the masking run ends."""
+    ids = torch.randint(3, 96, (32, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    runs = []
+    for compact in (False, True):
+        model = MOE_CASES_BY_NAME["mixtral"].build()
+        callback = hf_prune.PruningCallback(
+            experts=0.34, heads=0.0, importance="taylor", end=0.75, update_every=2, compact=compact
+        )
+        args = _args(tmp_path / str(compact), max_steps=8, logging_steps=2)
+        T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback]).train()
+        runs.append((model, callback))
+    (masked, masked_callback), (compact, compact_callback) = runs
+    assert compact_callback.report.kept == masked_callback.report.kept
+    assert [s.counts["experts"] for s in ModelStructure(compact).shapes()] == [4, 4]
+    torch.testing.assert_close(_logits(compact), _logits(masked), atol=1e-4, rtol=1e-4)

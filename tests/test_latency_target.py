@@ -11,6 +11,7 @@ import torch
 import transformers as T
 
 import hf_prune
+from hf_prune.card import build_model_card
 from hf_prune.latency_table import LatencyTable, measure_latency_table
 from hf_prune.prune import plan_for
 from hf_prune.structure import ModelStructure
@@ -108,3 +109,14 @@ def test_bad_latency_settings_are_refused(settings: dict, message: str) -> None:
 def test_a_latency_target_with_depth_is_refused_before_any_measurement() -> None:
     with pytest.raises(ValueError, match="latency target with layers="):
         hf_prune.prune(CASES_BY_NAME["llama"].build(), latency=0.3, layers=0.3, calibration=["some text"] * 4)
+
+
+def test_the_card_states_the_latency_target_prediction_and_measurement() -> None:
+    model = CASES_BY_NAME["bert"].build()
+    report = hf_prune.prune(
+        model, latency=0.3, latency_batch_size=2, latency_seq_len=16, importance="magnitude", reconstruct=False
+    )
+    card = str(build_model_card(report, config=model.config, model_class_name=type(model).__name__))
+    entry = report.extra["latency"]
+    assert "Latency target: remove 30% of the forward latency at batch 2 x 16 tokens" in card
+    assert f"{entry['dense_ms']:.2f} -> {entry['measured_ms']:.2f} ms" in card
