@@ -257,6 +257,25 @@ class PruningCallback(TrainerCallback, ExportableState):
         model.register_load_state_dict_pre_hook(hook)
         model._hf_prune_shrinks_on_load = True
 
+    @staticmethod
+    def _check_sharding(args: TrainingArguments, model: torch.nn.Module) -> None:
+        """Refuse sharded weights before the first step: structure, scores and masks read whole weights."""
+        from torch.distributed.tensor import DTensor
+
+        parameters = list(model.parameters())
+        if getattr(args, "fsdp", None) or any(isinstance(p, DTensor) for p in parameters):
+            raise ValueError(
+                "PruningCallback under FSDP is not supported yet: FSDP shards every weight (DTensor), and the "
+                "per-head and per-neuron scores, the masks and the final surgery read whole weights. Run the callback "
+                "under DDP (torchrun / accelerate launch without FSDP), or fine-tune with FSDP and prune the saved "
+                "model one-shot (hf_prune.prune / hf-prune prune)."
+            )
+        if any(hasattr(p, "ds_numel") and p.numel() != p.ds_numel for p in parameters):
+            raise ValueError(
+                "PruningCallback under DeepSpeed ZeRO-3 is not supported: ZeRO-3 replaces every weight by an empty "
+                "placeholder, from which no head or neuron can be read. Use ZeRO stage 1 or 2, or DDP."
+            )
+
     def _check_compaction(self, args: TrainingArguments, optimizer: Any) -> None:
         """Refuse, before training, what compaction cannot do yet, naming the alternative."""
         where = (
@@ -287,6 +306,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         if model is None:
             raise ValueError("PruningCallback needs the Trainer's model; use it with transformers.Trainer.")
         model = _unwrap(model)
+        self._check_sharding(args, model)
         if self.config.compact:
             self._check_compaction(args, kwargs.get("optimizer"))
             self._shrink_on_load(model)  # a later resume in this process

@@ -643,3 +643,16 @@ def test_layers_with_a_cost_target_or_another_criterion_is_refused_at_constructi
         hf_prune.PruningCallback(layers=0.25, params=0.3)
     with pytest.raises(ValueError, match="Block Influence"):
         hf_prune.PruningCallback(layers=0.25, heads=0.2, layer_importance="loss")
+
+
+def test_zero3_partitioned_weights_are_refused_by_name() -> None:
+    """DeepSpeed ZeRO-3 leaves empty placeholders (``ds_numel`` holds the real size): refused before training."""
+    model = CASES_BY_NAME["llama"].build()
+    weight = model.model.layers[0].mlp.down_proj.weight
+    weight.ds_numel = weight.numel()
+    weight.data = torch.empty(0)
+    args = types.SimpleNamespace(fsdp="")
+    with pytest.raises(ValueError, match=r"ZeRO-3.*ZeRO stage 1 or 2"):
+        hf_prune.PruningCallback._check_sharding(args, model)
+    with pytest.raises(ValueError, match=r"under FSDP.*DDP"):
+        hf_prune.PruningCallback._check_sharding(types.SimpleNamespace(fsdp="full_shard"), model)
