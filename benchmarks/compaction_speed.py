@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--flops", type=float, nargs="+", default=[0.6, 0.4], help="block-FLOPs targets")
     parser.add_argument("--params", type=float, nargs="+", default=None, help="block-parameter targets instead")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sequence, reversed every other round")
+    parser.add_argument("--reverse", action="store_true", help="start with the reversed sequence (dense last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-samples", type=int, default=None, help="minilm smoke runs")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/hf_prune_compaction_speed"))
@@ -164,7 +165,7 @@ def main() -> None:
         sequence += [(target, False), (target, True)]
     rows = []
     for round_index in range(args.rounds):
-        order = sequence if round_index % 2 == 0 else sequence[::-1]
+        order = sequence if (round_index + args.reverse) % 2 == 0 else sequence[::-1]
         rows += [one_run(task, args, target, compact) for target, compact in order]
 
     dense = np.mean([r["train_seconds"] for r in rows if r["target"] is None])
@@ -182,7 +183,8 @@ def main() -> None:
     }
     if not args.max_train_samples:
         args.output.mkdir(parents=True, exist_ok=True)
-        name = "compaction_speed.json" if args.task == "minilm" else f"compaction_speed_{args.task}.json"
+        task = "" if args.task == "minilm" else f"_{args.task}"
+        name = f"compaction_speed{task}{'_reversed' if args.reverse else ''}.json"
         path = args.output / name
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
