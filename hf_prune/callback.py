@@ -104,6 +104,19 @@ def _reduce_scores(scores: Scores) -> Scores:
     return Scores({kind: [next(chunks) for _ in scores[kind]] for kind in kinds})
 
 
+def _shared_table(table: LatencyTable) -> LatencyTable:
+    """The latency table averaged over processes: every rank must plan on the same costs to mask the same units."""
+    if not _distributed():
+        return table
+    kinds = list(table.curves)
+    values = torch.tensor([table.dense_ms, *(ms for kind in kinds for _, ms in table.curves[kind])])
+    (summed,) = _all_reduce_sum(values)
+    mean = iter((summed / dist.get_world_size()).tolist())
+    dense = next(mean)
+    curves = {kind: [(units, next(mean)) for units, _ in table.curves[kind]] for kind in kinds}
+    return dataclasses.replace(table, dense_ms=dense, curves=curves)
+
+
 def _gradient_scales(optimizer: Any) -> tuple[float, float]:
     """``(loss scale, scale left on the parameters' gradients)`` of the fp16 ``GradScaler`` behind the Trainer's
     optimizer (accelerate's ``AcceleratedOptimizer.scaler``); ``(1, 1)`` without one. The parameters' gradients
@@ -179,6 +192,7 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.report: PruningReport | None = None
         self.blocks: BlockSkips | None = None  # with layers=: the skipped blocks and their Block Influence
         self.live: LiveUnits | None = None  # with compact=True: the original units the live model still has
+        self._latency: LatencyTable | None = None  # with latency=: the measured table the allocator meets
         self._optimizer: Any = None
         self._resume: dict[str, Any] | None = None  # set by Trainer when restoring callback states
         self._max_steps: int | None = None
@@ -341,13 +355,12 @@ class PruningCallback(TrainerCallback, ExportableState):
         self.masks = MaskSet(self.structure, self._before_shapes, self.live)
         self.importance = get_importance(self.config.importance, **self._importance_kwargs())
 
-        self._latency: LatencyTable | None = None
+        self._latency = None
         if snapshot and snapshot.get("latency"):  # measured once, on the model as it was built
             self._latency = LatencyTable(**snapshot["latency"])
         elif self.config.latency is not None:
-            self._latency = measure_latency_table(
-                self.structure, self.config.latency_batch_size, self.config.latency_seq_len
-            )
+            table = measure_latency_table(self.structure, self.config.latency_batch_size, self.config.latency_seq_len)
+            self._latency = _shared_table(table)
         if snapshot:
             self._restore(snapshot)
             if self.live is not None and self.live.compacted:

@@ -565,7 +565,7 @@ def prune(
             "a latency target with layers= is not supported yet: the latency table is measured on the model's "
             "blocks, before any is removed. Give a flops/params target with layers=, or latency= alone."
         )
-    # Measured on the unpruned model, before calibration changes nothing but takes minutes.
+    # Measured on the unpruned model, before calibration (minutes, and nothing the table would see changes).
     table = (
         measure_latency_table(structure, config.latency_batch_size, config.latency_seq_len)
         if config.latency is not None
