@@ -5,21 +5,23 @@ attention scores grow with the sequence), so ``PruningConfig(latency=0.5)`` asks
 of a forward pass at ``latency_batch_size`` x ``latency_seq_len`` on the device the model is on. The table is
 measured once: the whole model with every block shrunk to ``k`` units of one kind (the others full), for a few
 ``k``; a block's share is the whole model's latency over the number of blocks, linear between the measured points.
-The allocator then treats it like a cost per unit (:meth:`LatencyTable.removed`), and the pruned model is measured
-again, so the report holds the target, the prediction and the result side by side.
+The allocator then treats it like a cost per unit (:meth:`LatencyTable.removed`). One-shot, :func:`meet_latency`
+then closes the loop: it times a pruned copy and re-plans by what the measurement missed. The pruned model is
+measured again, so the report holds the target, the prediction and the result side by side.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from . import surgery
-from .latency import device_name, measure_latency
+from .allocation import LayerPlan
+from .latency import compare_latency, device_name, measure_latency
 from .structure import ModelStructure
 
 #: Fractions of each kind's units kept at which the table is measured (1.0, the dense model, is always measured).
@@ -122,3 +124,46 @@ def measure_latency_table(
         threads=torch.get_num_threads(),
         details={"dense_ms_at_the_end": again},  # drift of the machine while the table was measured
     )
+
+
+#: Re-plans after measuring, at most; and how close to the target a measured removal must come to stop early.
+LATENCY_ROUNDS = 3
+LATENCY_TOLERANCE = 0.02
+#: Largest correction of the asked fraction per round, and farthest from the target it may go.
+LATENCY_STEP, LATENCY_REACH = 0.1, 0.2
+
+
+def meet_latency(
+    model: torch.nn.Module,
+    table: LatencyTable,
+    target: float,
+    plan: Callable[[float], list[LayerPlan]],
+    pruned_copy: Callable[[list[LayerPlan]], torch.nn.Module],
+    repeats: int = 10,
+) -> tuple[list[LayerPlan], list[dict[str, float]]]:
+    """Plans that remove ``target`` of ``model``'s latency as measured, not only as the table predicts.
+
+    ``plan(fraction)`` plans for a latency target on the table; ``pruned_copy(plans)`` builds the pruned model.
+    Each round prunes a copy, times it against ``model`` in alternating rounds, and shifts the fraction asked of the
+    table by what the measurement missed (the table adds the savings of heads and neurons it measured apart).
+    Returns the plans whose measured removal came closest, and every round's figures.
+    """
+    asked, rounds = target, []
+    best: tuple[float, list[LayerPlan]] | None = None
+    for _ in range(LATENCY_ROUNDS):
+        plans = plan(asked)
+        trial = pruned_copy(plans)
+        dense, pruned = compare_latency(model, trial, table.batch_size, table.seq_len, repeats=repeats)
+        del trial
+        measured = 1 - pruned.median_ms / dense.median_ms
+        rounds.append({"asked": round(asked, 4), "measured_removed": round(measured, 4)})
+        if best is None or abs(measured - target) < abs(best[0] - target):
+            best = (measured, plans)
+        if abs(measured - target) <= LATENCY_TOLERANCE:
+            break
+        # Small steps, near the target: on a noisy machine one measurement must not send the plan far off.
+        step = max(-LATENCY_STEP, min(LATENCY_STEP, target - measured))
+        asked = min(target + LATENCY_REACH, max(target - LATENCY_REACH, asked + step), 0.95)
+        asked = max(asked, 0.01)
+    assert best is not None
+    return best[1], rounds

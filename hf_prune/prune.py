@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_bloc
 from .flops import Cost, UnitCosts, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance, importances_for
 from .latency import measure_latency
-from .latency_table import LatencyTable, measure_latency_table
+from .latency_table import LatencyTable, measure_latency_table, meet_latency
 from .masks import MaskSet
 from .recipe import RecipeError
 from .reconstruct import Reconstruction, SublayerPlan
@@ -605,7 +606,24 @@ def prune(
                     "or a criterion fitted with hf_prune.calibrate."
                 )
             criterion = calibrate(model, data.batches, name, recipe=config.recipe)
-    plans = plan_for(structure, criterion.scores(structure), config, latency=table)
+    scores = criterion.scores(structure)
+    latency_rounds: list[dict[str, float]] = []
+    if table is None:
+        plans = plan_for(structure, scores, config)
+    else:  # the table's plan, corrected on measured copies of the pruned model
+
+        def pruned_copy(candidate: list[LayerPlan]) -> nn.Module:
+            trial = copy.deepcopy(model)
+            apply_plan(ModelStructure(trial, structure.recipe), candidate)
+            return trial
+
+        plans, latency_rounds = meet_latency(
+            model,
+            table,
+            config.latency or 0.0,
+            lambda asked: plan_for(structure, scores, config.replace(latency=asked), latency=table),
+            pruned_copy,
+        )
     reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit) if reconstructs else None
     vanilla = apply_plan(structure, plans, reconstruction)
     removed = depth_plan.remove if depth_plan else []
@@ -639,5 +657,6 @@ def prune(
         report.extra["reconstruction"] = reconstruction.summary()
     if table is not None:
         report.extra["latency"] = latency_entry(table, config.latency, report.layers_before, structure)
+        report.extra["latency"]["rounds"] = latency_rounds
     logger.info("pruned %s: %s parameters -> %s", report.recipe, report.before.parameters, report.after.parameters)
     return report

@@ -79,8 +79,10 @@ def test_one_shot_latency_target_reports_target_prediction_and_measurement() -> 
     assert entry["target_removed"] == 0.3
     assert entry["predicted_ms"] < entry["dense_ms"] and entry["measured_ms"] > 0
     assert report.after.parameters < report.before.parameters
-    predicted_removed = 1 - entry["predicted_ms"] / entry["dense_ms"]
-    assert predicted_removed <= 0.3 + 1e-9
+    # Each round planned near the target and was measured (a tiny model's timings are noise: no figure asserted).
+    assert 1 <= len(entry["rounds"]) <= 3
+    assert all(0.1 - 1e-9 <= r["asked"] <= 0.5 + 1e-9 and "measured_removed" in r for r in entry["rounds"])
+    assert entry["rounds"][0]["asked"] == 0.3
 
 
 def test_a_latency_target_in_training_is_measured_once_and_reported(tmp_path: Path) -> None:
@@ -120,3 +122,23 @@ def test_the_card_states_the_latency_target_prediction_and_measurement() -> None
     entry = report.extra["latency"]
     assert "Latency target: remove 30% of the forward latency at batch 2 x 16 tokens" in card
     assert f"{entry['dense_ms']:.2f} -> {entry['measured_ms']:.2f} ms" in card
+
+
+def test_meet_latency_corrects_the_table_on_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table that overestimates what pruning saves (measured: 0.9x the asked fraction): the second round asks for
+    more, lands within the tolerance, and its plans are the ones returned."""
+    from types import SimpleNamespace
+
+    from hf_prune import latency_table
+
+    def fake_compare(dense, pruned, *args, **kwargs):
+        return SimpleNamespace(median_ms=100.0), SimpleNamespace(median_ms=100.0 * (1 - 0.9 * pruned.asked))
+
+    monkeypatch.setattr(latency_table, "compare_latency", fake_compare)
+    table = LatencyTable(100.0, {}, 1, 8, 128, "test", 1)
+    plans, rounds = latency_table.meet_latency(
+        torch.nn.Linear(1, 1), table, 0.5, plan=lambda asked: [asked], pruned_copy=lambda p: SimpleNamespace(asked=p[0])
+    )
+    assert [r["asked"] for r in rounds] == [0.5, 0.55]
+    assert rounds[-1]["measured_removed"] == pytest.approx(0.495)
+    assert plans == [pytest.approx(0.55)]
