@@ -2,7 +2,7 @@
 8 x 128 removed), then timed against the dense model in alternating rounds; a FLOPs target of the same fraction for
 comparison.
 
-    python benchmarks/latency_target.py --targets 0.3 0.5
+    python benchmarks/latency_target.py --targets 0.3 0.5 0.3 0.5    # each target twice
 
 Magnitude importance (the latency question does not depend on the criterion), uniform ranking. The latency table is
 measured by hf_prune itself, on this machine, at the start of each pruning. Results go to
@@ -62,6 +62,7 @@ def main() -> None:
                 entry = report.extra["latency"]
                 row["predicted_removed"] = round(1 - entry["predicted_ms"] / entry["dense_ms"], 4)
                 row["miss"] = round(removed - target, 4)
+                row["rounds"] = entry["rounds"]
             print(json.dumps(row), flush=True)
             rows.append(row)
     print("\n| target | latency removed (measured) | predicted | block FLOPs removed |\n|---|---|---|---|")

@@ -4,7 +4,8 @@ FLOPs are a proxy. On a real device a head costs more or less than its FLOPs say
 attention scores grow with the sequence), so ``PruningConfig(latency=0.5)`` asks for half the *measured* latency
 of a forward pass at ``latency_batch_size`` x ``latency_seq_len`` on the device the model is on. The table is
 measured once: the whole model with every block shrunk to ``k`` units of one kind (the others full), for a few
-``k``; a block's share is the whole model's latency over the number of blocks, linear between the measured points.
+``k``, each timed against the dense model in alternating rounds; a block's share is the whole model's latency over
+the number of blocks, linear between the measured points.
 The allocator then treats it like a cost per unit (:meth:`LatencyTable.removed`). One-shot, :func:`meet_latency`
 then closes the loop: it times a pruned copy and re-plans by what the measurement missed. The pruned model is
 measured again, so the report holds the target, the prediction and the result side by side.
@@ -13,6 +14,7 @@ measured again, so the report holds the target, the prediction and the result si
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,20 +101,27 @@ def measure_latency_table(
     was_training = model.training
     shapes = structure.shapes()
     try:
-        dense = measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms
-        curves: dict[str, list[tuple[int, float]]] = {}
+        # Each point is timed against the dense model in alternating rounds and kept as a ratio to it: the machine's
+        # drift between points (measured: 8% on a 2-core CPU) would otherwise bend the curves.
+        ratios: dict[str, list[tuple[int, float]]] = {}
+        dense_runs: list[float] = []
         for kind in ("heads", "neurons"):
             if not any(k.name == kind for k in structure.leaders) or len({s[kind] for s in shapes}) != 1:
                 continue  # a kind the model lacks, or blocks of different sizes (the table assumes uniform ones)
             points = []
             for units in _table_units(structure, kind):
                 shrunk = _shrunk_copy(structure, kind, units)
-                points.append((units, measure_latency(shrunk, batch_size, seq_len, repeats=repeats).median_ms))
+                dense_at, shrunk_at = compare_latency(model, shrunk, batch_size, seq_len, repeats=repeats)
+                points.append((units, shrunk_at.median_ms / dense_at.median_ms))
+                dense_runs.append(dense_at.median_ms)
                 del shrunk
-            curves[kind] = [*points, (shapes[0][kind], dense)]
-        again = measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms
+            ratios[kind] = [*points, (shapes[0][kind], 1.0)]
+        if not dense_runs:
+            dense_runs.append(measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms)
     finally:
         model.train(was_training)
+    dense = statistics.median(dense_runs)
+    curves = {kind: [(units, ratio * dense) for units, ratio in points] for kind, points in ratios.items()}
     device = next(model.parameters()).device
     return LatencyTable(
         dense_ms=dense,
@@ -122,7 +131,7 @@ def measure_latency_table(
         seq_len=seq_len,
         device=device_name(device),
         threads=torch.get_num_threads(),
-        details={"dense_ms_at_the_end": again},  # drift of the machine while the table was measured
+        details={"dense_ms_runs": dense_runs},  # the dense model's median next to each point: the machine's drift
     )
 
 
