@@ -28,8 +28,9 @@ from .packed import pack_mask, unpack_mask
 from .structure import LayerShape, ModelStructure
 
 # Optimizers whose state is not one tensor of the parameter's shape per entry: slicing cannot carry it over.
-# (Adafactor keeps factored row/column statistics; 8-bit optimizers keep block-quantized state.)
-UNSLICEABLE_OPTIMIZERS = ("Adafactor", "8bit", "4bit", "Paged", "GaLore", "Apollo", "Muon")
+# (Adafactor keeps factored row/column statistics, 8-bit optimizers block-quantized state, GaLore and APOLLO
+# low-rank projections of the gradient.)
+UNSLICEABLE_OPTIMIZERS = ("Adafactor", "8bit", "4bit", "Paged", "GaLore", "Apollo")
 
 
 @dataclass
