@@ -292,15 +292,8 @@ class PruningCallback(TrainerCallback, ExportableState):
 
     def _check_compaction(self, args: TrainingArguments, optimizer: Any) -> None:
         """Refuse, before training, what compaction cannot do yet, naming the alternative."""
-        where = (
-            "several processes (DDP)"
-            if _distributed()
-            else "FSDP"
-            if args.fsdp
-            else "DeepSpeed"
-            if args.deepspeed
-            else None
-        )
+        # FSDP and ZeRO-3 never get here (_check_sharding refuses them for masking too).
+        where = "several processes (DDP)" if _distributed() else "DeepSpeed" if args.deepspeed else None
         if where:
             raise ValueError(
                 f"compact=True runs in a single process for now; this run uses {where}, whose wrappers hold the "

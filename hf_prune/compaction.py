@@ -142,6 +142,12 @@ class LiveUnits:
             len(ids) != s[kind] for kind, per in self.ids.items() for ids, s in zip(per, self.shapes, strict=True)
         )
 
+    def live_mask(self, kind: str, block: int) -> torch.Tensor:
+        """True where the original unit of ``kind`` in ``block`` is live."""
+        mask = torch.zeros(self.shapes[block][kind], dtype=torch.bool)
+        mask[self.ids[kind][block]] = True
+        return mask
+
     def live(self, kind: str, block: int, values: torch.Tensor) -> torch.Tensor:
         """The entries of ``values`` (one per original unit) that belong to live units."""
         return values[self.ids[kind][block]]
@@ -160,9 +166,7 @@ class LiveUnits:
             for kind, ids in self.ids.items():
                 wanted = torch.zeros(self.shapes[block][kind], dtype=torch.bool)
                 wanted[torch.as_tensor(plan.keep[kind], dtype=torch.long)] = True
-                here = torch.zeros_like(wanted)
-                here[ids[block]] = True
-                if bool((wanted & ~here).any()):
+                if bool((wanted & ~self.live_mask(kind, block)).any()):
                     raise RuntimeError(f"block {block} plans to keep {kind} that compaction already removed.")
                 keep[kind] = wanted[ids[block]].nonzero().flatten().tolist()
             live.append(LayerPlan(keep=keep))
@@ -176,15 +180,10 @@ class LiveUnits:
 
     def state_dict(self) -> dict[str, list[dict[str, Any]]]:
         """Packed bits per kind and block: True where the original unit is live."""
-        state = {}
-        for kind, per in self.ids.items():
-            masks = []
-            for block, ids in enumerate(per):
-                mask = torch.zeros(self.shapes[block][kind], dtype=torch.bool)
-                mask[ids] = True
-                masks.append(pack_mask(mask))
-            state[kind] = masks
-        return state
+        return {
+            kind: [pack_mask(self.live_mask(kind, block)) for block in range(len(per))]
+            for kind, per in self.ids.items()
+        }
 
     def load_state_dict(self, state: dict[str, list[Any]]) -> None:
         self.ids = {kind: [unpack_mask(m).nonzero().flatten() for m in state[kind]] for kind in self.ids}

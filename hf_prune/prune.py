@@ -17,7 +17,7 @@ from transformers.utils import logging
 from .allocation import LayerPlan, auto_gqa_mode, budget_fractions, plan_units
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
-from .config import PruningConfig
+from .config import COST_MEASURES, PruningConfig
 from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_blocks
 from .flops import Cost, UnitCosts, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance, importances_for
@@ -235,8 +235,7 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
 
 def _width_given(config: PruningConfig) -> bool:
     """Whether the config sets any width target (heads, neurons, experts, or a cost)."""
-    names = ("heads", "neurons", "experts", "flops", "params", "latency")
-    return any(getattr(config, name) is not None for name in names)
+    return any(getattr(config, name) is not None for name in ("heads", "neurons", "experts", *COST_MEASURES))
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:

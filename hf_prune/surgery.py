@@ -74,7 +74,6 @@ def keep_outputs(module: nn.Module, index: torch.Tensor) -> None:
         module.out_features = len(index)
         return
     out_dim = 1 if isinstance(module, Conv1D) else 0
-    index = index.to(module.weight.device)
     _keep_slices(module, "weight", out_dim, index)
     if module.bias is not None:
         _keep_slices(module, "bias", 0, index)
@@ -93,7 +92,6 @@ def keep_inputs(module: nn.Module, index: torch.Tensor) -> None:
         module.in_features = len(index)
         return
     in_dim = 0 if isinstance(module, Conv1D) else 1
-    index = index.to(module.weight.device)
     _keep_slices(module, "weight", in_dim, index)
     if isinstance(module, Conv1D):
         module.nx = len(index)
