@@ -93,6 +93,17 @@ def _table_units(structure: ModelStructure, kind: str) -> list[int]:
     return sorted(u for u in units if u < full)
 
 
+def _monotone(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """``points`` (fewest units first) with no point slower than one with more units: a block with fewer units
+    does less work, so a point above its larger neighbour is noise, and kept as it is it would tell the allocator
+    that removing units adds latency (measured on a tiny model: a prediction above the dense latency)."""
+    ceiling, kept = float("inf"), []
+    for units, ms in reversed(points):
+        ceiling = min(ceiling, ms)
+        kept.append((units, ceiling))
+    return kept[::-1]
+
+
 def measure_latency_table(
     structure: ModelStructure, batch_size: int = 8, seq_len: int = 128, repeats: int = 10
 ) -> LatencyTable:
@@ -115,7 +126,7 @@ def measure_latency_table(
                 points.append((units, shrunk_at.median_ms / dense_at.median_ms))
                 dense_runs.append(dense_at.median_ms)
                 del shrunk
-            ratios[kind] = [*points, (shapes[0][kind], 1.0)]
+            ratios[kind] = _monotone([*points, (shapes[0][kind], 1.0)])
         if not dense_runs:
             dense_runs.append(measure_latency(model, batch_size, seq_len, repeats=repeats).median_ms)
     finally:
