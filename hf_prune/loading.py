@@ -147,6 +147,9 @@ def probe(path: str | os.PathLike[str], cls: type, config: Any, **hub_kwargs: An
             path,
             config=copy.deepcopy(config),
             device_map="meta",
+            # transformers >= 5.25 kernelizes by default whenever `kernels` is installed, which refuses the meta
+            # device; a probe runs no forward, so it needs no kernels.
+            use_kernels=False,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
             **{k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS},
