@@ -123,6 +123,14 @@ class PruningConfig:
             "'weights' (also a ridge refit of the kept columns of o/down), each only where held-out windows agree"
         },
     )
+    reconstruct_reselect: bool = field(
+        default=True,
+        metadata={
+            "help": "with reconstruction, choose again which heads/neurons of each block go (the counts stay as "
+            "planned): the ones a least-squares refit of the rest makes up for best (structured OBS on the block's "
+            "calibration inputs), kept only where held-out windows agree"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of self-calibration and of sampling calibration texts"})
     # -- gradual pruning (PruningCallback) -------------------------------------------------------------------
     schedule: str = field(default="cubic", metadata={"help": "one_shot, linear, cubic, exponential or iterative"})

@@ -144,11 +144,15 @@ def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tu
         part = structure.part(leader)
         changes = any(len(plan.keep[k.name]) != counts[k.name] for k in part)
         keep = {k.name: plan.keep[k.name] for k in part}
+        # A kind that follows the leader (KV heads) spans a run of its units: each run keeps its count.
+        followers = [k for k in part if k.follows == leader.name and counts[k.name]]
+        size = counts[leader.name] // counts[followers[0].name] if followers else counts[leader.name]
         subplans.append(
             SublayerPlan(
                 keep_units=plan.keep[leader.name] if changes else list(range(counts[leader.name])),
                 units=counts[leader.name],
                 remove=partial(leader.remove, layer, structure.recipe_dict, structure.head_dim, keep),
+                groups=[list(range(start, start + size)) for start in range(0, counts[leader.name], max(size, 1))],
             )
         )
     return tuple(subplans)
@@ -191,6 +195,7 @@ def apply_plan(
             reconstruction.run(structure, subplans)  # the model stays dense-shaped (masked) until the surgery below
         finally:
             masks.detach()
+        masks.set_from_plan(plans)  # the reconstruction may have chosen other units (the same counts)
     probe, reference = (probe_inputs(model), None) if changed else (None, None)
     if probe is not None:
         masks.attach()
@@ -623,7 +628,7 @@ def prune(
             lambda asked: plan_for(structure, scores, config.replace(latency=asked), latency=table),
             pruned_copy,
         )
-    reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit) if reconstructs else None
+    reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit, reselect=config.reconstruct_reselect) if reconstructs else None
     vanilla = apply_plan(structure, plans, reconstruction)
     removed = depth_plan.remove if depth_plan else []
     report = PruningReport(
