@@ -8,6 +8,8 @@
         --generate "The capital of Italy is" "To be, or not to be:"   # the default path at 10/20/30%
     python benchmarks/quality_oneshot.py --criteria taylor --reconstructions bias+weights --calibration-windows 32 \
         --default-targets --peer --output benchmarks/results/quality_oneshot_peer.json   # Torch-Pruning, 20%
+    python benchmarks/quality_oneshot.py --criteria taylor --reconstructions bias+weights --calibration-windows 32 \
+        --default-targets --reselect --output benchmarks/results/quality_oneshot_reselect.json   # reselection, 20%
 
 Every model is pruned to a fraction of the attention+MLP parameters (global ranking) and scored on two held-out
 texts: Hamlet (the calibration plays' domain, never seen in calibration) and modern prose (IMDB reviews), since a
@@ -93,6 +95,7 @@ def run_point(
     evaluations: dict[str, list],
     generation: tuple[Any, list[str]] | None = None,
     gqa_mode: str = "auto",
+    reselect: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, int]]]:
     """hf_prune's one-shot path at one point, scored: (the result, the per-layer counts it kept)."""
     model = copy.deepcopy(dense)
@@ -105,6 +108,7 @@ def run_point(
         gqa_mode=gqa_mode,
         calibration=calibration,
         **RECONSTRUCTIONS[reconstruction],
+        **({"reconstruct_reselect": True} if reselect else {}),
     )
     seconds = time.perf_counter() - start
     removed = 1 - report.after.block_parameters / report.before.block_parameters
@@ -113,7 +117,7 @@ def run_point(
         "criterion": criterion.name if gqa_mode == "auto" else f"{criterion.name}, {GQA_LABELS[gqa_mode]}",
         "target": params,
         "params_removed": removed,
-        "reconstruction": reconstruction,
+        "reconstruction": reconstruction + (" + reselection" if reselect else ""),
         "calibration": "self-generated" if calibration.self_generated else "plays",
         "prune_seconds": round(seconds, 1),
         "eval": evaluate(model, evaluations),
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=["auto", "kv_groups", "query_heads"],
         help="the sweep's and default points'",
     )
+    parser.add_argument(
+        "--reselect", action="store_true", help="reconstruct_reselect=True: units chosen again per block (OBS)"
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -240,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
                     evaluations,
                     generation,
                     args.gqa_mode,
+                    args.reselect,
                 )
                 point["calibrate_seconds"] = seconds
                 data["points"].append(point)
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
                     evaluations,
                     generation,
                     args.gqa_mode,
+                    args.reselect,
                 )
                 data["points"].append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "reconstruction_summary"}), flush=True)

@@ -329,6 +329,11 @@ def _calibration_lines(extra: Mapping[str, Any]) -> list[str]:
             f"{fix.get('refit_weights', 0)} a weight refit, each where held-out calibration windows confirmed it "
             f"(mean relative reconstruction error {before:.3f} -> {after:.3f})."
         )
+        if fix.get("reselected"):
+            lines.append(
+                f"- In {fix['reselected']} of them the units removed were chosen again on the block's calibration "
+                "inputs (the ones the refit replaces best; the per-layer counts as planned)."
+            )
     return lines
 
 

@@ -124,11 +124,12 @@ class PruningConfig:
         },
     )
     reconstruct_reselect: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "with reconstruction, choose again which heads/neurons of each block go (the counts stay as "
             "planned): the ones a least-squares refit of the rest makes up for best (structured OBS on the block's "
-            "calibration inputs), kept only where held-out windows agree"
+            "calibration inputs), kept only where held-out windows agree. Off by default: measured on SmolLM2, it "
+            "did not help (README)"
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of self-calibration and of sampling calibration texts"})

@@ -628,7 +628,11 @@ def prune(
             lambda asked: plan_for(structure, scores, config.replace(latency=asked), latency=table),
             pruned_copy,
         )
-    reconstruction = Reconstruction(data.batches, refit=config.reconstruct_refit, reselect=config.reconstruct_reselect) if reconstructs else None
+    reconstruction = (
+        Reconstruction(data.batches, refit=config.reconstruct_refit, reselect=config.reconstruct_reselect)
+        if reconstructs
+        else None
+    )
     vanilla = apply_plan(structure, plans, reconstruction)
     removed = depth_plan.remove if depth_plan else []
     report = PruningReport(

@@ -466,7 +466,7 @@ class Reconstruction:
     batches: Sequence[dict[str, torch.Tensor]]
     bias: bool = True
     refit: str = "weights"
-    reselect: bool = True
+    reselect: bool = False
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self, structure: ModelStructure, plans: Sequence[tuple[SublayerPlan, ...]]) -> None:
@@ -497,7 +497,7 @@ def reconstruct_sequentially(
     plans: Sequence[tuple[SublayerPlan | None, ...]],
     bias: bool = True,
     refit: str = "weights",
-    reselect: bool = True,
+    reselect: bool = False,
 ) -> list[dict[str, Any]]:
     """Reconstruct block by block each output projection that loses units (module docstring).
 
@@ -552,7 +552,7 @@ def reconstruct_sequentially(
                 weight, unit_width = _weight_out_in(projection), width // sub.units
                 fit_args = (recorder.fit, recorder.held_out, unit_width)
                 fix = plan_fix(weight, *fit_args, sub.keep_units, can_bias[part], refit=refit)
-                reselected = False
+                planned_error, reselected = fix.error_after, False
                 if reselect:
                     fluctuation = recorder.fit.second_moment(centered=can_bias[part])  # a bias takes the mean
                     keep = select_units(weight, fluctuation, unit_width, sub.selection_groups(), sub.keep_units)
@@ -562,7 +562,10 @@ def reconstruct_sequentially(
                             fix, reselected = other, True
                             sub.keep_units[:] = keep
                 apply_fix(projection, fix, unit_width, keep_units=sub.keep_units)
-                entry[part] = fix.summary() | {"reselected": reselected}
+                entry[part] = fix.summary() | {
+                    "reselected": reselected,
+                    "held_out_error_as_planned": round(planned_error, 6),  # after the fix, with the planned units
+                }
             with torch.no_grad():
                 hidden = [
                     _call_block(layer, inputs, hidden[b], device).detach().cpu()
