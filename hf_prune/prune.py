@@ -153,6 +153,7 @@ def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tu
                 units=counts[leader.name],
                 remove=partial(leader.remove, layer, structure.recipe_dict, structure.head_dim, keep),
                 groups=[list(range(start, start + size)) for start in range(0, counts[leader.name], max(size, 1))],
+                fixed=leader.name == "heads" and bool(structure.recipe.attention.shared_head_tensors),
             )
         )
     return tuple(subplans)

@@ -454,6 +454,8 @@ class SublayerPlan:
     remove: Callable[[], None]
     #: Units whose kept count is fixed per group (the query heads of each KV group); None: one group of all.
     groups: list[list[int]] | None = None
+    #: Which units stay may not change (per-head tensors shared by every block tie all blocks to the same heads).
+    fixed: bool = False
 
     def selection_groups(self) -> list[list[int]]:
         return self.groups if self.groups is not None else [list(range(self.units))]
@@ -553,7 +555,7 @@ def reconstruct_sequentially(
                 fit_args = (recorder.fit, recorder.held_out, unit_width)
                 fix = plan_fix(weight, *fit_args, sub.keep_units, can_bias[part], refit=refit)
                 planned_error, reselected = fix.error_after, False
-                if reselect:
+                if reselect and not sub.fixed:
                     fluctuation = recorder.fit.second_moment(centered=can_bias[part])  # a bias takes the mean
                     keep = select_units(weight, fluctuation, unit_width, sub.selection_groups(), sub.keep_units)
                     if keep != sorted(sub.keep_units):

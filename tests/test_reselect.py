@@ -123,3 +123,40 @@ def test_the_cli_maps_the_flag(flag: str) -> None:
     args = build_parser().parse_args(["prune", "MODEL", "--output", "OUT", flag])
     assert args.reconstruct_reselect is (flag == "--reconstruct-reselect")
     assert copy.deepcopy(hf_prune.PruningConfig(reconstruct_reselect=False)).reconstruct_reselect is False
+
+
+def _tiny_mpnet() -> torch.nn.Module:
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.MPNetConfig(
+        vocab_size=100, hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2
+    )
+    return transformers.MPNetForSequenceClassification(config).eval()
+
+
+def test_per_head_tensors_shared_by_every_block_keep_every_block_on_the_same_heads() -> None:
+    """MPNet's one relative attention bias serves every block: reselection leaves the heads alone there (and
+    still chooses neurons), so the pruned model is consistent."""
+    model = _tiny_mpnet()
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(5, vocab, (2, 16), generator=generator)} for _ in range(4)]
+    report = hf_prune.prune(
+        model, heads=0.5, neurons=0.5, calibration=batches, reconstruct=True, reconstruct_reselect=True
+    )
+    assert len({tuple(k["keep_heads"]) for k in report.kept}) == 1
+    # The guard itself: the heads' sublayer plan is fixed for MPNet, free for a model without shared tensors.
+    from hf_prune.allocation import LayerPlan
+    from hf_prune.prune import sublayer_plans
+    from hf_prune.structure import ModelStructure
+
+    for dense, fixed in ((_tiny_mpnet(), True), (tiny_llama(seed=1), False)):
+        structure = ModelStructure(dense)
+        counts = structure.shape(0).counts
+        plan = LayerPlan(keep={kind: list(range(max(1, counts[kind] // 2))) for kind in counts})
+        heads_plan, neurons_plan = sublayer_plans(structure, 0, plan)
+        assert heads_plan.fixed is fixed and neurons_plan.fixed is False
+    assert report.extra["reconstruction"]["reselected"] > 0  # neurons
+    with torch.no_grad():
+        model(input_ids=batches[0]["input_ids"])
