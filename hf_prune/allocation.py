@@ -180,6 +180,20 @@ class Units:
             return {leader: set((self.order or [])[:count])}
         return {kind: {i for unit in units[:count] for i in unit} for kind, units in self.members.items()}
 
+    def kept(self, leader: str, count: int, sizes: dict[str, int]) -> dict[str, list[int]]:
+        """The indices, per kind, that stay when the first ``count`` units go (``sizes``: indices per kind)."""
+        if self.members is None and self.order is not None and len(self.order) == sizes[leader]:
+            return {leader: sorted(self.order[count:])}
+        removed = self.removed(leader, count)
+        return {kind: [j for j in range(size) if j not in removed.get(kind, set())] for kind, size in sizes.items()}
+
+    def kept_counts(self, leader: str, count: int, sizes: dict[str, int]) -> dict[str, int]:
+        """How many indices of each kind :meth:`kept` keeps, without listing them."""
+        if self.members is None and self.order is not None and len(self.order) == sizes[leader]:
+            return {leader: sizes[leader] - min(count, len(self.order))}
+        removed = self.removed(leader, count)
+        return {kind: size - len(removed.get(kind, ())) for kind, size in sizes.items()}
+
     def already_removed(self, leader: str, masked: torch.Tensor | None) -> int:
         """How many units are masked already (every index of the leading kind they remove); they come first."""
         if masked is None:
@@ -227,60 +241,137 @@ def plan_units(
     :func:`plan_pruning` for the ranking, protection and already-removed rules), then the blocks' kept indices
     are merged into one :class:`LayerPlan` per block.
     """
-    if ranking not in RANKINGS:
-        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
-    n_layers = len(requests[0].scores) if requests else 0
-    keep: list[dict[str, list[int]]] = [{} for _ in range(n_layers)]
-    for request in requests:
-        for i, kept in enumerate(_plan_kind(request, ranking, set(protected_layers))):
-            keep[i].update(kept)
-    return [LayerPlan(keep=k) for k in keep]
+    return Planner(requests, ranking, protected_layers).plan({r.name: r.fraction for r in requests})
 
 
-def _plan_kind(request: KindRequest, ranking: str, protected: set[int]) -> list[dict[str, list[int]]]:
-    name, label = request.name, request.label or request.name
-    n_layers = len(request.scores)
-    masked = request.masked
-    scores = [_prepare(s, None if masked is None else masked[i]) for i, s in enumerate(request.scores)]
-    if request.tied:
-        if any(len(set(sizes)) > 1 for sizes in request.sizes.values()):
-            raise ValueError(f"tied_{name} needs the same number of {' and '.join(request.sizes)} in every block.")
-        tied = torch.stack(scores).sum(0)
-        scores = [tied] * n_layers
-    # The callback always passes masks, all False until a unit is removed: only a removed unit asks for units.
-    active = request.fraction > 0 or (masked is not None and any(bool(m.any()) for m in masked))
-    if request.tied and active and protected:
-        raise ValueError(
-            f"protected layers keep all their {label}, but tied_{name} needs the same {label} in every block: "
-            f"protect no layer, or remove no {label}."
-        )
-    empty = Units(torch.zeros(0), {kind: [] for kind in request.sizes})
-    units = [request.units(i, s) if active or not request.lazy else empty for i, s in enumerate(scores)]
-    counts = [len(u.scores) for u in units]
-    if ranking == "uniform" or request.tied:
-        remove = [
-            0 if i in protected else count_to_remove(request.fraction, n, request.multiple)
-            for i, n in enumerate(counts)
+class Planner:
+    """:func:`plan_units` for many fractions on the same scores. A cost target searches hundreds of fractions: what
+    does not depend on the fraction (normalised scores, units, the global order) is built once per kind, and each
+    kind's plan once per fraction."""
+
+    def __init__(
+        self, requests: Sequence[KindRequest], ranking: str = "uniform", protected_layers: Sequence[int] = ()
+    ) -> None:
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
+        self.kinds = [_KindPlanner(r, ranking, set(protected_layers)) for r in requests]
+        self.n_layers = len(requests[0].scores) if requests else 0
+
+    def plan(self, fractions: dict[str, float]) -> list[LayerPlan]:
+        """The plans that remove ``fractions[kind]`` of each leading kind's units (none of a kind not named)."""
+        keep: list[dict[str, list[int]]] = [{} for _ in range(self.n_layers)]
+        for kind in self.kinds:
+            for i, kept in enumerate(kind.keep(fractions.get(kind.request.name, 0.0))):
+                keep[i].update(kept)
+        return [LayerPlan(keep=block) for block in keep]  # LayerPlan copies the lists: the cache stays intact
+
+    def counts(self, fractions: dict[str, float]) -> list[dict[str, int]]:
+        """Per block, how many units of every kind :meth:`plan` keeps (what a cost depends on), without listing
+        them: the cheap question a search over fractions asks."""
+        counts: list[dict[str, int]] = [{} for _ in range(self.n_layers)]
+        for kind in self.kinds:
+            for i, kept in enumerate(kind.kept_counts(fractions.get(kind.request.name, 0.0))):
+                counts[i].update(kept)
+        return counts
+
+
+class _KindPlanner:
+    """One leading kind's part of :class:`Planner`."""
+
+    def __init__(self, request: KindRequest, ranking: str, protected: set[int]) -> None:
+        self.request, self.ranking, self.protected = request, ranking, protected
+        masked = request.masked
+        scores = [_prepare(s, None if masked is None else masked[i]) for i, s in enumerate(request.scores)]
+        if request.tied:
+            if any(len(set(sizes)) > 1 for sizes in request.sizes.values()):
+                raise ValueError(
+                    f"tied_{request.name} needs the same number of {' and '.join(request.sizes)} in every block."
+                )
+            scores = [torch.stack(scores).sum(0)] * len(scores)
+        self.scores = scores
+        # The callback always passes masks, all False until a unit is removed: only a removed unit asks for units.
+        self.any_masked = masked is not None and any(bool(m.any()) for m in masked)
+        self._units: dict[bool, list[Units]] = {}
+        self._global_order: dict[bool, torch.Tensor] = {}
+        self._removals: dict[float, list[int]] = {}
+
+    def keep(self, fraction: float) -> list[dict[str, list[int]]]:
+        """Per block, the kept indices of every kind of the part when ``fraction`` of the units go."""
+        blocks = zip(self._units_for(self._active(fraction)), self._removal(fraction), strict=True)
+        return [block.kept(self.request.name, n, self._sizes(i)) for i, (block, n) in enumerate(blocks)]
+
+    def kept_counts(self, fraction: float) -> list[dict[str, int]]:
+        """Per block, how many indices of every kind :meth:`keep` keeps."""
+        blocks = zip(self._units_for(self._active(fraction)), self._removal(fraction), strict=True)
+        return [block.kept_counts(self.request.name, n, self._sizes(i)) for i, (block, n) in enumerate(blocks)]
+
+    def _sizes(self, block: int) -> dict[str, int]:
+        return {kind: sizes[block] for kind, sizes in self.request.sizes.items()}
+
+    def _active(self, fraction: float) -> bool:
+        return fraction > 0 or self.any_masked
+
+    def _units_for(self, active: bool) -> list[Units]:
+        if active not in self._units:
+            request = self.request
+            empty = Units(torch.zeros(0), {kind: [] for kind in request.sizes})
+            self._units[active] = [
+                request.units(i, s) if active or not request.lazy else empty for i, s in enumerate(self.scores)
+            ]
+        return self._units[active]
+
+    def _removal(self, fraction: float) -> list[int]:
+        """Per block, how many units go (once per fraction)."""
+        if fraction not in self._removals:
+            self._removals[fraction] = self._count_removal(fraction)
+        return self._removals[fraction]
+
+    def _count_removal(self, fraction: float) -> list[int]:
+        request, protected, masked = self.request, self.protected, self.request.masked
+        name, label = request.name, request.label or request.name
+        active = self._active(fraction)
+        if request.tied and active and protected:
+            raise ValueError(
+                f"protected layers keep all their {label}, but tied_{name} needs the same {label} in every block: "
+                f"protect no layer, or remove no {label}."
+            )
+        units = self._units_for(active)
+        counts = [len(u.scores) for u in units]
+        if self.ranking == "uniform" or request.tied:
+            remove = [
+                0 if i in protected else count_to_remove(fraction, n, request.multiple) for i, n in enumerate(counts)
+            ]
+        else:
+            remove = self._global_counts(units, active, fraction)
+        remove = [max(0, min(r, n - request.min_kept)) for r, n in zip(remove, counts, strict=True)]
+        # What is already removed stays removed, whatever the new counts say: a smaller fraction (a cost target may
+        # trade heads for neurons between updates), or a global budget below what rounding to the multiple removed
+        # last time. Removed units sort first (see _prepare), so they are the first ones taken.
+        return [
+            max(remove[i], block.already_removed(name, None if masked is None else masked[i]))
+            for i, block in enumerate(units)
         ]
-    else:
-        remove = _global_counts(
-            [u.scores for u in units], request.fraction, protected, request.multiple, request.min_kept
-        )
-    remove = [max(0, min(r, n - request.min_kept)) for r, n in zip(remove, counts, strict=True)]
-    # What is already removed stays removed, whatever the new counts say: a smaller fraction (a cost target may
-    # trade heads for neurons between updates), or a global budget below what rounding to the multiple removed
-    # last time. Removed units sort first (see _prepare), so they are the first ones taken.
-    plans = []
-    for i in range(n_layers):
-        count = max(remove[i], units[i].already_removed(name, None if masked is None else masked[i]))
-        removed = units[i].removed(name, count)
-        plans.append(
-            {
-                kind: [j for j in range(sizes[i]) if j not in removed.get(kind, set())]
-                for kind, sizes in request.sizes.items()
-            }
-        )
-    return plans
+
+    def _global_counts(self, units: list[Units], active: bool, fraction: float) -> list[int]:
+        """Per-block removal counts from one global ranking of (normalised) scores: the order is built once, and a
+        fraction takes a prefix of it."""
+        scores = [u.scores for u in units]
+        eligible = [i for i in range(len(scores)) if i not in self.protected]
+        if not eligible:
+            return [0] * len(scores)
+        multiple = self.request.multiple
+        if active not in self._global_order:
+            self._global_order[active] = _global_order(scores, eligible, multiple, self.request.min_kept)
+        budget = round(fraction * sum(scores[i].numel() for i in eligible))
+        counts = torch.bincount(self._global_order[active][:budget], minlength=len(scores)).tolist()
+        if multiple > 1:
+            for i in eligible:
+                n = scores[i].numel()
+                kept = n - counts[i]
+                if n > multiple:
+                    kept = min(n, max(multiple, multiple * math.floor(kept / multiple + 0.5)))
+                    counts[i] = n - kept
+        return counts
 
 
 def plan_pruning(
@@ -379,16 +470,9 @@ def single_unit_request(
     )
 
 
-def _global_counts(
-    scores: Sequence[torch.Tensor], fraction: float, protected: set[int], multiple: int, least: int = 1
-) -> list[int]:
-    """Per-block removal counts from one global ranking of (normalised) scores, at least ``least`` units kept."""
-    eligible = [i for i in range(len(scores)) if i not in protected]
-    counts = [0] * len(scores)
-    if not eligible:
-        return counts
-    total = sum(scores[i].numel() for i in eligible)
-    budget = round(fraction * total)
+def _global_order(scores: Sequence[torch.Tensor], eligible: list[int], multiple: int, least: int) -> torch.Tensor:
+    """The blocks of the removable units in one global ranking of (normalised) scores, least important first: the
+    first ``budget`` entries, counted per block, are what a global budget removes."""
     values = torch.cat([scores[i].float() for i in eligible])
     layer = torch.cat([torch.full((scores[i].numel(),), i) for i in eligible])
     order = torch.argsort(values, stable=True)
@@ -402,26 +486,17 @@ def _global_counts(
     caps = torch.tensor(
         [max(0, scores[i].numel() - max(least, min_kept(scores[i].numel(), multiple))) for i in range(len(scores))]
     )
-    chosen = layer_sorted[rank < caps[layer_sorted]][:budget]
-    for i, c in enumerate(torch.bincount(chosen, minlength=len(scores)).tolist()):
-        counts[i] = c
-    if multiple > 1:
-        for i in eligible:
-            n = scores[i].numel()
-            kept = n - counts[i]
-            if n > multiple:
-                kept = min(n, max(multiple, multiple * math.floor(kept / multiple + 0.5)))
-                counts[i] = n - kept
-    return counts
+    return layer_sorted[rank < caps[layer_sorted]]
 
 
 def budget_fractions(
-    plan: Callable[[float, float], list[LayerPlan]],
-    removed_cost: Callable[[list[LayerPlan]], float],
+    plan: Callable[[float, float], list[dict[str, int]]],
+    removed_cost: Callable[[list[dict[str, int]]], float],
     target: float,
     heads_fraction: float | None = None,
 ) -> tuple[float, float]:
-    """The head and neuron fractions whose ``plan(heads, neurons)`` removes ``target`` of a cost.
+    """The head and neuron fractions whose ``plan(heads, neurons)`` (per block, the units kept of every kind)
+    removes ``target`` of a cost.
 
     Head fractions on a grid (or ``heads_fraction`` when given) are each completed with the neuron fraction
     that lands closest below the target; of the candidates that come closest, the one whose head and neuron
@@ -444,7 +519,7 @@ def budget_fractions(
     candidates = []
     seen: set[tuple[tuple[int, ...], ...]] = set()
     for h in grid:
-        key = tuple(tuple(p.counts().values()) for p in plan(h, 0.0))
+        key = tuple(tuple(counts.values()) for counts in plan(h, 0.0))
         if key in seen:
             continue
         seen.add(key)

@@ -358,8 +358,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             self._restore(snapshot)
             if self.live is not None and self.live.compacted:
                 self._check_resumed_shapes()
-        self.masks.attach()
-        self.importance.attach(self.structure)
+        self._attach_observers()
         if self.blocks is not None:
             self.blocks.attach()
         if not snapshot and self.schedule.is_update_step(state.global_step, self._max_steps):
@@ -367,6 +366,15 @@ class PruningCallback(TrainerCallback, ExportableState):
                 self._after_dense_evaluation = True
             else:
                 self._update(state.global_step)
+
+    def _attach_observers(self) -> None:
+        """The masks' hooks, then the criterion's (hooks run in the order they were registered). A criterion that
+        multiplies a kind's mask-module input anyway (fisher's gates) applies that kind's masks in the same
+        multiply."""
+        assert self.masks is not None and self.importance is not None and self.structure is not None
+        folded = set(self.importance.applies_masks(self.structure))
+        self.masks.attach(kinds=[kind.name for kind in self.structure.leaders if kind.name not in folded])
+        self.importance.attach(self.structure, masks=self.masks)
 
     def _check_resumed_shapes(self) -> None:
         """A resumed compacted run: the model must have been shrunk to the checkpoint's blocks when it loaded."""
@@ -511,8 +519,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             }
         )
         self.live.keep(plans)
-        self.masks.attach()  # in the order training started with: masks first, then what observes them
-        self.importance.attach(self.structure)
+        self._attach_observers()
         logger.info("compacted the model: %s", json.dumps(self.metrics()))
 
     # -- visibility ----------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ alone (no labels, no backward), and it is in the units of the block's output, so
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -17,6 +19,9 @@ from transformers.pytorch_utils import Conv1D
 from .importance import _Accumulating, gated_leaders, register_importance
 from .kinds import UnitKind
 from .structure import ModelStructure
+
+if TYPE_CHECKING:
+    from .masks import MaskSet
 
 
 class _UnitMoments:
@@ -71,7 +76,7 @@ class FluctuationImportance(_Accumulating):
         self.handles: list = []
         self.moments: dict[tuple[str, int], _UnitMoments] = {}
 
-    def attach(self, structure: ModelStructure) -> None:
+    def attach(self, structure: ModelStructure, masks: MaskSet | None = None) -> None:
         if self.handles:
             return
         for i in range(structure.num_layers):

@@ -113,7 +113,7 @@ class MaskSet:
             for kind in self.structure.leaders:
                 if kinds is not None and kind.name not in kinds:
                     continue
-                self._handles.append(kind.mask_hook(self.structure, i, partial(self._multiplier, kind.name, i)))
+                self._handles.append(kind.mask_hook(self.structure, i, partial(self.multiplier, kind.name, i)))
 
     def detach(self) -> None:
         """Remove the hooks; the model computes densely again."""
@@ -122,9 +122,11 @@ class MaskSet:
         self._handles.clear()
         self._cache.clear()
 
-    def _multiplier(self, kind: str, index: int, like: torch.Tensor) -> torch.Tensor | None:
-        """``None`` when the block keeps every unit of ``kind`` (nothing to multiply: the hook leaves the input as
-        it is, which is what a step costs before the first update, and after each compaction)."""
+    def multiplier(self, kind: str, index: int, like: torch.Tensor) -> torch.Tensor | None:
+        """What block ``index``'s input to the mask module of ``kind`` is multiplied by (one factor per input
+        feature, on ``like``'s device and dtype). ``None`` when the block keeps every unit of ``kind`` (nothing to
+        multiply: the hook leaves the input as it is, which is what a step costs before the first update, and
+        after each compaction)."""
         key = (kind, index, like.device, like.dtype)
         if key not in self._cache:
             mask = self.masks[kind][index]

@@ -6,7 +6,7 @@ import copy
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .allocation import LayerPlan, auto_gqa_mode, budget_fractions, plan_units
+from .allocation import LayerPlan, Planner, auto_gqa_mode, budget_fractions
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
 from .config import COST_MEASURES, PruningConfig
@@ -332,9 +332,10 @@ def plan_for(
         for kind in structure.leaders
     }
 
+    planner = Planner(list(requests.values()), config.ranking, protected)
+
     def plan(fractions: dict[str, float]) -> list[LayerPlan]:
-        chosen = [replace(r, fraction={**fixed, **fractions}.get(name, 0.0)) for name, r in requests.items()]
-        return plan_units(chosen, config.ranking, protected)
+        return planner.plan({**fixed, **fractions})
 
     if config.cost_target is not None:
         measure, cost_target = config.cost_target
@@ -349,13 +350,13 @@ def plan_for(
             cost = before or measure_cost(structure, config.flops_seq_len)
             total = cost.block_flops_per_token if measure == "flops" else cost.block_parameters
 
-        def removed_fraction(plans: list[LayerPlan]) -> float:
-            removed = sum(costs.removed(s.counts, p.counts()) for s, p in zip(shapes, plans, strict=True))
+        def removed_fraction(kept: list[dict[str, int]]) -> float:
+            removed = sum(costs.removed(s.counts, k) for s, k in zip(shapes, kept, strict=True))
             return removed / total
 
-        # The coarse heads on a grid, the fine neurons completing each (allocation.budget_fractions).
+        # The coarse heads on a grid, the fine neurons completing each (allocation.budget_fractions), on counts.
         heads, neurons = budget_fractions(
-            lambda h, n: plan({"heads": h, "neurons": n}),
+            lambda h, n: planner.counts({**fixed, "heads": h, "neurons": n}),
             removed_fraction,
             cost_target,
             0.0 if heads_stay else config.heads,

@@ -15,7 +15,7 @@ more on the routed tokens, one expert per row, so each expert's own output is th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from torch import nn
 from .importance import _Accumulating, importances_for, register_importance
 from .kinds import UnitKind, get_kind
 from .structure import ModelStructure
+
+if TYPE_CHECKING:
+    from .masks import MaskSet
 
 
 class _RoutingImportance(_Accumulating):
@@ -43,7 +46,7 @@ class _RoutingImportance(_Accumulating):
     def scores_kind(cls, kind: UnitKind) -> bool:
         return kind.name == "experts"
 
-    def attach(self, structure: ModelStructure) -> None:
+    def attach(self, structure: ModelStructure, masks: MaskSet | None = None) -> None:
         if self.handles:
             return
         spec = structure.recipe.experts

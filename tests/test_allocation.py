@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from hf_prune.allocation import (
     KindRequest,
     LayerPlan,
+    Planner,
     auto_gqa_mode,
     count_to_remove,
     head_request,
@@ -457,3 +460,32 @@ def test_plan_units_plans_each_kind_on_its_own_and_merges_the_blocks() -> None:
         kept = plan.keep["experts"]
         removed = [j for j in range(4) if j not in kept]
         assert not removed or float(scores[removed].max()) <= float(scores[kept].min())
+
+
+@pytest.mark.parametrize("ranking", ["uniform", "global"])
+@pytest.mark.parametrize("gqa_mode", ["kv_groups", "query_heads"])
+def test_a_planner_reused_over_many_fractions_plans_as_a_fresh_one_and_counts_what_it_plans(
+    ranking: str, gqa_mode: str
+) -> None:
+    """A cost target asks one Planner for hundreds of fractions, on counts only: every answer must be the plan a
+    fresh plan_units gives, and its counts those of the plan (masked units staying masked)."""
+    heads, neurons = _rand(6, 6, 6, seed=4), _rand(24, 24, 24, seed=5)
+    masked_heads = [torch.zeros(6, dtype=torch.bool) for _ in range(3)]
+    masked_neurons = [torch.arange(24) % 7 == 0 for _ in range(3)]
+    # Gone already: KV group 0 (heads 0-2 of 2 groups x 3), or one query head of each group.
+    masked_heads[1][[0, 1, 2] if gqa_mode == "kv_groups" else [0, 3]] = True
+    requests = [
+        head_request(heads, [2, 2, 2], 0.0, gqa_mode, masked_heads),
+        neuron_request(neurons, 0.0, multiple=2, masked=masked_neurons),
+    ]
+    planner = Planner(requests, ranking, protected_layers=[2])
+    for h, n in [(0.0, 0.0), (0.3, 0.5), (0.0, 0.7), (0.5, 0.1), (0.3, 0.5), (0.6, 0.9)]:
+        fractions = {"heads": h, "neurons": n}
+        fresh = plan_units(
+            [replace(requests[0], fraction=h), replace(requests[1], fraction=n)], ranking, protected_layers=[2]
+        )
+        assert planner.plan(fractions) == fresh
+        assert planner.counts(fractions) == [p.counts() for p in fresh]
+        for plan, gone_heads, gone_neurons in zip(fresh, masked_heads, masked_neurons, strict=True):
+            assert not set(gone_heads.nonzero().flatten().tolist()) & set(plan.keep["heads"])
+            assert not set(gone_neurons.nonzero().flatten().tolist()) & set(plan.keep["neurons"])
