@@ -65,6 +65,10 @@ def main(output: Path) -> None:
         json.dumps({"records": records, "removed": report.removed_layers, "kept": report.kept})
     )
     trainer.save_model(str(output / "final"))
+    # Leave together, with the process group shut down: a rank whose interpreter exited with gloo's threads still
+    # running (the other rank still saving) was killed by "terminate called without an active exception".
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

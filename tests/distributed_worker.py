@@ -96,6 +96,10 @@ def main(output: Path) -> None:
         )
     )
     trainer.save_model(str(output / "final"))
+    # Leave together, with the process group shut down: a rank whose interpreter exited with gloo's threads still
+    # running (the other rank still saving) was killed by "terminate called without an active exception".
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
