@@ -3,6 +3,7 @@
     python benchmarks/oneshot_cost.py                    # about 5 minutes on 2 CPU cores (run nothing else)
     python benchmarks/oneshot_cost.py --threads 1        # one thread
     python benchmarks/oneshot_cost.py --smoke            # tiny random Llama, seconds (CI)
+    python benchmarks/oneshot_cost.py --keep-freed-memory --output F.json   # without hf_prune.memory's release
 
 The path is the CLI's default with calibration data given: 32 windows of 512 tokens of four Shakespeare plays,
 Taylor scores, global ranking, and block-by-block removal with bias compensation and the weight refit. The two
@@ -86,7 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-windows", type=int, default=32)
     parser.add_argument("--output", type=Path)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="do not hand freed heap memory back between windows and blocks (what hf_prune.memory saves)",
+    )
     args = parser.parse_args(argv)
+    if args.keep_freed_memory:
+        for module in (hf_prune.importance, hf_prune.reconstruct):
+            module.release_freed_memory = lambda: None
     torch.set_num_threads(args.threads)
     interpreter = resident_bytes()  # python + torch + transformers, before any model
     if args.smoke:
@@ -130,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "prune_peak_over_model": round((prune_memory.peak - interpreter) / size, 2),
         # glibc keeps freed blocks of up to 32 MB resident unless told otherwise (MALLOC_MMAP_THRESHOLD_)
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+        "freed_memory_released": not args.keep_freed_memory,
         # What the work adds to what was resident before it (the model, its tokenizer, the calibration text).
         "added_over_model": round((peak - before) / size, 2),
         "reconstruction_summary": {k: v for k, v in summary.items() if k != "per_block"},

@@ -15,6 +15,7 @@ from transformers.utils import logging
 
 from .kinds import UnitKind, get_kind
 from .lean_backward import chunked_loss_for, lean_backward
+from .memory import release_freed_memory
 from .packed import pack_scores, unpack_scores
 from .structure import ModelStructure, adapted_weight
 
@@ -481,6 +482,8 @@ def calibrate(
                     if loss is None:
                         raise ValueError(f"importance '{criterion.name}' needs a loss: give the batches labels.")
                     loss.backward()
+                    del loss
+                release_freed_memory()  # this window's activations, before the next one allocates its own
                 count += 1
                 if not summed:
                     criterion.accumulate(structure)

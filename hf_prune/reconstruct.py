@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from .memory import release_freed_memory
 from .structure import ModelStructure
 
 # Damping of the scale refit, relative to each unit's own energy; picked per projection on held-out windows.
@@ -574,6 +575,7 @@ def reconstruct_sequentially(
                     for b, inputs in enumerate(captured[index])
                 ]
             captured[index] = []  # free this block's arguments
+            release_freed_memory()  # and what computing them allocated, before the next block
             log.append(entry)
     finally:
         model.train(was_training)
