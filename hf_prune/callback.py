@@ -374,7 +374,10 @@ class PruningCallback(TrainerCallback, ExportableState):
         assert self.masks is not None and self.importance is not None and self.structure is not None
         folded = set(self.importance.applies_masks(self.structure))
         self.masks.attach(kinds=[kind.name for kind in self.structure.leaders if kind.name not in folded])
-        self.importance.attach(self.structure, masks=self.masks)
+        if folded:
+            self.importance.attach(self.structure, masks=self.masks)
+        else:  # a criterion registered by a user may still define attach(structure) alone
+            self.importance.attach(self.structure)
 
     def _check_resumed_shapes(self) -> None:
         """A resumed compacted run: the model must have been shrunk to the checkpoint's blocks when it loaded."""

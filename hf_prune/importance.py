@@ -324,9 +324,12 @@ class _GateHooks:
         def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
             hidden = args[0]
             keep = None if self.masks is None else self.masks.multiplier(kind, index, hidden)
-            masked = None if keep is None else (hidden * keep, *args[1:])
+
+            def masked() -> tuple[torch.Tensor, ...] | None:  # the input as the mask hook would leave it
+                return None if keep is None else (hidden * keep, *args[1:])
+
             if not torch.is_grad_enabled():
-                return masked  # evaluation (no_grad/inference_mode) does not count
+                return masked()  # evaluation (no_grad/inference_mode) does not count
             width = get_kind(kind).unit_width(self.structure)
             groups = hidden.shape[-1] // width
             key = (kind, index)
@@ -338,7 +341,7 @@ class _GateHooks:
                         magnitude = magnitude * keep.detach().float().reshape(groups, width)[:, 0].cpu()
                 self.activations[key] = self.activations.get(key, 0) + magnitude
             if not (self.track_gradients and hidden.requires_grad):
-                return masked
+                return masked()
             gate = self.gates.get(key)
             if gate is None or gate.numel() != groups or gate.device != hidden.device:
                 gate = torch.ones(groups, device=hidden.device, dtype=hidden.dtype, requires_grad=True)
