@@ -15,8 +15,6 @@ float32 model's own size. Writes benchmarks/results/oneshot_cost.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -66,11 +64,10 @@ class PeakMemory:
 
 
 def release_freed_memory() -> None:
-    """Hand freed heap pages back to the system (glibc keeps them resident otherwise), so that the resident set
-    measures what is alive."""
+    """Collect garbage and hand freed heap pages back to the system (what hf_prune does between windows), so that
+    the resident set measures what is alive."""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    hf_prune.memory.release_freed_memory()
 
 
 def model_bytes(model: torch.nn.Module) -> int:

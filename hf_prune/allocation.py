@@ -180,17 +180,21 @@ class Units:
             return {leader: set((self.order or [])[:count])}
         return {kind: {i for unit in units[:count] for i in unit} for kind, units in self.members.items()}
 
+    def _orders_every_index(self, size: int) -> bool:
+        """Whether units are single indices and ``order`` lists all ``size`` of them (the fast paths below)."""
+        return self.members is None and self.order is not None and len(self.order) == size
+
     def kept(self, leader: str, count: int, sizes: dict[str, int]) -> dict[str, list[int]]:
         """The indices, per kind, that stay when the first ``count`` units go (``sizes``: indices per kind)."""
-        if self.members is None and self.order is not None and len(self.order) == sizes[leader]:
+        if self.order is not None and self._orders_every_index(sizes[leader]):
             return {leader: sorted(self.order[count:])}
         removed = self.removed(leader, count)
         return {kind: [j for j in range(size) if j not in removed.get(kind, set())] for kind, size in sizes.items()}
 
     def kept_counts(self, leader: str, count: int, sizes: dict[str, int]) -> dict[str, int]:
         """How many indices of each kind :meth:`kept` keeps, without listing them."""
-        if self.members is None and self.order is not None and len(self.order) == sizes[leader]:
-            return {leader: sizes[leader] - min(count, len(self.order))}
+        if self._orders_every_index(sizes[leader]):
+            return {leader: sizes[leader] - min(count, sizes[leader])}
         removed = self.removed(leader, count)
         return {kind: size - len(removed.get(kind, ())) for kind, size in sizes.items()}
 
