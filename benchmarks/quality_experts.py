@@ -1,12 +1,16 @@
-"""Removing whole experts from a small mixture-of-experts model: what each criterion costs in held-out perplexity.
+"""Removing whole experts, or neurons inside every expert, from a small mixture-of-experts model: what each
+criterion costs in held-out perplexity, at the same fractions of the experts' parameters.
 
     python benchmarks/quality_experts.py            # about 50 minutes on one core (45 of them training)
+    python benchmarks/quality_experts.py --kinds experts expert_neurons --model-cache /tmp/small-mixtral
     python benchmarks/quality_experts.py --smoke    # seconds (CI)
 
 No MoE checkpoint ships in a PyPI package, so the model is trained here: Mixtral's block shape scaled down (8
 experts, top-2, GQA attention, SwiGLU experts, a load-balancing loss so that every expert is used), byte-level, on
 Shakespeare's plays (Hamlet held out) and IMDB reviews (the last reviews held out). Each criterion then removes 25%
-and 50% of every block's experts one-shot, calibrated on training windows, with no retraining. Perplexity per
+and 50% of every block's experts (``--kinds experts``), or of the neurons inside every expert (``expert_neurons``),
+one-shot, calibrated on training windows, with no retraining. Both remove about the same parameters at the same
+fraction; only the neurons lower FLOPs per token. Perplexity per
 byte on held-out Hamlet and held-out reviews, with one standard error (delta method over the windows).
 Writes benchmarks/results/quality_experts.json.
 """
@@ -32,11 +36,14 @@ from quality_oneshot import imdb_texts, perplexity
 from reporting import run_meta
 
 import hf_prune
+from hf_prune.importance import importances_for
+from hf_prune.kinds import get_kind
 from hf_prune.modeling_pruned import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BYTES = 256  # token ids 0-255 are the text's UTF-8 bytes
 CRITERIA = ("random", "magnitude", "frequency", "reap", "taylor")
+KINDS = ("experts", "expert_neurons")
 
 
 def shakespeare_files() -> list[str]:
@@ -132,6 +139,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.25, 0.5])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="what the fractions remove")
+    parser.add_argument("--model-cache", type=Path, help="load the trained model from here, or train and save it")
     parser.add_argument("--calibration-windows", type=int, default=32)
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -152,8 +161,16 @@ def main() -> None:
     }
     calibration = batches_of(byte_windows(train_texts, args.window, args.calibration_windows, 3), 8)
 
-    model = small_mixtral(args.seed, args.smoke)
-    training = train(model, train_texts, args)
+    if args.model_cache and (args.model_cache / "config.json").exists():
+        model = transformers.MixtralForCausalLM.from_pretrained(args.model_cache).eval()
+        training = json.loads((args.model_cache / "training.json").read_text())
+        model.config.output_router_logits = False
+    else:
+        model = small_mixtral(args.seed, args.smoke)
+        training = train(model, train_texts, args)
+        if args.model_cache:
+            model.save_pretrained(args.model_cache)
+            atomic_write_text(args.model_cache / "training.json", json.dumps(training) + "\n")
     dense = {name: perplexity(model, batches) for name, batches in held_out.items()}
     parameters = sum(p.numel() for p in model.parameters())
     data: dict[str, Any] = {
@@ -164,19 +181,24 @@ def main() -> None:
         "points": [],
     }
     print(f"dense: {json.dumps(dense)}", flush=True)
-    for fraction in args.fractions:
-        for criterion in args.criteria:
-            pruned = copy.deepcopy(model)
-            report = hf_prune.prune(pruned, experts=fraction, importance=criterion, calibration=calibration)
-            point = {
-                "criterion": criterion,
-                "experts_removed": fraction,
-                "experts_after": [layer["experts"] for layer in report.layers_after],
-                "parameters": report.after.parameters,
-                "eval": {name: perplexity(pruned, batches) for name, batches in held_out.items()},
-            }
-            data["points"].append(point)
-            print(json.dumps(point), flush=True)
+    for kind, fraction, criterion in [(k, f, c) for k in args.kinds for f in args.fractions for c in args.criteria]:
+        if criterion not in importances_for(get_kind(kind)):
+            continue  # routing statistics score whole experts only
+        pruned = copy.deepcopy(model)
+        targets = {"experts": 0.0, "expert_neurons": 0.0, kind: fraction}
+        report = hf_prune.prune(pruned, **targets, importance=criterion, calibration=calibration)
+        point = {
+            "criterion": criterion,
+            "kind": kind,
+            f"{kind}_removed": fraction,
+            "experts_after": [layer["experts"] for layer in report.layers_after],
+            "expert_width_after": [layer["expert_neurons"] // layer["experts"] for layer in report.layers_after],
+            "parameters": report.after.parameters,
+            "flops_ratio": round(report.flops_ratio, 4),
+            "eval": {name: perplexity(pruned, batches) for name, batches in held_out.items()},
+        }
+        data["points"].append(point)
+        print(json.dumps(point), flush=True)
     data["meta"] = run_meta(args.smoke)
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(data, indent=2) + "\n")

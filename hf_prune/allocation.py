@@ -234,6 +234,10 @@ class KindRequest:
     # Build units only when something is removed: GQA units refuse some layouts that are fine to leave alone.
     lazy: bool = False
     label: str = ""  # what people call the units (messages)
+    # Adjusts one block's merged plan once every kind is planned, for a kind whose indices depend on another kind's
+    # choice: (block, kept indices per kind) and (block, kept counts per kind), both changed in place.
+    finish: Callable[[int, dict[str, list[int]]], None] | None = None
+    finish_counts: Callable[[int, dict[str, int]], None] | None = None
 
 
 def plan_units(
@@ -267,6 +271,10 @@ class Planner:
         for kind in self.kinds:
             for i, kept in enumerate(kind.keep(fractions.get(kind.request.name, 0.0))):
                 keep[i].update(kept)
+        for kind in self.kinds:
+            if kind.request.finish is not None:
+                for i, block in enumerate(keep):
+                    kind.request.finish(i, block)
         return [LayerPlan(keep=block) for block in keep]  # LayerPlan copies the lists: the cache stays intact
 
     def counts(self, fractions: dict[str, float]) -> list[dict[str, int]]:
@@ -276,6 +284,10 @@ class Planner:
         for kind in self.kinds:
             for i, kept in enumerate(kind.kept_counts(fractions.get(kind.request.name, 0.0))):
                 counts[i].update(kept)
+        for kind in self.kinds:
+            if kind.request.finish_counts is not None:
+                for i, block in enumerate(counts):
+                    kind.request.finish_counts(i, block)
         return counts
 
 
@@ -471,6 +483,59 @@ def single_unit_request(
         masked=masked,
         min_kept=min_kept,
         label=name,
+    )
+
+
+def expert_neuron_units(scores: torch.Tensor, experts: int) -> Units:
+    """The removable units of the neurons inside one block's ``experts`` (``scores``: one per neuron, expert ``e``'s
+    neuron ``j`` at ``e * width + j``). Every expert keeps the same number of neurons (its weights are one 3-D
+    tensor), so, as GQA's query-head units do, slot ``r`` removes the ``r``-th least important neuron of *every*
+    expert, and scores as their sum. Removed neurons (score -1, see ``_prepare``) count as 0, so a removed expert's
+    neurons do not lower every slot of its block against other blocks."""
+    by_expert = scores.view(experts, -1)
+    ranked = torch.argsort(by_expert, dim=1, stable=True)
+    width = by_expert.shape[1]
+    slot_scores = by_expert.clamp_min(0.0).gather(1, ranked).sum(0)  # non-decreasing in r: ascending units
+    offsets = (torch.arange(experts) * width)[:, None]
+    members = (ranked + offsets).t().tolist()  # slot r: one neuron of every expert
+    return Units(slot_scores, {"expert_neurons": members})
+
+
+def expert_neuron_request(
+    scores: Sequence[torch.Tensor],
+    experts: Sequence[int],
+    fraction: float,
+    multiple: int = 1,
+    masked: Sequence[torch.Tensor] | None = None,
+) -> KindRequest:
+    """Neurons inside MoE experts: ``fraction`` of each expert's neurons, the same number from every expert of a
+    block (:func:`expert_neuron_units`), each expert's width kept in multiples of ``multiple``.
+
+    The plan keeps only the neurons of the experts the block keeps (its ``experts`` entry): a removed expert's
+    neurons go with it, so that the counts are the pruned block's.
+    """
+    widths = [s.numel() // e for s, e in zip(scores, experts, strict=True)]
+
+    def finish(block: int, keep: dict[str, list[int]]) -> None:
+        if "experts" in keep and len(keep["experts"]) != experts[block]:
+            kept = set(keep["experts"])
+            keep["expert_neurons"] = [n for n in keep["expert_neurons"] if n // widths[block] in kept]
+
+    def finish_counts(block: int, counts: dict[str, int]) -> None:
+        if "experts" in counts:
+            counts["expert_neurons"] = counts["expert_neurons"] // experts[block] * counts["experts"]
+
+    return KindRequest(
+        name="expert_neurons",
+        scores=scores,
+        sizes={"expert_neurons": [s.numel() for s in scores]},
+        fraction=fraction,
+        units=lambda i, s: expert_neuron_units(s, experts[i]),
+        multiple=multiple,
+        masked=masked,
+        label="neurons inside experts",
+        finish=finish,
+        finish_counts=finish_counts,
     )
 
 

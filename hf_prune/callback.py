@@ -61,7 +61,7 @@ from .prune import (
     latency_entry,
     layers_entries,
     plan_for,
-    resolve_experts,
+    resolve_fixed,
     resolve_targets,
 )
 from .structure import LayerShape, ModelStructure
@@ -322,12 +322,12 @@ class PruningCallback(TrainerCallback, ExportableState):
         self._check_adapters(args, model)
         snapshot = self._resume or (self._snapshot_in(state) if state.global_step > 0 else None)
         heads, neurons, self._protected = resolve_targets(self.config, self.structure)
-        experts = resolve_experts(self.config, self.structure)
+        fixed = resolve_fixed(self.config, self.structure)
         cost_target = self.config.cost_target is not None
-        if not cost_target and heads == 0 and neurons == 0 and experts == 0 and not self.config.layers:
+        if not cost_target and heads == 0 and neurons == 0 and not any(fixed.values()) and not self.config.layers:
             raise ValueError(
-                "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons/experts (fractions in "
-                "(0, 1)), layers, or a flops/params target."
+                "PruningCallback has a target of 0: nothing would be pruned. Set heads/neurons/experts/expert_neurons "
+                "(fractions in (0, 1)), layers, or a flops/params target."
             )
         if self.config.layers:
             check_depth_recipe(self.structure)
@@ -458,7 +458,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             return config.cost_target[1]
         assert self.structure is not None
         heads, neurons, _ = resolve_targets(config, self.structure)
-        return max(heads, neurons, resolve_experts(config, self.structure), config.layers or 0.0)
+        return max(heads, neurons, *resolve_fixed(config, self.structure).values(), config.layers or 0.0)
 
     def _update(self, step: int) -> None:
         assert self.structure is not None and self.masks is not None and self.importance is not None

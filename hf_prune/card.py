@@ -401,7 +401,17 @@ def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
 
 
 # How the card's prose names each kind's units (the label otherwise).
-PROSE_NAMES = {"heads": "attention heads", "neurons": "MLP neurons", "experts": "MoE experts"}
+PROSE_NAMES = {
+    "heads": "attention heads",
+    "neurons": "MLP neurons",
+    "experts": "MoE experts",
+    "expert_neurons": "neurons inside MoE experts",
+}
+
+
+def _listed(items: Sequence[str], conjunction: str = "and") -> str:
+    """ "a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}" if items else ""
 
 
 def _units_prose(report: PruningReport, conjunction: str = "and", prose: bool = False) -> str:
@@ -409,7 +419,7 @@ def _units_prose(report: PruningReport, conjunction: str = "and", prose: bool = 
     neurons")."""
     leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
     labels = [PROSE_NAMES.get(kind.name, kind.label) if prose else kind.label for kind in leaders]
-    return f" {conjunction} ".join(labels)
+    return _listed(labels, conjunction)
 
 
 def _loading_section(report: PruningReport, class_name: str | None, repo: str) -> str:
@@ -462,8 +472,8 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
         which = ", ".join(map(str, report.removed_layers))
         chosen = f", chosen by {criterion.replace('_', ' ')}" if criterion else ""
         removed.insert(0, f"{len(report.removed_layers)} of its {blocks} transformer blocks ({which}{chosen})")
-    how = f"with {' and '.join(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
-    kept = " and ".join(f"{kept:,} of {total:,} {names[k]}" for k, (kept, total) in totals.items())
+    how = f"with {_listed(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
+    kept = _listed([f"{kept:,} of {total:,} {names[k]}" for k, (kept, total) in totals.items()])
     return (
         f"This model is {origin} {how} (structured pruning with hf_prune). It keeps {kept}: "
         f"{report.after.parameters:,} parameters instead of {report.before.parameters:,} "

@@ -76,7 +76,7 @@ def _config_values(structure: ModelStructure, counts: Mapping[str, int]) -> dict
     for kind in structure.kinds:
         attribute = kind.config_attribute(recipe)
         if attribute:
-            values[attribute] = counts[kind.name]
+            values[attribute] = kind.config_value(dict(counts))
     return values
 
 

@@ -40,12 +40,12 @@ class ParameterSlice:
 
     old: nn.Parameter
     new: nn.Parameter
-    steps: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    steps: list[tuple[surgery.Axis, torch.Tensor]] = field(default_factory=list)
 
     def apply(self, value: torch.Tensor) -> torch.Tensor:
         """``value`` (shaped like the old parameter) sliced as the parameter was."""
         for axis, index in self.steps:
-            value = value.index_select(axis, index.to(value.device))
+            value = surgery.select_slices(value, axis, index.to(value.device))
         return value
 
 
@@ -54,7 +54,7 @@ def recorded_slices() -> Iterator[list[ParameterSlice]]:
     """Collect every parameter surgery slices inside the block, chained when one is sliced twice."""
     by_new: dict[int, ParameterSlice] = {}
 
-    def observe(old: nn.Parameter, new: nn.Parameter, axis: int, index: torch.Tensor) -> None:
+    def observe(old: nn.Parameter, new: nn.Parameter, axis: surgery.Axis, index: torch.Tensor) -> None:
         record = by_new.pop(id(old), None) or ParameterSlice(old, new)
         record.new = new
         record.steps.append((axis, index.detach().cpu()))

@@ -38,6 +38,13 @@ class PruningConfig:
             "parameters; FLOPs per token stay, top-k experts still run); unset: recipe default"
         },
     )
+    expert_neurons: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of the neurons inside each MoE expert to remove, in [0, 1), the same number from every "
+            "expert of a block (fewer parameters and FLOPs per token); unset: recipe default"
+        },
+    )
     importance: str = field(
         default="auto",
         metadata={
@@ -152,7 +159,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts", "flops", "params", "latency", "layers"):
+        for name in ("heads", "neurons", "experts", "expert_neurons", "flops", "params", "latency", "layers"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)

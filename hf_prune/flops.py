@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -67,20 +68,34 @@ def measure_cost(structure: ModelStructure, seq_len: int = 128) -> Cost:
 
 @dataclass(frozen=True)
 class UnitCosts:
-    """What one unit of each kind of a block costs (FLOPs per token, or parameters): ``per_unit[kind]``."""
+    """What one unit of each kind of a block costs (FLOPs per token, or parameters): ``per_unit[kind]``.
+
+    A block's cost is linear in each kind's *cost units* (``cost_units[kind](counts)``, by default its count): the
+    FLOPs of the neurons inside MoE experts follow each expert's width, not how many experts there are.
+    """
 
     per_unit: dict[str, float]
+    cost_units: dict[str, Callable[[Mapping[str, int]], float]] = field(default_factory=dict, compare=False)
 
     def __getitem__(self, kind: str) -> float:
         return self.per_unit[kind]
 
+    def _units(self, kind: str, counts: Mapping[str, int]) -> float:
+        units = self.cost_units.get(kind)
+        return counts[kind] if units is None else units(counts)
+
     def removed(self, before: Mapping[str, int], after: Mapping[str, int]) -> float:
         """Cost removed going from the counts ``before`` (units per kind) to ``after``."""
-        return sum((before[kind] - after[kind]) * cost for kind, cost in self.per_unit.items())
+        return sum(
+            (self._units(kind, before) - self._units(kind, after)) * cost for kind, cost in self.per_unit.items()
+        )
 
 
 def unit_costs(structure: ModelStructure, kind: str = "flops", seq_len: int = 128) -> UnitCosts:
     """Cost of one unit of every kind in the blocks of ``structure`` (the same in every block)."""
     if kind not in ("flops", "params"):
         raise ValueError(f"cost kind must be 'flops' or 'params', got {kind!r}.")
-    return UnitCosts({k.name: k.unit_cost(structure, kind, seq_len) for k in structure.kinds})
+    return UnitCosts(
+        {k.name: k.unit_cost(structure, kind, seq_len) for k in structure.kinds},
+        {k.name: partial(k.cost_units, structure, kind) for k in structure.kinds},
+    )

@@ -184,7 +184,7 @@ def apply_plan(
         )
     for i, plan in enumerate(plans):  # before any surgery: the model stays untouched when a kind refuses
         for kind in structure.leaders:
-            kind.check_keep(structure, i, plan.keep[kind.name])
+            kind.check_plan(structure, i, plan.keep)
     refusal = layout_refusal(structure, [p.counts() for p in plans])
     masks = MaskSet(structure)
     masks.set_from_plan(plans)
@@ -239,9 +239,13 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
         )
 
 
+# Kinds removed by their own fraction: a cost target counts what they remove but does not choose it.
+FIXED_KINDS = ("experts", "expert_neurons")
+
+
 def _width_given(config: PruningConfig) -> bool:
-    """Whether the config sets any width target (heads, neurons, experts, or a cost)."""
-    return any(getattr(config, name) is not None for name in ("heads", "neurons", "experts", *COST_MEASURES))
+    """Whether the config sets any width target (heads, neurons, experts, expert neurons, or a cost)."""
+    return any(getattr(config, name) is not None for name in ("heads", "neurons", *FIXED_KINDS, *COST_MEASURES))
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
@@ -276,8 +280,7 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
             "and prune other units (experts=..., neurons=...)."
         )
     check_head_tensors(structure, heads > 0 or (cost_target and config.heads is None and not fixed), protected)
-    for name in ("neurons", "experts"):
-        value = neurons if name == "neurons" else resolve_experts(config, structure)
+    for name, value in {"neurons": neurons, **resolve_fixed(config, structure)}.items():
         if value > 0 and not any(kind.name == name for kind in structure.kinds):
             raise ValueError(
                 f"recipe '{structure.recipe.name}' has no {name} to remove ({name}={value}); it prunes "
@@ -286,13 +289,21 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     return heads, neurons, list(protected)
 
 
+def resolve_fixed(config: PruningConfig, structure: ModelStructure) -> dict[str, float]:
+    """The fractions of :data:`FIXED_KINDS` to remove (each MoE block's experts, the neurons inside each expert):
+    the config's, else the recipe's defaults (none for a depth target alone). Every path that prunes reads them
+    here, as it reads heads and neurons from :func:`resolve_targets`."""
+    depth_only = config.layers and not _width_given(config)
+    fractions = {}
+    for name in FIXED_KINDS:
+        value = getattr(config, name)
+        fractions[name] = value if value is not None else 0.0 if depth_only else getattr(structure.recipe.targets, name)
+    return fractions
+
+
 def resolve_experts(config: PruningConfig, structure: ModelStructure) -> float:
-    """The fraction of each MoE block's experts to remove: the config's, else the recipe's default (none for a
-    depth target alone). Every path that prunes reads it here, as it reads heads and neurons from
-    :func:`resolve_targets`."""
-    if config.experts is not None:
-        return config.experts
-    return 0.0 if config.layers and not _width_given(config) else structure.recipe.targets.experts
+    """The fraction of each MoE block's experts to remove (:func:`resolve_fixed`)."""
+    return resolve_fixed(config, structure)["experts"]
 
 
 def plan_for(
@@ -312,13 +323,15 @@ def plan_for(
     those that meet it on the current scores. (Solving each partial cost target on its own let the fine
     neurons fill it at every update, until no coarse head unit fitted any more and the full target was out of
     reach without bringing masked groups back.) ``masked[kind]`` holds, per block, the units already removed.
-    MoE experts are removed by their own fraction (``config.experts``, scaled by ``progress`` too), which a cost
-    target counts but does not choose. ``before``: the cost of the blocks ``structure.shapes()`` describe, when
-    that is not the model's current one (the callback's compaction plans on the shapes the model had).
+    MoE experts and the neurons inside them are removed by their own fractions (``config.experts``,
+    ``config.expert_neurons``, scaled by ``progress`` too), which a cost target counts but does not choose.
+    ``before``: the cost of the blocks ``structure.shapes()`` describe, when that is not the model's current one
+    (the callback's compaction plans on the shapes the model had).
     ``latency``: the measured table a ``config.latency`` target is met on (:mod:`hf_prune.latency_table`).
     """
     heads, neurons, protected = resolve_targets(config, structure)
-    fixed = {"experts": resolve_experts(config, structure) * progress}  # experts do not trade against a cost target
+    # Experts and the neurons inside them do not trade against a cost target.
+    fixed = {name: fraction * progress for name, fraction in resolve_fixed(config, structure).items()}
     # Heads stay whole where the recipe forbids removing them, or where the criterion does not score them (a cost
     # target would otherwise spend its budget on heads ranked by nothing; a heads fraction is refused below).
     heads_stay = bool(structure.recipe.attention.heads_fixed_because) or "heads" not in scores
@@ -481,7 +494,7 @@ def width_after_depth(
     width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
     if not _width_given(config):
         # A depth target alone: no width defaults from the recipe.
-        return width.replace(heads=0.0, neurons=0.0, experts=0.0)
+        return width.replace(heads=0.0, neurons=0.0, experts=0.0, expert_neurons=0.0)
     target = config.flops if config.flops is not None else config.params
     if target is None:
         return width
@@ -501,7 +514,13 @@ def width_after_depth(
                 UserWarning,
                 stacklevel=3,
             )
-        return width.replace(**{kind: None}, heads=0.0, neurons=0.0, experts=config.experts or 0.0)
+        return width.replace(
+            **{kind: None},
+            heads=0.0,
+            neurons=0.0,
+            experts=config.experts or 0.0,
+            expert_neurons=config.expert_neurons or 0.0,
+        )
     return width.replace(**{kind: rest})
 
 
@@ -593,8 +612,8 @@ def prune(
         structure = ModelStructure(model, config.recipe)
         config = width_after_depth(config, before_cost, structure, depth_plan.remove, protected)
         heads, neurons, _ = resolve_targets(config, structure)
-    experts = resolve_experts(config, structure)
-    prunes_width = heads > 0 or neurons > 0 or experts > 0 or config.cost_target is not None
+    fixed = resolve_fixed(config, structure)
+    prunes_width = heads > 0 or neurons > 0 or any(f > 0 for f in fixed.values()) or config.cost_target is not None
     reconstructs = config.reconstruct is not False and data is not None and prunes_width
     config = config.replace(gqa_mode=auto_gqa_mode(config.gqa_mode, reconstructs))
     if criterion is None and not prunes_width:
@@ -645,7 +664,7 @@ def prune(
             "importance": criterion.name,
             "heads": heads,
             "neurons": neurons,
-            "experts": resolve_experts(config, structure),
+            **resolve_fixed(config, structure),
             "protected_layers": protected,
             "gqa_mode": config.gqa_mode,  # what "auto" meant for this run
         },

@@ -15,7 +15,18 @@ from typing import Any
 
 import yaml
 
-QUANTITIES = ("heads", "kv_heads", "kv_groups", "head_dim", "q_width", "kv_width", "neurons", "experts")
+QUANTITIES = (
+    "heads",
+    "kv_heads",
+    "kv_groups",
+    "head_dim",
+    "q_width",
+    "kv_width",
+    "neurons",
+    "experts",
+    "expert_neurons",  # neurons of all of a block's experts together
+    "expert_width",  # neurons of each expert (every expert of a block keeps the same number)
+)
 
 
 class RecipeError(ValueError):
@@ -158,6 +169,20 @@ class ExpertsSpec:
     module_attributes: dict[str, dict[str, str]] = field(
         default_factory=dict, metadata={"help": "{module path: {attribute: quantity}} to update after surgery"}
     )
+    neuron_axes: dict[str, int] = field(
+        default_factory=dict,
+        metadata={
+            "help": "{parameter name: its axis with one entry per neuron of an expert}, e.g. {gate_up_proj: 1, "
+            "down_proj: 2}; unset: neurons inside experts are not pruned"
+        },
+    )
+    fused_neurons: list[str] = field(
+        default_factory=list,
+        metadata={"help": "parameters whose neuron axis holds [gate | up] (two entries per neuron, one width apart)"},
+    )
+    intermediate_attribute: str | None = field(
+        default=None, metadata={"help": "config: neurons of each expert (intermediate_size / moe_intermediate_size)"}
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.parameters, dict) or not self.parameters:
@@ -172,6 +197,37 @@ class ExpertsSpec:
                 f"experts: `normalize_top_k` is true, false or a config attribute name, got {self.normalize_top_k!r}."
             )
         _check_quantities("experts", self.module_attributes)
+        self._check_neurons()
+
+    def _check_neurons(self) -> None:
+        if not isinstance(self.neuron_axes, dict):
+            raise RecipeError("experts: `neuron_axes` maps expert parameter names to their neuron axis.")
+        for name, axis in self.neuron_axes.items():
+            if name not in self.parameters:
+                raise RecipeError(
+                    f"experts: `neuron_axes` names '{name}', which is not one of `parameters` "
+                    f"({list(self.parameters)})."
+                )
+            if (
+                isinstance(axis, bool)
+                or not isinstance(axis, int)
+                or not 0 <= axis <= 2
+                or axis == self.parameters[name]
+            ):
+                raise RecipeError(
+                    f"experts: parameter '{name}' needs its neuron axis (0, 1 or 2, not its expert axis "
+                    f"{self.parameters[name]}), got {axis!r}."
+                )
+        if isinstance(self.fused_neurons, str):
+            self.fused_neurons = [self.fused_neurons]
+        unknown = [name for name in self.fused_neurons if name not in self.neuron_axes]
+        if unknown:
+            raise RecipeError(f"experts: `fused_neurons` names {unknown}, which `neuron_axes` does not list.")
+        if self.neuron_axes and set(self.neuron_axes) != set(self.parameters):
+            raise RecipeError(
+                "experts: `neuron_axes` must give the neuron axis of every expert parameter "
+                f"({list(self.parameters)}): a neuron is a slice of each of them."
+            )
 
 
 @dataclass
@@ -210,9 +266,10 @@ class Targets:
     heads: float = 0.0
     neurons: float = 0.0
     experts: float = 0.0
+    expert_neurons: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts"):
+        for name in ("heads", "neurons", "experts", "expert_neurons"):
             check_fraction(name, getattr(self, name))
 
 

@@ -54,8 +54,11 @@ GroupSums = dict[str, torch.Tensor]
 
 def _as_out_in(module: nn.Module | UnitParameter, tensor: torch.Tensor) -> torch.Tensor:
     """View a weight-shaped tensor as (out, in), whatever the layer type (Conv1D stores (in, out)); a unit
-    parameter's unit axis comes first (one expert per leading index)."""
+    parameter's unit axis comes first (one expert per leading index), or its two unit axes flattened into the first
+    (expert ``e``'s neuron ``j`` at ``e * neurons + j``)."""
     if isinstance(module, UnitParameter):
+        if isinstance(module.axis, tuple):
+            return tensor.movedim(module.axis, (0, 1)).flatten(0, 1)
         return tensor.movedim(module.axis, 0)
     return tensor.t() if isinstance(surgery.base_layer(module), Conv1D) else tensor
 
@@ -212,6 +215,7 @@ class ModelStructure:
                 raise TypeError(
                     f"layer {index}: '{path}.{name}' holds {parameter.dtype}; load the model in a float dtype."
                 )
+            axis = axis[0] if isinstance(axis, tuple) else axis  # (expert axis, neuron axis): experts agree
             counts.append(parameter.shape[axis] if axis < parameter.dim() else -1)
         if len(set(counts)) > 1:
             raise RecipeError(
@@ -270,8 +274,15 @@ class ModelStructure:
         return any(surgery.lora_parts(self.module(0, role)) is not None for role in self._paths)
 
     def roles(self) -> list[str]:
-        """Every projection and unit parameter some kind's units live in."""
-        return [*self._paths, *self._parameters]
+        """Every projection and unit parameter some kind's units live in, each once (experts and the neurons inside
+        them are slices of the same parameters)."""
+        seen: set[tuple[str, str]] = set()
+        parameters = []
+        for role, (path, name, _axis) in self._parameters.items():
+            if (path, name) not in seen:
+                seen.add((path, name))
+                parameters.append(role)
+        return [*self._paths, *parameters]
 
     def shape(self, index: int) -> LayerShape:
         """Current counts of block ``index`` (read from weight shapes)."""

@@ -8,7 +8,9 @@ returns and what is stored in ``config.json`` under ``hf_prune``).
 Vocabulary used throughout:
 - ``heads``: query heads of a layer; ``kv_heads``: key/value heads (equal to ``heads`` without GQA);
 - ``neurons``: intermediate units of the MLP;
-- ``experts``: the routed experts of a mixture-of-experts block (3-D parameters, one slice per expert).
+- ``experts``: the routed experts of a mixture-of-experts block (3-D parameters, one slice per expert);
+- ``expert_neurons``: the neurons inside those experts, all experts together (expert ``e``'s neuron ``j`` is
+  ``e * width + j``); every expert of a block keeps the same number.
 """
 
 from __future__ import annotations
@@ -31,16 +33,34 @@ FORMAT_VERSION = 1
 # ---------------------------------------------------------------------------------------------------------
 
 
+# An axis to slice along, or (group axis, axis) when each entry of the group axis keeps its own slices (the neurons
+# each expert keeps).
+Axis = int | tuple[int, int]
+
 # Called with (old parameter, new parameter, axis, kept indices) after every slice: compaction during training
 # (hf_prune.compaction) maps the optimizer's state onto the new parameters this way.
-SLICE_OBSERVERS: list[Callable[[nn.Parameter, nn.Parameter, int, torch.Tensor], None]] = []
+SLICE_OBSERVERS: list[Callable[[nn.Parameter, nn.Parameter, Axis, torch.Tensor], None]] = []
 
 
-def _keep_slices(module: nn.Module, name: str, axis: int, index: torch.Tensor) -> None:
-    """Replace parameter ``name`` of ``module`` by its slices ``index`` along ``axis``."""
+def select_slices(value: torch.Tensor, axis: Axis, index: torch.Tensor) -> torch.Tensor:
+    """``value``'s slices ``index`` along ``axis``. With ``axis = (group_axis, along)`` the index is 2-D: row ``g``
+    lists the slices along ``along`` that entry ``g`` of ``group_axis`` keeps (the same number for every entry)."""
+    if isinstance(axis, int):
+        return value.index_select(axis, index)
+    group_axis, along = axis
+    rows = index if group_axis < along else index.t()  # laid out in the order the two axes have in ``value``
+    shape = [1] * value.dim()
+    shape[group_axis], shape[along] = index.shape
+    target = list(value.shape)
+    target[along] = index.shape[1]
+    return value.gather(along, rows.reshape(shape).expand(target))
+
+
+def _keep_slices(module: nn.Module, name: str, axis: Axis, index: torch.Tensor) -> None:
+    """Replace parameter ``name`` of ``module`` by its slices ``index`` along ``axis`` (see :func:`select_slices`)."""
     old = getattr(module, name)
     index = index.to(old.device)
-    value = old.detach().index_select(axis, index).contiguous()
+    value = select_slices(old.detach(), axis, index).contiguous()
     new = nn.Parameter(value, requires_grad=old.requires_grad)
     setattr(module, name, new)
     for observe in SLICE_OBSERVERS:
@@ -180,14 +200,30 @@ def count_experts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> in
     return getattr(get_submodule(layer, spec["experts"]), name).shape[axis]
 
 
+def expert_width(layer: nn.Module, recipe: dict[str, Any]) -> int:
+    """Current neurons of each expert of one block (every expert has the same number), from the first parameter
+    the recipe gives a neuron axis for (a fused ``[gate | up]`` holds two entries per neuron)."""
+    spec = recipe["experts"]
+    name, axis = next(iter(spec["neuron_axes"].items()))
+    size = getattr(get_submodule(layer, spec["experts"]), name).shape[axis]
+    return size // 2 if name in (spec.get("fused_neurons") or []) else size
+
+
+def count_expert_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
+    """Current neurons of all of one block's experts together (experts x neurons of each)."""
+    return count_experts(layer, recipe, head_dim) * expert_width(layer, recipe)
+
+
 def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
-    """Current ``heads``, ``kv_heads``, and ``neurons`` and/or ``experts`` (as the recipe has them) of one block,
-    read from its weight shapes."""
+    """Current ``heads``, ``kv_heads``, and ``neurons`` and/or ``experts`` and ``expert_neurons`` (as the recipe has
+    them) of one block, read from its weight shapes."""
     counts = {"heads": count_heads(layer, recipe, head_dim), "kv_heads": count_kv_heads(layer, recipe, head_dim)}
     if recipe.get("mlp"):
         counts["neurons"] = count_neurons(layer, recipe, head_dim)
     if recipe.get("experts"):
         counts["experts"] = count_experts(layer, recipe, head_dim)
+        if recipe["experts"].get("neuron_axes"):
+            counts["expert_neurons"] = count_expert_neurons(layer, recipe, head_dim)
     return counts
 
 
@@ -230,7 +266,8 @@ def _quantities(counts: dict[str, int], head_dim: int) -> dict[str, int]:
         "head_dim": head_dim,
         "q_width": heads * head_dim,
         "kv_width": kv_heads * head_dim,
-        **{name: counts[name] for name in ("neurons", "experts") if name in counts},
+        **{name: counts[name] for name in ("neurons", "experts", "expert_neurons") if name in counts},
+        **({"expert_width": counts["expert_neurons"] // counts["experts"]} if counts.get("experts") else {}),
     }
 
 
@@ -387,6 +424,45 @@ def prune_experts(
     return new
 
 
+def prune_expert_neurons(
+    layer: nn.Module, recipe: dict[str, Any], head_dim: int, keep_neurons: Sequence[int]
+) -> dict[str, int]:
+    """Keep only the neurons ``keep_neurons`` inside a block's experts, in place; returns new counts.
+
+    A neuron of expert ``e`` is index ``e * width + j`` (``width``: neurons of each expert). Every expert keeps
+    the same number (its parameters are one 3-D tensor), each its own ones. The experts named must be the block's
+    current ones: after experts were removed in the same plan, they are the kept experts in their old numbering
+    (the neurons of removed experts went with them), taken in order. Refuses, before any change, a list that
+    names another number of experts, keeps different numbers per expert, or empties the experts.
+    """
+    spec = recipe["experts"]
+    counts = layer_counts(layer, recipe, head_dim)
+    width = expert_width(layer, recipe)
+    by_expert: dict[int, list[int]] = {}
+    for neuron in sorted({int(n) for n in keep_neurons}):
+        by_expert.setdefault(neuron // width, []).append(neuron % width)
+    if len(by_expert) != counts["experts"] or (by_expert and min(by_expert) < 0):
+        raise ValueError(
+            f"the kept expert neurons name {len(by_expert)} experts, and the block has {counts['experts']}: list "
+            f"the neurons (expert * {width} + neuron) that every kept expert keeps."
+        )
+    kept = {len(neurons) for neurons in by_expert.values()}
+    if len(kept) > 1 or kept == {0}:
+        raise ValueError(
+            f"every expert of a block keeps the same number of neurons, at least one (its weights are one 3-D "
+            f"tensor); the plan keeps {sorted(kept)} per expert."
+        )
+    index = torch.as_tensor([by_expert[e] for e in sorted(by_expert)], dtype=torch.long, device="cpu")
+    experts = get_submodule(layer, spec["experts"])
+    fused = spec.get("fused_neurons") or []
+    for name, axis in spec["neuron_axes"].items():
+        rows = torch.cat([index, index + width], dim=1) if name in fused else index  # [gate | up]: both halves
+        _keep_slices(experts, name, (spec["parameters"][name], axis), rows)
+    new = {**counts, "expert_neurons": counts["experts"] * index.shape[1]}
+    _update_module_attributes(layer, spec, _quantities(new, head_dim))
+    return new
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Per-head tensors outside the blocks, shared by every block (MPNet's relative attention bias): one slice for
 # all blocks, so every block keeps the same heads.
@@ -520,9 +596,22 @@ def restore_experts(layer: nn.Module, recipe: dict[str, Any], head_dim: int, tar
         prune_experts(layer, recipe, head_dim, list(range(target["experts"])), top_k=1)
 
 
+def restore_expert_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
+    """Shrink each expert of a dense-shaped block to the recorded neurons per expert (the first ones); nothing
+    without neurons inside experts, or for a record written before they were counted. Runs after
+    :func:`restore_experts`."""
+    spec = recipe.get("experts") or {}
+    if not spec.get("neuron_axes") or "expert_neurons" not in target:
+        return
+    width, experts = expert_width(layer, recipe), count_experts(layer, recipe, head_dim)
+    kept = target["expert_neurons"] // target["experts"]
+    if kept != width:
+        prune_expert_neurons(layer, recipe, head_dim, [e * width + j for e in range(experts) for j in range(kept)])
+
+
 # One restorer per sublayer, in order. hf_prune's unit kinds (hf_prune/kinds) name these as their restore step; this
 # tuple is what runs without hf_prune (trust_remote_code), and a test checks that both agree.
-RESTORERS = (restore_attention, restore_mlp, restore_experts)
+RESTORERS = (restore_attention, restore_mlp, restore_experts, restore_expert_neurons)
 
 
 def restore_structure(model: nn.Module) -> None:

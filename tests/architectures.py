@@ -408,6 +408,21 @@ MOE_CASES = [
         "moe_intermediate_size",
     ),
     MoECase(
+        "qwen2_moe",  # a shared expert (a dense MLP behind a sigmoid gate) next to the routed ones
+        _moe(
+            T.Qwen2MoeConfig,
+            T.Qwen2MoeForCausalLM,
+            head_dim=8,
+            num_experts=6,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=32,
+            norm_topk_prob=True,
+        ),
+        "num_experts",
+        True,
+        "moe_intermediate_size",
+    ),
+    MoECase(
         "olmoe",
         _moe(T.OlmoeConfig, T.OlmoeForCausalLM, num_key_value_heads=4, num_experts=6, norm_topk_prob=True),
         "num_experts",

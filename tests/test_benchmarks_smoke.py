@@ -267,18 +267,26 @@ def test_quality_depth_smoke(tmp_path: Path) -> None:
 
 
 def test_quality_experts_smoke(tmp_path: Path) -> None:
-    """A small Mixtral is trained, then each criterion removes 25% and 50% of its experts; every point is scored."""
+    """A small Mixtral is trained, then each criterion removes 25% and 50% of its experts, and of the neurons inside
+    every expert (the criteria that score them); every point is scored."""
     output = tmp_path / "experts.json"
     run = _run_script("quality_experts.py", "--smoke", "--output", str(output))
     assert "magnitude scores destroy" not in run.stderr  # that warning measured heads and neurons, not experts
     data = json.loads(output.read_text())
     assert data["meta"]["smoke"] is True and data["model"]["num_local_experts"] == 8
-    criteria = ["random", "magnitude", "frequency", "reap", "taylor"]
-    assert [(p["experts_removed"], p["criterion"]) for p in data["points"]] == [
-        (f, c) for f in (0.25, 0.5) for c in criteria
+    criteria = {"experts": ["random", "magnitude", "frequency", "reap", "taylor"]}
+    criteria["expert_neurons"] = ["random", "magnitude", "taylor"]  # routing statistics score whole experts only
+    assert [(p["kind"], p[f"{p['kind']}_removed"], p["criterion"]) for p in data["points"]] == [
+        (k, f, c) for k in ("experts", "expert_neurons") for f in (0.25, 0.5) for c in criteria[k]
     ]
+    width = data["model"]["intermediate_size"]
     for point in data["points"]:
-        assert point["experts_after"] == [8 - int(8 * point["experts_removed"])] * 2
+        removed = point[f"{point['kind']}_removed"]
+        if point["kind"] == "experts":
+            assert point["experts_after"] == [8 - int(8 * removed)] * 2 and point["expert_width_after"] == [width] * 2
+        else:  # the same number of neurons from every expert, FLOPs per token lower
+            assert point["experts_after"] == [8] * 2 and point["expert_width_after"] == [int(width * (1 - removed))] * 2
+            assert point["flops_ratio"] > 1.05
         assert point["parameters"] < data["model"]["parameters"]
         assert all(point["eval"][text]["ppl"] > 1 for text in ("hamlet", "modern_prose"))
     assert all(abs(sum(shares) - 1) < 1e-3 for shares in data["expert_share"])

@@ -61,14 +61,20 @@ def test_backward_runs_on_the_pruned_model(case: MoECase) -> None:
 @pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
 def test_parameter_and_flop_counts_in_closed_form(case: MoECase) -> None:
     """Removing r experts of each block removes r x (3 x hidden x expert width + a router row of hidden)
-    parameters, and per token only the router rows' FLOPs: every token still runs its top-k experts."""
+    parameters, and per token only the router rows' FLOPs: every token still runs its top-k experts. The expert's
+    weights are its neurons' (3 x hidden each), counted by the neurons-inside-experts kind."""
     model = case.build()
     config = model.config
     hidden, width, blocks = config.hidden_size, getattr(config, case.moe_intermediate), config.num_hidden_layers
     structure = ModelStructure(model)
     per_expert = 3 * hidden * width + hidden
-    assert unit_costs(structure, "params")["experts"] == per_expert
-    assert unit_costs(structure, "flops")["experts"] == 2 * hidden
+    params, flops = unit_costs(structure, "params"), unit_costs(structure, "flops")
+    assert (params["experts"], params["expert_neurons"]) == (hidden, 3 * hidden)
+    assert flops["experts"] == 2 * hidden
+    before = structure.shape(0).counts
+    one_expert_less = {**before, "experts": 5, "expert_neurons": 5 * width}
+    assert params.removed(before, one_expert_less) == per_expert
+    assert flops.removed(before, one_expert_less) == 2 * hidden
     # An MoE block's FLOPs per token: its top-k experts and the router logits, whatever the expert count.
     assert get_kind("experts").context_flops(structure, {"experts": 6}, 128) == 2 * (
         TOP_K * 3 * hidden * width + 6 * hidden
@@ -185,16 +191,18 @@ def test_criteria_that_do_not_score_experts_say_which_do() -> None:
         hf_prune.prune(model, experts=0.34, importance="fisher", calibration=batches, reconstruct=False)
     with pytest.raises(ValueError, match=r"does not score heads.*Criteria that score heads: activation, fisher"):
         hf_prune.prune(model, heads=0.5, experts=0.34, importance="frequency", calibration=batches, reconstruct=False)
-    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 2, "experts": 6}
+    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 2, "experts": 6, "expert_neurons": 240}
     # Gate criteria still prune the heads of an MoE model, its experts left alone.
     report = hf_prune.prune(model, heads=0.5, experts=0.0, importance="fisher", calibration=batches, reconstruct=False)
-    assert report.layers_after == [{"heads": 2, "kv_heads": 1, "experts": 6}] * 2
+    assert report.layers_after == [{"heads": 2, "kv_heads": 1, "experts": 6, "expert_neurons": 240}] * 2
 
     # A cost target does not spend its budget on heads that the criterion does not rank.
     report = hf_prune.prune(
         MOE_CASES_BY_NAME["mixtral"].build(), params=0.3, importance="frequency", calibration=batches, reconstruct=False
     )
-    assert report.layers_after == [{"heads": 4, "kv_heads": 2, "experts": 5}] * 2  # the recipe's 25% of experts
+    assert (
+        report.layers_after == [{"heads": 4, "kv_heads": 2, "experts": 5, "expert_neurons": 200}] * 2
+    )  # the recipe's 25% of experts
 
     with pytest.raises(ValueError, match="scores MoE experts, and recipe 'llama' has none"):
         hf_prune.prune(CASES_BY_NAME["llama"].build(), heads=0.25, importance="reap", calibration=batches)
@@ -216,7 +224,7 @@ def test_olmoe_refuses_head_pruning_with_the_reason() -> None:
     model = MOE_CASES_BY_NAME["olmoe"].build()
     with pytest.raises(ValueError, match="cannot remove attention heads: OLMoE's q_norm and k_norm"):
         hf_prune.prune(model, heads=0.25, experts=0.34, **QUICK)
-    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 4, "experts": 6}
+    assert ModelStructure(model).shape(0).counts == {"heads": 4, "kv_heads": 4, "experts": 6, "expert_neurons": 240}
     # A cost target never reaches for the heads.
     report = hf_prune.prune(model, params=0.2, experts=0.34, **QUICK)
     assert all(a["heads"] == 4 for a in report.layers_after)
@@ -264,7 +272,7 @@ def test_reconstruction_refits_attention_with_the_experts_masked(monkeypatch: py
         model, heads=0.5, experts=0.34, importance="taylor", calibration=[{"input_ids": ids, "labels": ids}] * 2
     )
     assert hooked == [[1, 1]] and all(len(router._forward_hooks) == 0 for router in routers)
-    assert report.layers_after == [{"heads": 2, "kv_heads": 2, "experts": 4}] * 2
+    assert report.layers_after == [{"heads": 2, "kv_heads": 2, "experts": 4, "expert_neurons": 96}] * 2
     reconstruction = report.extra["reconstruction"]
     assert reconstruction["projections"] == 2  # o_proj of each block; the experts are not refitted
     assert all(set(block) == {"attention"} for block in reconstruction["per_block"])
@@ -273,3 +281,22 @@ def test_reconstruction_refits_attention_with_the_experts_masked(monkeypatch: py
         MOE_CASES_BY_NAME["qwen3_moe"].build(), experts=0.34, importance="frequency", calibration=[{"input_ids": ids}]
     )
     assert experts_only.extra["reconstruction"]["projections"] == 0  # nothing captured or refitted
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_whole_blocks_of_an_moe_model_go_with_experts_from_the_rest(name: str, tmp_path) -> None:
+    """Depth and experts in one run: blocks go first (their KV-cache indices renumbered), then experts from the
+    blocks that remain; the result loads vanilla and generates with the cache."""
+    import transformers as T
+
+    model = MOE_CASES_BY_NAME[name].build(num_hidden_layers=4)
+    ids = moe_ids()
+    report = hf_prune.prune(model, layers=0.5, experts=0.34, calibration=[{"input_ids": ids, "labels": ids}])
+    assert len(report.removed_layers) == 2 and model.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+    assert [a["experts"] for i, a in enumerate(report.layers_after) if i not in report.removed_layers] == [4, 4]
+    assert report.vanilla_loadable
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    settings = dict(attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded.generate(ids, **settings), model.generate(ids, **settings))

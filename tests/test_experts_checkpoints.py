@@ -37,12 +37,12 @@ def test_the_recipe_default_and_the_cli_flag(tmp_path: Path, capsys: pytest.Capt
     assert "experts" in out.splitlines()[4] and "4/6" in out  # the summary's table has an experts column
     report = json.loads((output / "pruning_report.json").read_text())
     assert report["config"]["experts"] == 0.34
-    assert report["layers_before"] == [{"heads": 4, "kv_heads": 2, "experts": 6}] * 2
-    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+    assert report["layers_before"] == [{"heads": 4, "kv_heads": 2, "experts": 6, "expert_neurons": 240}] * 2
+    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4, "expert_neurons": 160}] * 2
     card = (output / "README.md").read_text()
     assert "8 of 12 MoE experts" in card and "Experts kept" in card
-    assert "Every layer keeps the same number of heads and experts" in card
-    assert "![Kept attention heads and MoE experts per layer]" in card
+    assert "Every layer keeps the same number of heads, experts and neurons inside experts" in card
+    assert "![Kept attention heads, MoE experts and neurons inside MoE experts per layer]" in card
     loaded = T.AutoModelForCausalLM.from_pretrained(output)
     assert loaded.config.num_local_experts == 4
 
@@ -135,12 +135,14 @@ def test_a_trainer_run_with_the_callback_ends_with_fewer_experts_and_loads(tmp_p
     trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
     trainer.train()
 
-    assert [s.counts for s in ModelStructure(model).shapes()] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+    assert [s.counts for s in ModelStructure(model).shapes()] == [
+        {"heads": 4, "kv_heads": 2, "experts": 4, "expert_neurons": 160}
+    ] * 2
     logged = [h for h in trainer.state.log_history if "pruning/experts_kept" in h]
     assert logged and logged[-1]["pruning/experts_kept"] == pytest.approx(4 / 6)
     assert logged[-1]["pruning/heads_kept"] == 1.0
     report = json.loads((tmp_path / "run" / "pruning_report.json").read_text())
-    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4}] * 2
+    assert report["layers_after"] == [{"heads": 4, "kv_heads": 2, "experts": 4, "expert_neurons": 160}] * 2
 
     trainer.save_model(str(tmp_path / "saved"))
     loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()

@@ -110,9 +110,12 @@ def test_a_unit_costs_what_removing_it_saves(case) -> None:
 
 @pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
 def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
-    """The MoE rows: experts instead of neurons; one KV group and one expert cost what removing them saves."""
+    """The MoE rows: experts and the neurons inside them, and the neurons of a shared expert where there is one; one
+    KV group, one expert, half of every other expert's neurons and of the shared expert's cost what removing them
+    saves."""
     structure = ModelStructure(case.build())
-    assert [k.name for k in structure.kinds] == ["heads", "kv_heads", "experts"]
+    shared = ["neurons"] if structure.recipe.mlp else []
+    assert [k.name for k in structure.kinds] == ["heads", "kv_heads", *shared, "experts", "expert_neurons"]
     for i, layer in enumerate(structure.layers):
         assert structure.shape(i).counts == surgery.layer_counts(layer, structure.recipe_dict, structure.head_dim)
     params, flops = unit_costs(structure, "params"), unit_costs(structure, "flops")
@@ -123,10 +126,22 @@ def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
         "kv_heads": list(range(1, counts["kv_heads"])),
         "experts": list(range(1, counts["experts"])),
     }
-    for leader in structure.leaders:
+    width = counts["expert_neurons"] // counts["experts"]
+    # Expert 0 goes with its neurons; every other expert keeps its odd neurons (its own ones, numbered e*width+j).
+    keep["expert_neurons"] = [e * width + j for e in range(1, counts["experts"]) for j in range(1, width, 2)]
+    if shared:
+        keep["neurons"] = list(range(0, counts["neurons"], 2))
+    for leader in structure.leaders:  # experts first: the neurons are numbered as before the experts went
+        leader.check_plan(structure, 0, keep)
         leader.remove(structure.layers[0], structure.recipe_dict, structure.head_dim, keep)
     after = structure.shape(0).counts
-    assert after == {"heads": counts["heads"] - group, "kv_heads": counts["kv_heads"] - 1, "experts": 5}
+    assert after == {
+        "heads": counts["heads"] - group,
+        "kv_heads": counts["kv_heads"] - 1,
+        "experts": 5,
+        "expert_neurons": 5 * (width // 2),
+        **({"neurons": counts["neurons"] // 2} if shared else {}),
+    }
     assert before.block_parameters - measure_cost(structure).block_parameters == params.removed(counts, after)
     assert before.block_flops_per_token - measure_cost(structure).block_flops_per_token == flops.removed(counts, after)
 

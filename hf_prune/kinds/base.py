@@ -9,7 +9,7 @@ recipe has instead of naming them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -36,11 +36,12 @@ Multiplier = Callable[[torch.Tensor], "torch.Tensor | None"]
 class UnitParameter:
     """A parameter whose slices along ``axis`` belong to units (the 3-D expert parameters of an MoE block, or a
     router's rows), seen as a module with a ``weight``: per-element criteria (magnitude, Taylor), the frozen-weights
-    backward and the cost count read it like a projection. It holds no FLOPs of its own (see ``context_flops``)."""
+    backward and the cost count read it like a projection. It holds no FLOPs of its own (see ``context_flops``).
+    ``axis`` may be two axes, ``(expert axis, neuron axis)``: a unit is then one neuron of one expert."""
 
     bias = None
 
-    def __init__(self, owner: nn.Module, name: str, axis: int) -> None:
+    def __init__(self, owner: nn.Module, name: str, axis: int | tuple[int, int]) -> None:
         self.owner, self.name, self.axis = owner, name, axis
 
     @property
@@ -92,7 +93,7 @@ class UnitKind:
         """The block's current number of units, read from weight shapes (the config may be stale)."""
         raise NotImplementedError
 
-    def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int]]:
+    def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int | tuple[int, int]]]:
         """``{role: (module path, parameter name, unit axis)}`` of the non-projection parameters this kind's units
         are slices of (read as :class:`UnitParameter`)."""
         return {}
@@ -100,6 +101,10 @@ class UnitKind:
     def config_attribute(self, recipe: Recipe) -> str | None:
         """The config attribute that states the count in a vanilla checkpoint (``None``: the config has none)."""
         return None
+
+    def config_value(self, counts: dict[str, int]) -> int:
+        """What :meth:`config_attribute` holds for a block with ``counts`` (by default the kind's count)."""
+        return counts[self.name]
 
     def check(self, counts: dict[str, int], index: int) -> None:
         """Refuse counts of block ``index`` that this kind cannot prune (raise ``ValueError``, naming the block)."""
@@ -151,6 +156,11 @@ class UnitKind:
         """Refuse, before any surgery, a plan that keeps ``keep`` of block ``index``'s units when this kind cannot
         work with so few (raise ``ValueError`` naming the block and the fix)."""
 
+    def check_plan(self, structure: ModelStructure, index: int, keep: dict[str, list[int]]) -> None:
+        """Refuse, before any surgery, block ``index``'s plan (kept indices of every kind) where this kind cannot
+        carry it out; by default :meth:`check_keep` on this kind's own indices."""
+        self.check_keep(structure, index, keep[self.name])
+
     # -- allocation ---------------------------------------------------------------------------------------------
 
     def plan_request(
@@ -175,6 +185,10 @@ class UnitKind:
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         """What one unit costs: ``measure`` is ``"params"`` or ``"flops"`` (forward FLOPs per token at ``seq_len``)."""
         raise NotImplementedError
+
+    def cost_units(self, structure: ModelStructure, measure: str, counts: Mapping[str, int]) -> float:
+        """How many of :meth:`unit_cost`'s units a block with ``counts`` pays for (by default the kind's count)."""
+        return counts[self.name]
 
 
 _REGISTRY: dict[str, UnitKind] = {}

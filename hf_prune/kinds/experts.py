@@ -58,9 +58,9 @@ class Experts(UnitKind):
     def applies(self, recipe: Recipe) -> bool:
         return recipe.experts is not None
 
-    def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int]]:
+    def parameters(self, recipe: Recipe) -> dict[str, tuple[str, str, int | tuple[int, int]]]:
         spec = _spec(recipe)
-        roles = {ROUTER: (spec.router, "weight", 0)}
+        roles: dict[str, tuple[str, str, int | tuple[int, int]]] = {ROUTER: (spec.router, "weight", 0)}
         roles.update({_role(name): (spec.experts, name, axis) for name, axis in spec.parameters.items()})
         return roles
 
@@ -149,11 +149,20 @@ class Experts(UnitKind):
 
     # -- cost ---------------------------------------------------------------------------------------------------
 
-    def _expert_size(self, structure: ModelStructure) -> int:
-        """Parameters of one expert, router row excluded (the same in every block)."""
-        experts = surgery.get_submodule(structure.layers[0], _spec(structure.recipe).experts)
+    def _expert_size(self, structure: ModelStructure, counts: dict[str, int] | None = None) -> int:
+        """Parameters of one expert, router row excluded: block 0's, or at the width ``counts`` give each expert
+        (``expert_neurons / experts``) when its neurons are counted."""
+        layer = structure.layers[0]
+        experts = surgery.get_submodule(layer, _spec(structure.recipe).experts)
         axes = _spec(structure.recipe).parameters
-        return sum(getattr(experts, name).numel() // getattr(experts, name).shape[axis] for name, axis in axes.items())
+        size = sum(getattr(experts, name).numel() // getattr(experts, name).shape[axis] for name, axis in axes.items())
+        if counts and "expert_neurons" in counts:  # every expert parameter holds one slice per neuron
+            return (
+                size
+                * (counts["expert_neurons"] // counts["experts"])
+                // surgery.expert_width(layer, structure.recipe_dict)
+            )
+        return size
 
     def _hidden(self, structure: ModelStructure) -> int:
         """Input features of the router (the model width)."""
@@ -168,14 +177,17 @@ class Experts(UnitKind):
     def context_flops(self, structure: ModelStructure, counts: dict[str, int], seq_len: int) -> int:
         # The experts' matmuls that one token runs (top-k of them, however many exist) and the router's logits;
         # neither is an nn.Linear, so no projection count holds them.
-        return 2 * self.top_k(structure) * self._expert_size(structure) + 2 * counts["experts"] * self._hidden(
+        return 2 * self.top_k(structure) * self._expert_size(structure, counts) + 2 * counts["experts"] * self._hidden(
             structure
         )
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         if measure == "params":
-            return self._expert_size(structure) + self._router_row(structure)
+            # Where the neurons inside experts are a kind, they hold the expert's weights (and go with it).
+            counted = any(kind.name == "expert_neurons" for kind in structure.kinds)
+            return (0 if counted else self._expert_size(structure)) + self._router_row(structure)
         return 2 * self._hidden(structure)  # its router row only: every token still runs its top-k experts
 
 
-register_kind(Experts())
+EXPERTS = Experts()
+register_kind(EXPERTS)
