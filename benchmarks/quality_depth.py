@@ -1,6 +1,7 @@
 """SmolLM2-135M one-shot: whole blocks (depth) against heads and neurons (width) at the same parameter count.
 
     python benchmarks/quality_depth.py            # about 35 minutes on one CPU core (run nothing else)
+    python benchmarks/quality_depth.py --sublayers-only --output benchmarks/results/quality_depth_sublayers.json
     python benchmarks/quality_depth.py --smoke    # tiny random Llama, seconds (CI)
     python benchmarks/quality_depth.py --latency-only benchmarks/results/quality_depth.json   # re-time, 2 min
 
@@ -8,7 +9,9 @@
 For 10/20/30% of the 30 blocks, each depth criterion (Block Influence, angular distance over consecutive blocks,
 calibration-loss increase) removes whole blocks; width pruning (the default one-shot path: Taylor scores, global
 ranking, reconstruction) removes the same fraction of the blocks' parameters; a mix removes half of the fraction
-as blocks and the rest as heads and neurons. Every model is scored on held-out Hamlet and modern prose (IMDB
+as blocks and the rest as heads and neurons; with ``--sublayers`` (or ``--sublayers-only``) the attention sublayers
+alone, and the MLP sublayers alone, of as many blocks as remove the same fraction of the parameters (Block Influence
+per sublayer). Every model is scored on held-out Hamlet and modern prose (IMDB
 reviews), with one standard error, and timed per decoding step with the KV cache (128-token context) at batch 1
 and batch 8. Calibration: 16 windows of 512 tokens from four other plays. Writes
 benchmarks/results/quality_depth.json.
@@ -37,11 +40,12 @@ from quality_oneshot import evaluate, imdb_texts
 from reporting import run_meta
 
 import hf_prune
-from hf_prune.depth import block_scores, blocks_to_remove, choose_blocks, choose_span
+from hf_prune.depth import block_scores, blocks_to_remove, choose_blocks, choose_span, remove_sublayers
 from hf_prune.latency import measure_decode_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERIA = ("block_influence", "angular", "loss")
+WIDTH_OFF = {"heads": 0.0, "neurons": 0.0}  # sublayer points remove nothing else
 
 
 def decode_ms(model: torch.nn.Module, batch_sizes: list[int], repeats: int) -> dict[str, float]:
@@ -69,15 +73,23 @@ def measure(
     return point
 
 
-def same_shapes(dense: torch.nn.Module, removed: list[int], layers_after: list[dict[str, int]]) -> torch.nn.Module:
-    """A copy of ``dense`` with the blocks ``removed`` and every other block cut to its counts (the first heads of
-    each KV group, the first neurons): the shapes of a pruned point, for timing (without the biases that
-    reconstruction adds, a few thousand parameters that take no measurable time)."""
+def same_shapes(
+    dense: torch.nn.Module,
+    removed: list[int],
+    layers_after: list[dict[str, int]],
+    sublayers: dict[str, list[int]] | None = None,
+) -> torch.nn.Module:
+    """A copy of ``dense`` with the blocks ``removed``, the ``sublayers`` removed, and every other block cut to its
+    counts (the first heads of each KV group, the first neurons): the shapes of a pruned point, for timing (without
+    the biases that reconstruction adds, a few thousand parameters that take no measurable time)."""
     model = copy.deepcopy(dense)
     structure = hf_prune.ModelStructure(model)
     if removed:
         hf_prune.remove_blocks(structure, removed)
         structure = hf_prune.ModelStructure(model)
+    if sublayers:
+        remove_sublayers(structure, sublayers)
+        return model  # these points remove sublayers only
     counts = [a for i, a in enumerate(layers_after) if i not in removed]
     plans = []
     for want, shape in zip(counts, structure.shapes(), strict=True):
@@ -88,12 +100,24 @@ def same_shapes(dense: torch.nn.Module, removed: list[int], layers_after: list[d
     return model
 
 
+def sublayer_shares(dense: torch.nn.Module) -> dict[str, float]:
+    """The share of a block's attention+MLP parameters that its attention, and its MLP, hold."""
+    structure = hf_prune.ModelStructure(dense)
+    assert structure.recipe.depth is not None
+    layer = structure.layers[0]
+    sizes = {
+        part: sum(p.numel() for p in layer.get_submodule(spec.module).parameters())
+        for part, spec in structure.recipe.depth.sublayers.items()
+    }
+    return {part: size / sum(sizes.values()) for part, size in sizes.items()}
+
+
 def retime(path: Path, dense: torch.nn.Module, batch_sizes: list[int], repeats: int) -> None:
     """Time every point of a results file again (shapes rebuilt), and the dense model, and write it back."""
     data = json.loads(path.read_text())
     data["dense"]["decode_ms"] = decode_ms(dense, batch_sizes, repeats)
     for point in data["points"]:
-        model = same_shapes(dense, point["removed_layers"], point["layers_after"])
+        model = same_shapes(dense, point["removed_layers"], point["layers_after"], point.get("removed_sublayers"))
         kept = [a for i, a in enumerate(point["layers_after"]) if i not in point["removed_layers"]]
         assert [dict(s.counts) for s in hf_prune.ModelStructure(model).shapes()] == kept, point["method"]
         point["decode_ms"] = decode_ms(model, batch_sizes, repeats)
@@ -107,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.2, 0.3], help="fractions of blocks")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     parser.add_argument("--no-width", action="store_true", help="skip the width and mixed points")
+    parser.add_argument("--sublayers", action="store_true", help="add attention-only and MLP-only points")
+    parser.add_argument("--sublayers-only", action="store_true", help="only the attention-only and MLP-only points")
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=8)
@@ -164,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         report = hf_prune.prune(model, calibration=calibration, **settings)
         seconds = round(time.perf_counter() - start, 1)
         point = {"kind": kind, "method": label, "settings": settings, "prune_seconds": seconds}
+        if "sublayers" in report.extra:
+            point["removed_sublayers"] = report.extra["sublayers"]["removed"]
         return record(point | measure(model, report, evaluations, args.batch_sizes, args.repeats))
 
     # Block Influence and the loss criterion score each block once, whatever the count: scored once here (what
@@ -204,7 +232,24 @@ def main(argv: list[str] | None = None) -> None:
         }
         return record(point)
 
+    shares = sublayer_shares(dense)
+
+    def add_sublayers(fraction: float) -> None:
+        """Each sublayer alone, from as many blocks as hold ``fraction`` of the blocks' parameters (if it fits)."""
+        blocks = dense.config.num_hidden_layers
+        for part, share in shares.items():
+            of_blocks = 0.5 if args.smoke else fraction / share  # the smoke model has 2 blocks: one each
+            if of_blocks * blocks > blocks - 1:
+                print(f"{part} sublayers hold {share:.0%} of a block: {fraction:.0%} of the parameters does not fit")
+                continue
+            settings = {f"{part}_layers": round(of_blocks, 4), **WIDTH_OFF}
+            add("sublayers", settings, f"{part} only (Block Influence)")
+
     for fraction in args.fractions:
+        if args.sublayers or args.sublayers_only:
+            add_sublayers(fraction)
+        if args.sublayers_only:
+            continue
         depth = {criterion: add_depth(fraction, criterion) for criterion in args.criteria}
         if args.no_width:
             continue

@@ -169,6 +169,12 @@ class PruningCallback(TrainerCallback, ExportableState):
                 f"layer_importance='{self.config.layer_importance}' needs passes of its own over calibration data. Use "
                 "it one-shot (hf_prune.prune), or leave layer_importance='block_influence' here."
             )
+        if self.config.attention_layers or self.config.mlp_layers:
+            raise ValueError(
+                "attention_layers= / mlp_layers= remove sublayers one-shot (hf_prune.prune, hf-prune prune), after "
+                "heads and neurons; PruningCallback does not remove them during training. Prune the fine-tuned model "
+                "one-shot, or remove whole blocks here (layers=)."
+            )
         if self.config.reconstruct:
             raise ValueError(
                 "reconstruct=True is for one-shot pruning (hf_prune.prune): during fine-tuning, training recovers the "
@@ -401,6 +407,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.structure.module(i, role).weight.requires_grad
             for i in range(self.structure.num_layers)
             for role in self.structure.roles()
+            if self.structure.present(i, role)
         )
         if frozen and getattr(get_importance(self.config.importance), "reads_weight_gradients_only", False):
             if not self._auto_importance:

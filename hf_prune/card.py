@@ -472,6 +472,14 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
         which = ", ".join(map(str, report.removed_layers))
         chosen = f", chosen by {criterion.replace('_', ' ')}" if criterion else ""
         removed.insert(0, f"{len(report.removed_layers)} of its {blocks} transformer blocks ({which}{chosen})")
+    sublayers = report.extra.get("sublayers", {})
+    for part, gone in (sublayers.get("removed") or {}).items():
+        name = "attention" if part == "attention" else "MLP"
+        criterion = sublayers.get("criterion", "").replace("_", " ")
+        removed.append(
+            f"the {name} sublayer of {len(gone)} block{'s' if len(gone) > 1 else ''} ({', '.join(map(str, gone))}"
+            f"{', chosen by ' + criterion if criterion else ''})"
+        )
     how = f"with {_listed(removed)} physically removed" if removed else "passed through hf_prune, unpruned"
     kept = _listed([f"{kept:,} of {total:,} {names[k]}" for k, (kept, total) in totals.items()])
     return (

@@ -118,6 +118,10 @@ def layout_refusal(structure: ModelStructure, counts: Sequence[Mapping[str, int]
     heads; Phi-3's long-RoPE factors follow ``hidden_size / heads``): its own validation decides, on a copy.
     """
     recipe = structure.recipe
+    removed = structure.removed_sublayers
+    if removed:
+        which = "; ".join(f"{part} of blocks {blocks}" for part, blocks in removed.items())
+        return f"blocks without a sublayer ({which} removed), which a config cannot state"
     if len({tuple(sorted(c.items())) for c in counts}) > 1:
         return "the layers keep different counts, which a config without per-layer values cannot state"
     first = counts[0]
@@ -150,6 +154,7 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
         "recipe": structure.recipe_dict,
         "head_dim": structure.head_dim,
         "layers": [dict(s.counts) for s in shapes],  # keyed by kind name
+        **({"removed_sublayers": removed} if (removed := structure.removed_sublayers) else {}),
         "vanilla_loadable": vanilla,
         **({} if vanilla else {"not_vanilla_because": refusal}),
     }
@@ -166,7 +171,8 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
 
     per_layer = {}
     for i, s in enumerate(shapes):
-        overrides: dict[str, Any] = _config_values(structure, s.counts)
+        # A removed sublayer's counts (0) are left out: the loader replaces that module, whatever the config says.
+        overrides: dict[str, Any] = {k: v for k, v in _config_values(structure, s.counts).items() if v}
         # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
         overrides["head_dim"] = structure.head_dim
         per_layer[i] = overrides

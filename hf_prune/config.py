@@ -18,6 +18,8 @@ from .schedule import Schedule
 
 #: The cost targets, each a fraction of that cost of the blocks (of the whole forward pass, for latency) to remove.
 COST_MEASURES = ("flops", "params", "latency")
+#: The depth targets: whole blocks, and the attention / MLP sublayer of a block on its own.
+DEPTH_FRACTIONS = ("layers", "attention_layers", "mlp_layers")
 
 
 @dataclass
@@ -88,9 +90,23 @@ class PruningConfig:
             "blocks, with heads/neurons/flops/params the rest is width pruning (cost targets count the blocks too)"
         },
     )
+    attention_layers: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of blocks whose attention sublayer is removed on its own (one-shot, after heads and "
+            "neurons), in [0, 1); the recipe's depth.sublayers says how"
+        },
+    )
+    mlp_layers: float | None = field(
+        default=None,
+        metadata={"help": "fraction of blocks whose MLP (or MoE) sublayer is removed on its own, as attention_layers"},
+    )
     layer_importance: str = field(
         default="block_influence",
-        metadata={"help": "how blocks are scored: 'block_influence', 'angular' (consecutive blocks) or 'loss'"},
+        metadata={
+            "help": "how blocks are scored: 'block_influence', 'angular' (consecutive blocks) or 'loss'; sublayers by "
+            "'block_influence' or 'loss'"
+        },
     )
     flops_seq_len: int = field(default=128, metadata={"help": "context length used to count attention FLOPs"})
     # -- one-shot calibration and reconstruction ---------------------------------------------------------------
@@ -159,7 +175,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts", "expert_neurons", "flops", "params", "latency", "layers"):
+        for name in (*DEPTH_FRACTIONS, "heads", "neurons", "experts", "expert_neurons", "flops", "params", "latency"):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)

@@ -339,6 +339,235 @@ def remove_blocks(structure: ModelStructure, remove: Sequence[int]) -> None:
     record_structure(structure, layout_refusal(structure, [s.counts for s in structure.shapes()]))
 
 
+# -- sublayers: an attention or MLP sublayer on its own ---------------------------------------------------------------
+
+SUBLAYER_CRITERIA = ("block_influence", "loss")
+SUBLAYERS_ORDER = ("attention", "mlp")  # the order a block adds them to its residual stream
+
+
+@dataclass
+class SublayerRemoval:
+    """The blocks whose attention / MLP sublayer goes, and the scores that chose them (for the report)."""
+
+    criterion: str
+    remove: dict[str, list[int]]
+    scores: dict[str, list[float]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "removed": self.remove, "scores": self.scores}
+
+
+def check_sublayer_recipe(structure: ModelStructure, parts: Sequence[str]) -> None:
+    """Refuse sublayer removal, before any work, where the recipe names no way to remove that sublayer."""
+    check_depth_recipe(structure)
+    assert structure.recipe.depth is not None
+    declared = structure.recipe.depth.sublayers
+    for part in parts:
+        if part not in declared:
+            raise RecipeError(
+                f"recipe '{structure.recipe.name}' names no way to remove the {part} sublayer on its own: add "
+                f"`depth.sublayers.{part}` (the module the block adds to its residual stream, e.g. `{{module: "
+                f"{'self_attn, returns: [hidden, null], cache: true' if part == 'attention' else 'mlp'}}}`; see "
+                f"'Adding an architecture' in the README), or remove whole blocks (layers=)."
+            )
+
+
+def sublayers_to_remove(fraction: float, num_layers: int, part: str, protected: Sequence[int] = ()) -> int:
+    """How many blocks lose their ``part`` sublayer for ``fraction`` (ties keep more); every block losing its
+    attention (or its MLP) is refused: the model would no longer mix tokens (or transform them)."""
+    count = max(0, math.ceil(fraction * num_layers - 0.5))
+    if count >= num_layers:
+        raise ValueError(
+            f"{part}_layers={fraction} removes the {part} sublayer of all {num_layers} blocks; keep it in at least one "
+            f"(each block is {1 / num_layers:.3g} of them)."
+        )
+    eligible = num_layers - len(set(protected))
+    if count > eligible:
+        raise ValueError(
+            f"{part}_layers={fraction} removes {count} {part} sublayers, but only {eligible} of {num_layers} blocks "
+            f"are not protected (protected_layers={sorted(set(protected))})."
+        )
+    return count
+
+
+@contextlib.contextmanager
+def sublayers_skipped(structure: ModelStructure, remove: dict[str, Sequence[int]]) -> Iterator[None]:
+    """Within the context, the named sublayers add nothing to the residual (what the model without them computes)."""
+
+    def zero(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        hidden = _hidden_output(output)
+        return _with_hidden(output, torch.zeros_like(hidden))
+
+    handles = []
+    sublayers = structure.recipe.depth.sublayers if structure.recipe.depth else {}
+    for part, blocks in remove.items():
+        for i in blocks:
+            handles.append(
+                surgery.get_submodule(structure.layers[i], sublayers[part].module).register_forward_hook(zero)
+            )
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _contributions(structure: ModelStructure, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Per block: its input ``x``, output ``y`` and what each sublayer adds to the residual (``attention``, ``mlp``)."""
+    assert structure.recipe.depth is not None
+    sublayers = structure.recipe.depth.sublayers
+    found: list[dict[str, torch.Tensor]] = [{} for _ in structure.layers]
+    handles: list[RemovableHandle] = []
+
+    def block_hook(index: int):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            hidden = _hidden_output(output)
+            found[index]["x"], found[index]["y"] = _hidden_input(args, kwargs, hidden).detach(), hidden.detach()
+
+        return hook
+
+    def added_hook(index: int, part: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            found[index][part] = _hidden_output(output).detach()
+
+        return hook
+
+    for i, layer in enumerate(structure.layers):
+        handles.append(layer.register_forward_hook(block_hook(i), with_kwargs=True))
+        for part in SUBLAYERS_ORDER:
+            if part in sublayers:
+                spec = sublayers[part]
+                added = surgery.get_submodule(layer, spec.added or spec.module)
+                handles.append(added.register_forward_hook(added_hook(i, part)))
+    try:
+        _run(structure.model, batch, with_labels=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def sublayer_scores(
+    structure: ModelStructure, batches: Sequence[dict[str, torch.Tensor]], criterion: str, parts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """One score per block for each sublayer in ``parts``, higher = keep.
+
+    ``block_influence``: ``1 - cos(h, h + a)`` for what the sublayer adds (``a``) to the residual stream it reads
+    (``h``: the block's input for attention, that plus the attention's output for the MLP; ShortGPT's measure, per
+    sublayer). Checked against the block's output: ``y = x + attention + mlp``, else the recipe's sublayers do not
+    describe this block. ``loss``: how much the calibration loss rises when the sublayer alone is removed.
+    """
+    if criterion not in SUBLAYER_CRITERIA:
+        raise ValueError(
+            f"sublayers are scored by {' or '.join(SUBLAYER_CRITERIA)}, not {criterion!r} (angular distance ranks "
+            "spans of whole blocks)."
+        )
+    model = structure.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if criterion == "loss":
+                _require_labels(batches)
+
+                def loss() -> float:
+                    return sum(float(_run(model, b, with_labels=True).loss) for b in batches) / len(batches)
+
+                dense = loss()
+                scores = {}
+                for part in parts:
+                    values = []
+                    for i in tqdm(range(structure.num_layers), desc=f"{part} scores (loss)", leave=False):
+                        with sublayers_skipped(structure, {part: [i]}):
+                            values.append(loss() - dense)
+                    scores[part] = torch.tensor(values)
+                return scores
+            totals = {part: torch.zeros(structure.num_layers, dtype=torch.float64) for part in parts}
+            weight = 0.0
+            for batch in tqdm(batches, desc="sublayer scores (block_influence)", unit="batch", leave=False):
+                blocks = _contributions(structure, batch)
+                weights = _token_weights(batch, blocks[0]["x"])
+                for i, found in enumerate(blocks):
+                    x, y = found["x"], found["y"]
+                    attention = found.get("attention", torch.zeros_like(x))
+                    mlp = found.get("mlp", torch.zeros_like(x))
+                    mismatch = float((x + attention + mlp - y).norm() / y.norm().clamp_min(1e-12))
+                    if mismatch > 1e-3:
+                        raise RecipeError(
+                            f"recipe '{structure.recipe.name}': block {i}'s output is not its input plus what its "
+                            f"sublayers add (relative difference {mismatch:.2g}); `depth.sublayers` must name the "
+                            "modules whose outputs the block adds to its residual stream (`added:` for a post-norm)."
+                        )
+                    streams = {"attention": (x, x + attention), "mlp": (y - mlp, y)}
+                    for part in parts:
+                        before, after = streams[part]
+                        totals[part][i] += float(((1.0 - _cosines(before, after)) * weights).sum())
+                weight += float(weights.sum())
+            return {part: (total / max(weight, 1.0)).float() for part, total in totals.items()}
+    finally:
+        model.train(was_training)
+
+
+def _require_labels(batches: Sequence[dict[str, torch.Tensor]]) -> None:
+    if not all("labels" in batch for batch in batches):
+        raise ValueError(
+            "layer_importance='loss' needs labelled calibration batches (a causal LM's windows carry labels; an "
+            "encoder needs a label column). Use 'block_influence' or 'angular' with unlabelled data."
+        )
+
+
+def plan_sublayers(
+    structure: ModelStructure,
+    batches: Sequence[dict[str, torch.Tensor]],
+    fractions: dict[str, float],
+    criterion: str = "block_influence",
+    protected: Sequence[int] = (),
+) -> SublayerRemoval:
+    """Which blocks lose their attention / MLP sublayer for ``fractions`` (``{"attention": 0.25}``), chosen by
+    ``criterion``."""
+    parts = [part for part, fraction in fractions.items() if fraction > 0]
+    check_sublayer_recipe(structure, parts)
+    counts = {part: sublayers_to_remove(fractions[part], structure.num_layers, part, protected) for part in parts}
+    parts = [part for part in parts if counts[part] > 0]
+    if not parts:
+        return SublayerRemoval(criterion, {})
+    scores = sublayer_scores(structure, batches, criterion, parts)
+    remove = {part: choose_blocks(scores[part], counts[part], protected) for part in parts}
+    return SublayerRemoval(criterion, remove, {p: [round(float(v), 6) for v in s] for p, s in scores.items()})
+
+
+def remove_sublayers(structure: ModelStructure, remove: dict[str, Sequence[int]]) -> None:
+    """Replace the named sublayers of ``structure.model`` by modules that add nothing, in place, and record them.
+
+    Verified like width surgery: the model with those sublayers zeroed and the model without them must agree on a
+    small probe, else :class:`~hf_prune.verify.PrunedModelError`.
+    """
+    remove = {part: sorted({int(i) for i in blocks}) for part, blocks in remove.items() if blocks}
+    check_sublayer_recipe(structure, list(remove))
+    for part, blocks in remove.items():
+        if any(not 0 <= i < structure.num_layers for i in blocks):
+            raise IndexError(f"block index out of range: the model has {structure.num_layers} blocks.")
+        left = [
+            i
+            for i in range(structure.num_layers)
+            if i not in blocks and i not in structure.removed_sublayers.get(part, [])
+        ]
+        if not left:
+            raise ValueError(f"refusing to remove the {part} sublayer of every block; keep it in at least one.")
+    if not remove:
+        return
+    model = structure.model
+    probe = probe_inputs(model)
+    with sublayers_skipped(structure, remove):
+        reference = masked_reference(model, probe)
+    for part, blocks in remove.items():
+        for i in blocks:
+            surgery.remove_sublayer(structure.layers[i], structure.recipe_dict, structure.head_dim, part)
+    if reference is not None:
+        check_pruned(model, probe, reference, structure.recipe.name)
+    record_structure(structure, layout_refusal(structure, [s.counts for s in structure.shapes()]))
+
+
 # -- gradual depth (PruningCallback) ----------------------------------------------------------------------------------
 
 

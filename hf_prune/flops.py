@@ -31,7 +31,7 @@ def _linear_flops(module: nn.Module | UnitParameter) -> int:
 
 def _block_modules(structure: ModelStructure, index: int) -> list[nn.Module]:
     """Every projection some kind's units live in (each once)."""
-    return [structure.module(index, role) for role in structure.roles()]
+    return [structure.module(index, role) for role in structure.roles() if structure.present(index, role)]
 
 
 def _context_flops(structure: ModelStructure, shape: LayerShape, seq_len: int) -> int:

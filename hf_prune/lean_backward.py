@@ -30,7 +30,12 @@ from .structure import ModelStructure
 def scored_weights(structure: ModelStructure) -> list[nn.Parameter]:
     """The weights of every block's prunable projections (q/k/v/o, up/gate/down...): what Taylor scores read."""
     roles = structure.roles()
-    return [structure.module(i, role).weight for i in range(structure.num_layers) for role in roles]
+    return [
+        structure.module(i, role).weight
+        for i in range(structure.num_layers)
+        for role in roles
+        if structure.present(i, role)
+    ]
 
 
 @contextlib.contextmanager

@@ -17,8 +17,18 @@ from transformers.utils import logging
 from .allocation import LayerPlan, Planner, auto_gqa_mode, budget_fractions
 from .calibration import CalibrationData, is_causal_lm, prepare_calibration
 from .checkpoint import check_sliceable, drop_dequantized_marker, layout_refusal, not_vanilla_because, record_structure
-from .config import COST_MEASURES, PruningConfig
-from .depth import blocks_to_remove, check_depth_recipe, plan_depth, remove_blocks
+from .config import COST_MEASURES, DEPTH_FRACTIONS, PruningConfig
+from .depth import (
+    SUBLAYER_CRITERIA,
+    blocks_to_remove,
+    check_depth_recipe,
+    check_sublayer_recipe,
+    plan_depth,
+    plan_sublayers,
+    remove_blocks,
+    remove_sublayers,
+    sublayers_to_remove,
+)
 from .flops import Cost, UnitCosts, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance, importances_for
 from .latency import measure_latency
@@ -243,9 +253,46 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
 FIXED_KINDS = ("experts", "expert_neurons")
 
 
+def _depth_given(config: PruningConfig) -> bool:
+    """Whether the config removes whole blocks or sublayers."""
+    return any(getattr(config, name) for name in DEPTH_FRACTIONS)
+
+
+def _sublayer_fractions(config: PruningConfig) -> dict[str, float]:
+    """``{"attention" | "mlp": fraction of blocks that lose that sublayer}``, for the ones asked for."""
+    fractions = {"attention": config.attention_layers, "mlp": config.mlp_layers}
+    return {part: fraction for part, fraction in fractions.items() if fraction}
+
+
 def _width_given(config: PruningConfig) -> bool:
     """Whether the config sets any width target (heads, neurons, experts, expert neurons, or a cost)."""
     return any(getattr(config, name) is not None for name in ("heads", "neurons", *FIXED_KINDS, *COST_MEASURES))
+
+
+def check_sublayers_request(
+    config: PruningConfig, structure: ModelStructure, fractions: dict[str, float], protected: Sequence[int]
+) -> None:
+    """Refuse, before calibration, sublayer removal that cannot be done: a recipe without ``depth.sublayers`` for
+    the part, a fraction that empties every block of it, a cost target (it would be met before the sublayers go)."""
+    check_sublayer_recipe(structure, list(fractions))
+    for part, fraction in fractions.items():
+        sublayers_to_remove(fraction, structure.num_layers, part, protected)
+    if config.cost_target is not None:
+        raise ValueError(
+            "attention_layers= / mlp_layers= with a flops/params/latency target is not supported: the target is met "
+            "by heads and neurons before any sublayer goes. Give heads/neurons fractions with them, or a cost target "
+            "alone."
+        )
+    if config.layer_importance not in SUBLAYER_CRITERIA:
+        raise ValueError(
+            f"sublayers are scored by {' or '.join(SUBLAYER_CRITERIA)}; layer_importance={config.layer_importance!r} "
+            "ranks spans of whole blocks. Set layer_importance='block_influence' (or 'loss')."
+        )
+
+
+def _without_removed_parts(plan: LayerPlan, shape: LayerShape) -> LayerPlan:
+    """``plan`` with no units kept of the kinds a removed sublayer took from the block (they count 0 now)."""
+    return LayerPlan(keep={kind: units if shape[kind] else [] for kind, units in plan.keep.items()})
 
 
 def check_protected_layers(protected: Sequence[int], num_layers: int) -> None:
@@ -267,7 +314,7 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
     """
     targets = structure.recipe.targets
     # A depth target alone removes only blocks; the recipe's width defaults apply when nothing is given at all.
-    defaults = (0.0, 0.0) if config.layers and not _width_given(config) else (targets.heads, targets.neurons)
+    defaults = (0.0, 0.0) if _depth_given(config) and not _width_given(config) else (targets.heads, targets.neurons)
     heads = defaults[0] if config.heads is None else config.heads
     neurons = defaults[1] if config.neurons is None else config.neurons
     protected = structure.recipe.protected_layers if config.protected_layers is None else config.protected_layers
@@ -293,7 +340,7 @@ def resolve_fixed(config: PruningConfig, structure: ModelStructure) -> dict[str,
     """The fractions of :data:`FIXED_KINDS` to remove (each MoE block's experts, the neurons inside each expert):
     the config's, else the recipe's defaults (none for a depth target alone). Every path that prunes reads them
     here, as it reads heads and neurons from :func:`resolve_targets`."""
-    depth_only = config.layers and not _width_given(config)
+    depth_only = _depth_given(config) and not _width_given(config)
     fractions = {}
     for name in FIXED_KINDS:
         value = getattr(config, name)
@@ -437,6 +484,8 @@ def calibration_needs(config: PruningConfig, fitted: bool = False) -> tuple[list
         required_by.append("reconstruct=True")
     if config.layers:
         required_by.append(f"layers={config.layers} (layer_importance '{config.layer_importance}')")
+    for part, fraction in _sublayer_fractions(config).items():
+        required_by.append(f"{part}_layers={fraction}")
     wanted = bool(required_by) or config.reconstruct is None or (config.importance == "auto" and not fitted)
     return required_by, wanted
 
@@ -600,6 +649,9 @@ def prune(
     if config.layers:  # before calibration, which may take minutes: the recipe and the count must allow it
         check_depth_recipe(structure)
         blocks_to_remove(config.layers, structure.num_layers, protected)
+    sublayer_fractions = _sublayer_fractions(config)
+    if sublayer_fractions:
+        check_sublayers_request(config, structure, sublayer_fractions, protected)
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)
@@ -614,6 +666,13 @@ def prune(
         heads, neurons, _ = resolve_targets(config, structure)
     fixed = resolve_fixed(config, structure)
     prunes_width = heads > 0 or neurons > 0 or any(f > 0 for f in fixed.values()) or config.cost_target is not None
+    if prunes_width and structure.removed_sublayers:
+        raise ValueError(
+            f"this model's {'; '.join(f'{p} of blocks {b}' for p, b in structure.removed_sublayers.items())} were "
+            "removed as sublayers, and hf_prune does not prune such a model further. Prune heads, neurons and experts "
+            "first, then remove sublayers in the same call (attention_layers=, mlp_layers=), or set the width targets "
+            "to 0."
+        )
     reconstructs = config.reconstruct is not False and data is not None and prunes_width
     config = config.replace(gqa_mode=auto_gqa_mode(config.gqa_mode, reconstructs))
     if criterion is None and not prunes_width:
@@ -655,6 +714,13 @@ def prune(
         else None
     )
     vanilla = apply_plan(structure, plans, reconstruction)
+    sublayer_plan = None
+    if sublayer_fractions:  # last: what remains of heads and neurons is scored with the sublayers that hold them
+        assert data is not None  # calibration_needs made it required
+        sublayer_plan = plan_sublayers(structure, data.batches, sublayer_fractions, config.layer_importance, protected)
+        remove_sublayers(structure, sublayer_plan.remove)
+        vanilla = vanilla and not sublayer_plan.remove
+        plans = [_without_removed_parts(plan, shape) for plan, shape in zip(plans, structure.shapes(), strict=True)]
     removed = depth_plan.remove if depth_plan else []
     report = PruningReport(
         model_type=structure.config.model_type,
@@ -680,6 +746,8 @@ def prune(
     )
     if depth_plan is not None:
         report.extra["depth"] = depth_plan.describe()
+    if sublayer_plan is not None:
+        report.extra["sublayers"] = sublayer_plan.describe()
     if data is not None:
         report.extra["calibration"] = data.describe()
     if reconstruction is not None:

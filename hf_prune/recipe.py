@@ -230,6 +230,47 @@ class ExpertsSpec:
             )
 
 
+SUBLAYERS = ("attention", "mlp")
+
+
+@dataclass
+class SublayerSpec:
+    """How one sublayer of a residual block is removed on its own (``attention_layers=`` / ``mlp_layers=``).
+
+    The block must add the sublayer's output to its residual stream (``out = x + attention(...)``, then
+    ``+ mlp(...)``): replacing the module by one that returns zeros then keeps the residual, which is what a block
+    without the sublayer computes.
+    """
+
+    module: str = field(metadata={"help": "the sublayer's module under the block, replaced on removal (self_attn)"})
+    returns: str | list[str | None] = field(
+        default="hidden",
+        metadata={
+            "help": "what its forward returns: 'hidden' (a tensor shaped like its input), or a list such as "
+            "[hidden, null] for (output, attention weights)"
+        },
+    )
+    cache: bool = field(
+        default=False,
+        metadata={"help": "it writes the KV cache: the removed one appends empty keys so sequence lengths stay right"},
+    )
+    added: str | None = field(
+        default=None,
+        metadata={"help": "the module whose output the block adds to the residual, if not `module` (a post-norm)"},
+    )
+
+    def __post_init__(self) -> None:
+        returns = [self.returns] if isinstance(self.returns, str) else self.returns
+        if (
+            not isinstance(returns, list)
+            or returns.count("hidden") != 1
+            or any(r not in ("hidden", None) for r in returns)
+        ):
+            raise RecipeError(
+                f"depth.sublayers: `returns` is 'hidden' or a list with one 'hidden' and nulls, got {self.returns!r}."
+            )
+
+
 @dataclass
 class DepthSpec:
     """How whole blocks are removed: what holds a block's index, and which config values hold one entry per block.
@@ -247,8 +288,18 @@ class DepthSpec:
         default_factory=list, metadata={"help": "config attributes with one entry per block, sliced with the blocks"}
     )
     count_attribute: str = field(default="num_hidden_layers", metadata={"help": "config: the number of blocks"})
+    sublayers: dict[str, SublayerSpec] = field(
+        default_factory=dict,
+        metadata={"help": "{attention | mlp: how that sublayer is removed on its own}; unset: whole blocks only"},
+    )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.sublayers, dict) or any(name not in SUBLAYERS for name in self.sublayers):
+            raise RecipeError(f"depth: `sublayers` maps {' / '.join(SUBLAYERS)} to how each is removed.")
+        self.sublayers = {
+            name: spec if isinstance(spec, SublayerSpec) else _build(SublayerSpec, spec, f"depth.sublayers.{name}")
+            for name, spec in self.sublayers.items()
+        }
         if not isinstance(self.index_attributes, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.index_attributes.items()
         ):

@@ -154,6 +154,8 @@ class ModelStructure:
         for index, layer in enumerate(self.layers):
             self._check_parameters(index, layer)
             for path in paths:
+                if surgery.part_removed(layer, path):
+                    continue  # a removed sublayer: its kinds count 0 in this block
                 module = surgery.get_submodule(layer, path)
                 _check_lora(index, path, module)
                 module = surgery.base_layer(module)
@@ -170,6 +172,8 @@ class ModelStructure:
             for spec in specs:
                 # A misspelt attribute would otherwise be created silently, leaving the real one stale.
                 for module_path, attributes in spec.module_attributes.items():
+                    if surgery.part_removed(layer, module_path):
+                        continue
                     module = surgery.get_submodule(layer, module_path) if module_path else layer
                     missing = [a for a in attributes if not hasattr(module, a)]
                     if missing:
@@ -178,6 +182,8 @@ class ModelStructure:
                             f"to update; fix `module_attributes` in recipe '{self.recipe.name}'."
                         )
                 for module_path in getattr(spec, "module_config", {}):
+                    if surgery.part_removed(layer, module_path):
+                        continue
                     module = surgery.get_submodule(layer, module_path) if module_path else layer
                     if getattr(module, "config", None) is None:
                         raise AttributeError(
@@ -195,6 +201,8 @@ class ModelStructure:
         ``mlp_only_layers`` / ``decoder_sparse_step``) is not something the recipe's blocks can describe."""
         counts = []
         for role, (path, name, axis) in self._parameters.items():
+            if surgery.part_removed(layer, path):
+                continue  # the block's MoE sublayer was removed
             try:
                 owner = layer.get_submodule(path)
             except AttributeError:
@@ -255,7 +263,11 @@ class ModelStructure:
         if not sizes:
             return []
         known = {
-            id(p) for i in range(self.num_layers) for role in self.roles() for p in self.module(i, role).parameters()
+            id(p)
+            for i in range(self.num_layers)
+            for role in self.roles()
+            if self.present(i, role)
+            for p in self.module(i, role).parameters()
         }
         known |= {
             id(getattr(*surgery.shared_head_parameter(self.model, e.parameter)))
@@ -271,7 +283,12 @@ class ModelStructure:
     @property
     def has_adapters(self) -> bool:
         """Whether peft LoRA layers wrap some of the projections that are pruned."""
-        return any(surgery.lora_parts(self.module(0, role)) is not None for role in self._paths)
+        return any(
+            surgery.lora_parts(self.module(i, role)) is not None
+            for role in self._paths
+            for i in range(self.num_layers)
+            if self.present(i, role)
+        )
 
     def roles(self) -> list[str]:
         """Every projection and unit parameter some kind's units live in, each once (experts and the neurons inside
@@ -308,6 +325,11 @@ class ModelStructure:
     def module(self, index: int, role: str) -> nn.Module:
         """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``, or the
         :class:`UnitParameter` of a unit parameter role (``router``, ``experts.gate_up_proj``...)."""
+        if not self.present(index, role) and (role in self._parameters or role in self._paths):
+            raise ValueError(
+                f"block {index} has no '{role}': its sublayer was removed (depth.sublayers); hf_prune does not prune "
+                "a model with removed sublayers further. Prune heads, neurons and experts before removing sublayers."
+            )
         if role in self._parameters:
             owner, name, axis = self._parameters[role]
             return UnitParameter(surgery.get_submodule(self.layers[index], owner), name, axis)  # type: ignore[return-value]
@@ -315,6 +337,23 @@ class ModelStructure:
         if path is None:
             raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")
         return surgery.get_submodule(self.layers[index], path)
+
+    @property
+    def removed_sublayers(self) -> dict[str, list[int]]:
+        """``{"attention" | "mlp": blocks whose sublayer was removed}``, for the parts that lost any."""
+        return surgery.removed_sublayers(self.layers, self.recipe_dict)
+
+    def present(self, index: int, role: str) -> bool:
+        """Whether block ``index`` still has the projection or unit parameter ``role`` (not in a removed sublayer)."""
+        path = self._parameters[role][0] if role in self._parameters else self._paths.get(role)
+        return path is not None and not surgery.part_removed(self.layers[index], path)
+
+    def reference_block(self, role: str) -> int:
+        """The first block that has ``role``: the one whose shapes stand for every block's (costs per unit)."""
+        for index in range(self.num_layers):
+            if self.present(index, role):
+                return index
+        raise ValueError(f"no block of this model has '{role}': every block's sublayer holding it was removed.")
 
     def attention_output(self, index: int) -> nn.Module:
         """The module whose input holds the concatenated head outputs (masks and activations hook here)."""

@@ -143,6 +143,81 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Removed sublayers: an attention or MLP sublayer of a residual block replaced by a module that adds nothing.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SkippedSublayer(nn.Module):
+    """A removed attention or MLP sublayer of a residual block: it returns zeros shaped like its input (the block adds
+    them to its residual stream, which then passes unchanged) and holds no weights.
+
+    A removed attention sublayer (``head_dim`` given) still appends keys and values with zero heads to the KV cache at
+    its block index: generation reads the cache's sequence length from the first block, which must keep counting.
+    """
+
+    def __init__(self, returns: str | list[str | None], head_dim: int | None = None, **indices: int) -> None:
+        super().__init__()
+        self.returns = returns
+        self.head_dim = head_dim
+        for attribute, value in indices.items():  # e.g. layer_idx, renumbered when blocks are removed
+            setattr(self, attribute, value)
+        self._indices = sorted(indices)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if self.head_dim is not None and cache is not None and hasattr(cache, "update") and self._indices:
+            empty = hidden.new_zeros(hidden.shape[0], 0, hidden.shape[1], self.head_dim)
+            cache.update(empty, empty, getattr(self, self._indices[0]))
+        zeros = torch.zeros_like(hidden)
+        if isinstance(self.returns, str):
+            return zeros
+        return tuple(zeros if entry == "hidden" else None for entry in self.returns)
+
+    def extra_repr(self) -> str:
+        return "removed: adds nothing to the residual stream"
+
+
+def part_removed(layer: nn.Module, path: str) -> bool:
+    """Whether ``path`` under ``layer`` lies in a removed sublayer (a :class:`SkippedSublayer` or under one)."""
+    module = layer
+    for name in path.split(".") if path else []:
+        if isinstance(module, SkippedSublayer):
+            return True
+        module = getattr(module, name, None)
+        if module is None:
+            return False
+    return isinstance(module, SkippedSublayer)
+
+
+def remove_sublayer(layer: nn.Module, recipe: dict[str, Any], head_dim: int, part: str) -> None:
+    """Replace sublayer ``part`` (``attention`` or ``mlp``) of one block by a :class:`SkippedSublayer`, as the recipe's
+    ``depth.sublayers`` says; the block indices the module stored (``depth.index_attributes``) go with it."""
+    depth = recipe.get("depth") or {}
+    spec = (depth.get("sublayers") or {}).get(part)
+    if spec is None:
+        raise ValueError(f"recipe '{recipe['name']}' names no way to remove the {part} sublayer (`depth.sublayers`).")
+    path = spec["module"]
+    old = get_submodule(layer, path)
+    if isinstance(old, SkippedSublayer):
+        return
+    indices = {a: getattr(old, a) for p, a in (depth.get("index_attributes") or {}).items() if p == path}
+    replacement = SkippedSublayer(spec.get("returns", "hidden"), head_dim if spec.get("cache") else None, **indices)
+    parent_path, _, name = path.rpartition(".")
+    setattr(get_submodule(layer, parent_path) if parent_path else layer, name, replacement)
+
+
+def removed_sublayers(layers: nn.ModuleList, recipe: dict[str, Any]) -> dict[str, list[int]]:
+    """``{part: blocks whose sublayer is removed}`` for the parts that lost any (what checkpoints record)."""
+    sublayers = (recipe.get("depth") or {}).get("sublayers") or {}
+    removed = {
+        part: [i for i, layer in enumerate(layers) if part_removed(layer, spec["module"])]
+        for part, spec in sublayers.items()
+    }
+    return {part: blocks for part, blocks in removed.items() if blocks}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Locating layers and reading their current structure from weight shapes (never from the config: after
 # pruning, layers differ and the weights are the only source of truth).
 # ---------------------------------------------------------------------------------------------------------
@@ -169,8 +244,10 @@ def text_config(model: nn.Module) -> Any:
 
 
 def count_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
-    """Current query heads of one block, read from its weight shapes."""
+    """Current query heads of one block, read from its weight shapes (none where the attention was removed)."""
     att = recipe["attention"]
+    if part_removed(layer, att["o"]):
+        return 0
     if att.get("qkv"):
         return input_size(get_submodule(layer, att["o"])) // head_dim
     return output_size(get_submodule(layer, att["q"])) // head_dim
@@ -179,6 +256,8 @@ def count_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
 def count_kv_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
     """Current key/value heads of one block, read from its weight shapes."""
     att = recipe["attention"]
+    if part_removed(layer, att["o"]):
+        return 0
     if att.get("qkv"):
         q_width = input_size(get_submodule(layer, att["o"]))
         return (output_size(get_submodule(layer, att["qkv"])) - q_width) // (2 * head_dim)
@@ -186,8 +265,10 @@ def count_kv_heads(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> i
 
 
 def count_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
-    """Current MLP neurons of one block, read from its weight shapes."""
+    """Current MLP neurons of one block, read from its weight shapes (none where the MLP was removed)."""
     mlp = recipe["mlp"]
+    if part_removed(layer, mlp["down"]):
+        return 0
     if mlp.get("gate_up"):
         return output_size(get_submodule(layer, mlp["gate_up"])) // 2
     return output_size(get_submodule(layer, mlp["up"]))
@@ -196,6 +277,8 @@ def count_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> in
 def count_experts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> int:
     """Current routed experts of one block, read from the shape of its first expert parameter."""
     spec = recipe["experts"]
+    if part_removed(layer, spec["experts"]):
+        return 0
     name, axis = next(iter(spec["parameters"].items()))
     return getattr(get_submodule(layer, spec["experts"]), name).shape[axis]
 
@@ -204,6 +287,8 @@ def expert_width(layer: nn.Module, recipe: dict[str, Any]) -> int:
     """Current neurons of each expert of one block (every expert has the same number), from the first parameter
     the recipe gives a neuron axis for (a fused ``[gate | up]`` holds two entries per neuron)."""
     spec = recipe["experts"]
+    if part_removed(layer, spec["experts"]):
+        return 0
     name, axis = next(iter(spec["neuron_axes"].items()))
     size = getattr(get_submodule(layer, spec["experts"]), name).shape[axis]
     return size // 2 if name in (spec.get("fused_neurons") or []) else size
@@ -601,8 +686,8 @@ def restore_expert_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: i
     without neurons inside experts, or for a record written before they were counted. Runs after
     :func:`restore_experts`."""
     spec = recipe.get("experts") or {}
-    if not spec.get("neuron_axes") or "expert_neurons" not in target:
-        return
+    if not spec.get("neuron_axes") or "expert_neurons" not in target or not target["experts"]:
+        return  # no neurons inside experts, a record from before they were counted, or the MoE sublayer removed
     width, experts = expert_width(layer, recipe), count_experts(layer, recipe, head_dim)
     kept = target["expert_neurons"] // target["experts"]
     if kept != width:
@@ -627,7 +712,11 @@ def restore_structure(model: nn.Module) -> None:
     meta = recorded_meta(config)
     recipe, head_dim = meta["recipe"], meta["head_dim"]
     layers = find_layers(model, recipe)
-    for layer, target in zip(layers, structure, strict=True):
+    removed = meta.get("removed_sublayers") or {}
+    for index, (layer, target) in enumerate(zip(layers, structure, strict=True)):
+        for part, blocks in removed.items():  # first: a removed sublayer's kinds then count 0, as recorded
+            if index in blocks:
+                remove_sublayer(layer, recipe, head_dim, part)
         for restore in RESTORERS:
             restore(layer, recipe, head_dim, target)
     if recipe["attention"].get("shared_head_tensors"):

@@ -245,17 +245,22 @@ def test_export_onnx_runtime_smoke(tmp_path: Path) -> None:
 
 
 def test_quality_depth_smoke(tmp_path: Path) -> None:
-    """Depth (each criterion), width at the same parameter count and the mix, each scored and timed."""
+    """Sublayers alone, depth (each criterion), width at the same parameter count and the mix, each scored and
+    timed."""
     output = tmp_path / "depth.json"
-    _run_script("quality_depth.py", "--smoke", "--output", str(output))
+    _run_script("quality_depth.py", "--smoke", "--sublayers", "--output", str(output))
     data = json.loads(output.read_text())
     assert data["meta"]["complete"] is True and data["dense"]["blocks"] == 2
     kinds = [(p["kind"], p["method"]) for p in data["points"]]
-    assert [k for k, _ in kinds] == ["depth", "depth", "depth", "width", "mixed"]
+    assert [k for k, _ in kinds] == ["sublayers", "sublayers", "depth", "depth", "depth", "width", "mixed"]
     assert [m for k, m in kinds if k == "depth"] == ["block_influence", "angular", "loss"]
-    depth = data["points"][0]
+    attention, mlp = data["points"][:2]
+    assert [list(p["removed_sublayers"]) for p in (attention, mlp)] == [["attention"], ["mlp"]]
+    assert attention["layers_after"][attention["removed_sublayers"]["attention"][0]]["heads"] == 0
+    assert 0 < attention["params_removed"] < mlp["params_removed"] < 0.5  # an MLP holds more than an attention
+    depth = data["points"][2]
     assert depth["blocks"] == 1 and len(depth["removed_layers"]) == 1
-    width = data["points"][3]
+    width = data["points"][5]
     assert width["blocks"] == 2 and width["params_removed"] == pytest.approx(depth["params_removed"], abs=0.05)
     for point in [data["dense"], *data["points"]]:
         assert point["eval"]["hamlet"]["ppl"] > 0 and point["decode_ms"]["batch_1"] > 0

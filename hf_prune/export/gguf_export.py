@@ -19,6 +19,7 @@ import torch
 
 from ..recipe import GGUFSpec, RecipeError, recipe_for_model_type, shipped_recipes
 from ..structure import LayerShape, ModelStructure
+from ..surgery import CONFIG_KEY
 from .common import ExportError, atomic_output, check_choice
 from .gguf_vocab import add_vocab
 
@@ -69,12 +70,24 @@ def preflight(folder: Path, outtype: str) -> None:
         _llama_cpp()
     config = transformers.AutoConfig.from_pretrained(folder).get_text_config()
     gguf_spec(config)
+    _refuse_removed_sublayers((getattr(config, CONFIG_KEY, None) or {}).get("removed_sublayers"))
     rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     check_choice("RoPE type for GGUF export (config rope_parameters.rope_type)", rope_type, ROPE_TYPES)
 
 
+def _refuse_removed_sublayers(removed: dict[str, list[int]] | None) -> None:
+    if removed:
+        which = "; ".join(f"{part} of blocks {blocks}" for part, blocks in removed.items())
+        raise ExportError(
+            f"this checkpoint has blocks without a sublayer ({which} removed), which the GGUF export does not write "
+            "(llama.cpp's per-layer architecture has no-op layers, not tried here). Export it as ONNX (--format onnx), "
+            "or remove whole blocks (layers=) for llama.cpp."
+        )
+
+
 def plan_layout(structure: ModelStructure) -> GGUFLayout:
     """The llama.cpp architecture for this model's layout, or an :class:`ExportError` saying what is missing."""
+    _refuse_removed_sublayers(structure.removed_sublayers)
     spec = gguf_spec(structure.config, structure.recipe.gguf)
     shapes = tuple(structure.shapes())
     uniform = len(set(shapes)) == 1

@@ -34,7 +34,8 @@ def _projection_paths(recipe: Recipe, roles: Sequence[str]) -> dict[str, str]:
 
 def _hidden_and_bias(structure: ModelStructure, role: str) -> tuple[int, bool]:
     """The model width (output features of ``o``) and whether projection ``role`` of block 0 has a bias."""
-    return surgery.output_size(structure.module(0, "o")), structure.module(0, role).bias is not None
+    block = structure.reference_block("o")
+    return surgery.output_size(structure.module(block, "o")), structure.module(block, role).bias is not None
 
 
 class QueryHeads(UnitKind):
@@ -138,7 +139,7 @@ class KVHeads(UnitKind):
         return zero_sum(k, v, size=width).view(counts["kv_heads"], hd).sum(1)
 
     def check(self, counts: dict[str, int], index: int) -> None:
-        if counts["heads"] % counts["kv_heads"]:
+        if counts["kv_heads"] and counts["heads"] % counts["kv_heads"]:
             raise ValueError(
                 f"layer {index} has {counts['heads']} query heads, not a multiple of {counts['kv_heads']} KV heads."
             )

@@ -95,7 +95,7 @@ class ExpertNeurons(UnitKind):
         return recipe.experts.intermediate_attribute if recipe.experts else None
 
     def config_value(self, counts: dict[str, int]) -> int:
-        return counts["expert_neurons"] // counts["experts"]  # the config states each expert's width
+        return counts["expert_neurons"] // counts["experts"] if counts["experts"] else 0  # each expert's width
 
     # -- scoring ------------------------------------------------------------------------------------------------
 
@@ -149,6 +149,8 @@ class ExpertNeurons(UnitKind):
 
     def check_plan(self, structure: ModelStructure, index: int, keep: dict[str, list[int]]) -> None:
         counts = structure.shape(index).counts
+        if not counts["experts"]:
+            return  # the block's MoE sublayer was removed
         width = counts["expert_neurons"] // counts["experts"]
         by_expert: dict[int, int] = {}
         for n in keep[self.name]:
@@ -184,7 +186,7 @@ class ExpertNeurons(UnitKind):
     def neuron_size(self, structure: ModelStructure) -> int:
         """Parameters of one neuron of one expert (the same in every block)."""
         spec = _spec(structure.recipe)
-        layer = structure.layers[0]
+        layer = structure.layers[structure.reference_block(next(iter(self.parameters(structure.recipe))))]
         module = surgery.get_submodule(layer, spec.experts)
         slots = surgery.count_expert_neurons(layer, structure.recipe_dict, structure.head_dim)
         return sum(getattr(module, name).numel() for name in spec.neuron_axes) // slots
@@ -197,7 +199,9 @@ class ExpertNeurons(UnitKind):
 
     def cost_units(self, structure: ModelStructure, measure: str, counts: Mapping[str, int]) -> float:
         # Parameters follow every expert's neurons; FLOPs per token each expert's width (however many experts).
-        return counts["expert_neurons"] if measure == "params" else counts["expert_neurons"] / counts["experts"]
+        if measure == "params" or not counts["experts"]:
+            return counts["expert_neurons"]
+        return counts["expert_neurons"] / counts["experts"]
 
 
 register_kind(ExpertNeurons())

@@ -152,7 +152,7 @@ class Experts(UnitKind):
     def _expert_size(self, structure: ModelStructure, counts: dict[str, int] | None = None) -> int:
         """Parameters of one expert, router row excluded: block 0's, or at the width ``counts`` give each expert
         (``expert_neurons / experts``) when its neurons are counted."""
-        layer = structure.layers[0]
+        layer = structure.layers[structure.reference_block(ROUTER)]
         experts = surgery.get_submodule(layer, _spec(structure.recipe).experts)
         axes = _spec(structure.recipe).parameters
         size = sum(getattr(experts, name).numel() // getattr(experts, name).shape[axis] for name, axis in axes.items())
@@ -166,15 +166,17 @@ class Experts(UnitKind):
 
     def _hidden(self, structure: ModelStructure) -> int:
         """Input features of the router (the model width)."""
-        weight = structure.module(0, ROUTER).weight
+        weight = structure.module(structure.reference_block(ROUTER), ROUTER).weight
         assert isinstance(weight, torch.Tensor)
         return int(weight.shape[1])
 
     def _router_row(self, structure: ModelStructure) -> int:
-        bias = getattr(self.mask_module(structure, 0), "bias", None)
+        bias = getattr(self.mask_module(structure, structure.reference_block(ROUTER)), "bias", None)
         return self._hidden(structure) + (1 if isinstance(bias, nn.Parameter) else 0)
 
     def context_flops(self, structure: ModelStructure, counts: dict[str, int], seq_len: int) -> int:
+        if not counts["experts"]:
+            return 0  # the block's MoE sublayer was removed
         # The experts' matmuls that one token runs (top-k of them, however many exist) and the router's logits;
         # neither is an nn.Linear, so no projection count holds them.
         return 2 * self.top_k(structure) * self._expert_size(structure, counts) + 2 * counts["experts"] * self._hidden(

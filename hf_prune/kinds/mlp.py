@@ -77,10 +77,12 @@ class Neurons(UnitKind):
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         mlp = _spec(structure.recipe)
-        hidden = surgery.output_size(structure.module(0, "o"))
+        up = "gate_up" if mlp.gate_up else "up"
+        block = structure.reference_block(up)
+        hidden = surgery.output_size(structure.module(block, "down"))
         inputs = 2 if (mlp.gate or mlp.gate_up) else 1  # projections that produce a neuron (up, gate)
         if measure == "params":
-            bias = structure.module(0, "gate_up" if mlp.gate_up else "up").bias is not None
+            bias = structure.module(block, up).bias is not None
             return (inputs + 1) * hidden + (inputs if bias else 0)
         return 2 * (inputs + 1) * hidden
 

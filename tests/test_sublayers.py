@@ -1,0 +1,236 @@
+"""Attention-only and MLP-only removal (hf_prune/depth.py, ``depth.sublayers`` in the recipes): the model without a
+block's attention (or MLP) equals the dense one with that sublayer's output zeroed, in forward and in cached
+generation (the hard case: block 0's attention, which the KV cache counts sequence lengths by, and Gemma 3's sliding
+window); backward; closed-form counts; save -> load through hf_prune and without it; the scores; and the errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_prune
+from hf_prune.depth import remove_sublayers, sublayer_scores, sublayers_skipped
+from hf_prune.recipe import RecipeError, shipped_recipes
+from hf_prune.structure import ModelStructure
+
+from .architectures import CASES_BY_NAME, MOE_CASES_BY_NAME
+from .test_experts_checkpoints import LOADER
+
+ATOL = 1e-5
+# Causal LMs with a `depth.sublayers` section: plain, with layer types, with post-norms and a sliding window, MoE.
+NAMES = ["llama", "qwen2", "qwen3", "phi3", "gemma3", "gemma2", "mixtral", "qwen2_moe"]
+ONLY = {"heads": 0.0, "neurons": 0.0, "experts": 0.0, "expert_neurons": 0.0}
+
+
+def _build(name: str) -> torch.nn.Module:
+    if name in MOE_CASES_BY_NAME:
+        return MOE_CASES_BY_NAME[name].build(num_hidden_layers=3)
+    return CASES_BY_NAME[name].build()
+
+
+def _ids(length: int = 10) -> torch.Tensor:
+    return torch.randint(3, 90, (2, length), generator=torch.Generator().manual_seed(0))
+
+
+def _calibration() -> list[dict[str, torch.Tensor]]:
+    ids = _ids(12)
+    return [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}]
+
+
+REMOVE = {"attention": [0, 2], "mlp": [1]}  # block 0's attention: the KV cache reads sequence lengths there
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_removed_sublayers_equal_zeroed_ones_in_forward_and_cached_generation(name: str) -> None:
+    model = _build(name)
+    twin = copy.deepcopy(model)
+    structure = ModelStructure(model)
+    removed_parameters = sum(
+        p.numel()
+        for part, blocks in REMOVE.items()
+        for i in blocks
+        for p in structure.layers[i].get_submodule(structure.recipe.depth.sublayers[part].module).parameters()
+    )
+    dense_parameters = sum(p.numel() for p in model.parameters())
+    remove_sublayers(structure, REMOVE)
+    assert ModelStructure(model).removed_sublayers == REMOVE
+    assert dense_parameters - sum(p.numel() for p in model.parameters()) == removed_parameters  # closed form
+    counts = ModelStructure(model).shapes()
+    assert counts[0]["heads"] == counts[2]["heads"] == 0 and counts[1]["heads"] > 0
+
+    ids = _ids()
+    settings = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=12,  # past Gemma 3's sliding window of 8
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=0,
+    )
+    with sublayers_skipped(ModelStructure(twin), REMOVE), torch.no_grad():
+        masked_logits = twin(ids).logits
+        masked = twin.generate(ids, **settings)
+        assert (masked_logits - _build(name)(ids).logits).abs().max() > 1e-3  # removing them changes the model
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, masked_logits, atol=ATOL, rtol=0)
+    pruned = model.generate(ids, **settings)
+    assert torch.equal(pruned.sequences, masked.sequences)
+    for pruned_step, masked_step in zip(pruned.logits, masked.logits, strict=True):
+        torch.testing.assert_close(pruned_step, masked_step, atol=ATOL, rtol=0)
+
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.model.layers[1].self_attn.parameters())
+
+
+def test_checkpoints_load_through_hf_prune_and_without_it(tmp_path: Path) -> None:
+    ids, directories = _ids(), []
+    for name in ("llama", "gemma3", "mixtral"):
+        model = _build(name)
+        remove_sublayers(ModelStructure(model), REMOVE)
+        directory = tmp_path / name
+        hf_prune.save_pretrained(model, directory)
+        config = json.loads((directory / "config.json").read_text())
+        assert config["hf_prune"]["removed_sublayers"] == REMOVE and "auto_map" in config
+        assert "blocks without a sublayer" in config["hf_prune"]["not_vanilla_because"]
+        with torch.no_grad():
+            logits = model(ids).logits
+        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
+        directories.append(str(directory))
+        loaded = hf_prune.from_pretrained(directory).eval()
+        assert ModelStructure(loaded).removed_sublayers == REMOVE
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
+
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(directories)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
+        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
+        assert "modeling_pruned" in module
+
+
+def test_prune_removes_the_least_influential_sublayers_after_heads_and_neurons() -> None:
+    model = _build("llama")
+    report = hf_prune.prune(
+        model, heads=0.25, neurons=0.25, attention_layers=0.34, mlp_layers=0.34, calibration=_calibration()
+    )
+    sublayers = report.extra["sublayers"]
+    assert sublayers["criterion"] == "block_influence"
+    for part in ("attention", "mlp"):
+        scores = sublayers["scores"][part]
+        assert len(scores) == 3 and sublayers["removed"][part] == [min(range(3), key=lambda i: scores[i])]
+    attention_gone, mlp_gone = sublayers["removed"]["attention"][0], sublayers["removed"]["mlp"][0]
+    assert report.layers_after[attention_gone]["heads"] == 0 and report.layers_after[mlp_gone]["neurons"] == 0
+    assert report.kept[attention_gone]["keep_heads"] == [] and not report.vanilla_loadable
+    assert report.after.parameters == sum(p.numel() for p in model.parameters())
+    card = str(hf_prune.build_model_card(report))
+    assert f"the attention sublayer of 1 block ({attention_gone}, chosen by block influence)" in card
+
+
+def test_block_influence_of_a_sublayer_is_one_minus_the_cosine_of_the_stream_it_changes() -> None:
+    """Computed by hand for block 1's attention: 1 - cos(x, x + attention(norm(x))), averaged over the tokens."""
+    model = _build("llama")
+    structure = ModelStructure(model)
+    batch = _calibration()[0]
+    scores = sublayer_scores(structure, [batch], "block_influence", ["attention", "mlp"])
+    captured = {}
+    block = model.model.layers[1]
+    handles = [
+        block.register_forward_hook(
+            lambda m, a, k, o: captured.update(x=k.get("hidden_states", a[0] if a else None)), with_kwargs=True
+        ),
+        block.self_attn.register_forward_hook(lambda m, a, o: captured.update(a=o[0])),
+    ]
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    for handle in handles:
+        handle.remove()
+    x, a = captured["x"], captured["a"]
+    expected = (1 - torch.nn.functional.cosine_similarity(x.double(), (x + a).double(), dim=-1)).mean()
+    assert float(scores["attention"][1]) == pytest.approx(float(expected), rel=1e-5)
+    assert scores["mlp"].shape == (3,) and bool((scores["mlp"] > 0).all())
+
+
+def test_a_sublayer_the_block_does_not_add_as_declared_is_refused() -> None:
+    """Gemma 3 adds its attention through a post-norm: without `added`, the residual check names the fix."""
+    recipe = shipped_recipes()["gemma3"].to_dict()
+    recipe["depth"]["sublayers"]["attention"]["added"] = None
+    model = _build("gemma3")
+    with pytest.raises(RecipeError, match="`added:` for a post-norm"):
+        sublayer_scores(ModelStructure(model, recipe), _calibration(), "block_influence", ["attention"])
+
+
+def test_bad_requests_are_refused_before_any_work_and_leave_the_model_untouched() -> None:
+    model = _build("llama")
+    state = copy.deepcopy(model.state_dict())
+    calibration = _calibration()
+    with pytest.raises(ValueError, match="removes the attention sublayer of all 3 blocks"):
+        hf_prune.prune(model, attention_layers=0.9, calibration=calibration, **ONLY)
+    with pytest.raises(ValueError, match="with a flops/params/latency target is not supported"):
+        hf_prune.prune(model, attention_layers=0.34, params=0.2, calibration=calibration)
+    with pytest.raises(ValueError, match="layer_importance='angular' ranks spans"):
+        hf_prune.prune(model, mlp_layers=0.34, layer_importance="angular", calibration=calibration, **ONLY)
+    with pytest.raises(ValueError, match="refusing to remove the mlp sublayer of every block"):
+        remove_sublayers(ModelStructure(model), {"mlp": [0, 1, 2]})
+    with pytest.raises(ValueError, match="PruningCallback does not remove them during training"):
+        hf_prune.PruningCallback(attention_layers=0.25)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not ModelStructure(model).removed_sublayers
+
+    bert = CASES_BY_NAME["bert"].build()  # post-norm blocks: a zero attention output is no identity there
+    with pytest.raises(RecipeError, match="names no way to remove the attention sublayer on its own"):
+        hf_prune.prune(bert, attention_layers=0.34, calibration=calibration, **ONLY)
+
+    remove_sublayers(ModelStructure(model), {"attention": [1]})
+    with pytest.raises(ValueError, match="does not prune such a model further"):
+        hf_prune.prune(model, heads=0.25, importance="magnitude", reconstruct=False)
+
+
+def test_cli_removes_sublayers_self_calibrated_and_the_card_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from .cli_run import run_cli
+
+    _build("llama").save_pretrained(tmp_path / "dense")
+    output = tmp_path / "pruned"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        code, _, err = run_cli(
+            capsys, "prune", tmp_path / "dense", "--attention-layers", "0.34", "--heads", "0", "--neurons", "0",
+            "--calibration-samples", "4", "--output", output,
+        )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((output / "pruning_report.json").read_text())
+    assert len(report["extra"]["sublayers"]["removed"]["attention"]) == 1 and not report["vanilla_loadable"]
+    assert "attention sublayer of 1 block" in (output / "README.md").read_text()
+    loaded = hf_prune.from_pretrained(output)
+    assert list(ModelStructure(loaded).removed_sublayers) == ["attention"]
+
+
+def test_onnx_export_holds_removed_sublayers_and_gguf_refuses_them_by_name(tmp_path: Path) -> None:
+    from hf_prune.export import ExportError
+
+    model = _build("llama")
+    remove_sublayers(ModelStructure(model), {"attention": [1], "mlp": [2]})
+    hf_prune.save_pretrained(model, tmp_path / "pruned")
+    result = hf_prune.export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx", format="onnx")
+    assert (tmp_path / "pruned.onnx").exists() and result["max_abs_diff"] <= 1e-4
+    with pytest.raises(
+        ExportError, match=r"blocks without a sublayer \(attention of blocks \[1\]; mlp of blocks \[2\]"
+    ):
+        hf_prune.export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.gguf", format="gguf")
+    assert not (tmp_path / "pruned.gguf").exists()
