@@ -352,7 +352,11 @@ def _quantities(counts: dict[str, int], head_dim: int) -> dict[str, int]:
         "q_width": heads * head_dim,
         "kv_width": kv_heads * head_dim,
         **{name: counts[name] for name in ("neurons", "experts", "expert_neurons") if name in counts},
-        **({"expert_width": counts["expert_neurons"] // counts["experts"]} if counts.get("experts") else {}),
+        **(
+            {"expert_width": counts["expert_neurons"] // counts["experts"]}
+            if counts.get("experts") and "expert_neurons" in counts
+            else {}
+        ),
     }
 
 

@@ -423,6 +423,20 @@ MOE_CASES = [
         "moe_intermediate_size",
     ),
     MoECase(
+        "gpt_oss",  # router bias, interleaved gate/up with biases, attention sinks, alternating sliding windows
+        _moe(
+            T.GptOssConfig,
+            T.GptOssForCausalLM,
+            head_dim=8,
+            num_local_experts=6,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        "num_local_experts",
+        False,  # the attention sinks (recipes/gpt_oss.yaml)
+        "intermediate_size",
+    ),
+    MoECase(
         "olmoe",
         _moe(T.OlmoeConfig, T.OlmoeForCausalLM, num_key_value_heads=4, num_experts=6, norm_topk_prob=True),
         "num_experts",

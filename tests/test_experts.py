@@ -60,24 +60,31 @@ def test_backward_runs_on_the_pruned_model(case: MoECase) -> None:
 
 @pytest.mark.parametrize("case", MOE_CASES, ids=lambda c: c.name)
 def test_parameter_and_flop_counts_in_closed_form(case: MoECase) -> None:
-    """Removing r experts of each block removes r x (3 x hidden x expert width + a router row of hidden)
-    parameters, and per token only the router rows' FLOPs: every token still runs its top-k experts. The expert's
-    weights are its neurons' (3 x hidden each), counted by the neurons-inside-experts kind."""
+    """Removing r experts of each block removes r x (3 x hidden x expert width + a router row of hidden) parameters
+    (gpt-oss: plus its biases, 2 x width + hidden, and the router's), and per token only the router rows' FLOPs:
+    every token still runs its top-k experts. Where neurons inside experts are a kind, the expert's weights are its
+    neurons' (3 x hidden each)."""
     model = case.build()
     config = model.config
     hidden, width, blocks = config.hidden_size, getattr(config, case.moe_intermediate), config.num_hidden_layers
     structure = ModelStructure(model)
-    per_expert = 3 * hidden * width + hidden
+    biased = case.name == "gpt_oss"
+    router_row = hidden + (1 if biased else 0)
+    per_expert = 3 * hidden * width + (2 * width + hidden if biased else 0) + router_row
     params, flops = unit_costs(structure, "params"), unit_costs(structure, "flops")
-    assert (params["experts"], params["expert_neurons"]) == (hidden, 3 * hidden)
+    neurons_counted = "expert_neurons" in params.per_unit
+    assert neurons_counted == (not biased)
+    assert params["experts"] == (router_row if neurons_counted else per_expert)
+    if neurons_counted:
+        assert params["expert_neurons"] == 3 * hidden
     assert flops["experts"] == 2 * hidden
     before = structure.shape(0).counts
-    one_expert_less = {**before, "experts": 5, "expert_neurons": 5 * width}
+    one_expert_less = {**before, "experts": 5, **({"expert_neurons": 5 * width} if neurons_counted else {})}
     assert params.removed(before, one_expert_less) == per_expert
     assert flops.removed(before, one_expert_less) == 2 * hidden
     # An MoE block's FLOPs per token: its top-k experts and the router logits, whatever the expert count.
     assert get_kind("experts").context_flops(structure, {"experts": 6}, 128) == 2 * (
-        TOP_K * 3 * hidden * width + 6 * hidden
+        TOP_K * (3 * hidden * width + (2 * width + hidden if biased else 0)) + 6 * hidden
     )
     dense_parameters = sum(p.numel() for p in model.parameters())
 

@@ -115,7 +115,8 @@ def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
     saves."""
     structure = ModelStructure(case.build())
     shared = ["neurons"] if structure.recipe.mlp else []
-    assert [k.name for k in structure.kinds] == ["heads", "kv_heads", *shared, "experts", "expert_neurons"]
+    inside = ["expert_neurons"] if structure.recipe.experts.neuron_axes else []  # gpt-oss: experts only
+    assert [k.name for k in structure.kinds] == ["heads", "kv_heads", *shared, "experts", *inside]
     for i, layer in enumerate(structure.layers):
         assert structure.shape(i).counts == surgery.layer_counts(layer, structure.recipe_dict, structure.head_dim)
     params, flops = unit_costs(structure, "params"), unit_costs(structure, "flops")
@@ -126,9 +127,10 @@ def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
         "kv_heads": list(range(1, counts["kv_heads"])),
         "experts": list(range(1, counts["experts"])),
     }
-    width = counts["expert_neurons"] // counts["experts"]
+    width = counts.get("expert_neurons", 0) // counts["experts"]
     # Expert 0 goes with its neurons; every other expert keeps its odd neurons (its own ones, numbered e*width+j).
-    keep["expert_neurons"] = [e * width + j for e in range(1, counts["experts"]) for j in range(1, width, 2)]
+    if inside:
+        keep["expert_neurons"] = [e * width + j for e in range(1, counts["experts"]) for j in range(1, width, 2)]
     if shared:
         keep["neurons"] = list(range(0, counts["neurons"], 2))
     for leader in structure.leaders:  # experts first: the neurons are numbered as before the experts went
@@ -139,7 +141,7 @@ def test_moe_kinds_count_and_cost_what_surgery_removes(case) -> None:
         "heads": counts["heads"] - group,
         "kv_heads": counts["kv_heads"] - 1,
         "experts": 5,
-        "expert_neurons": 5 * (width // 2),
+        **({"expert_neurons": 5 * (width // 2)} if inside else {}),
         **({"neurons": counts["neurons"] // 2} if shared else {}),
     }
     assert before.block_parameters - measure_cost(structure).block_parameters == params.removed(counts, after)

@@ -24,11 +24,14 @@ from .test_experts_checkpoints import LOADER
 
 ATOL = 1e-5
 # Causal LMs with a `depth.sublayers` section: plain, with layer types, with post-norms and a sliding window, MoE.
-NAMES = ["llama", "qwen2", "qwen3", "phi3", "gemma3", "gemma2", "mixtral", "qwen2_moe"]
+NAMES = ["llama", "qwen2", "qwen3", "phi3", "gemma3", "gemma2", "mixtral", "qwen2_moe", "gpt_oss"]
 ONLY = {"heads": 0.0, "neurons": 0.0, "experts": 0.0, "expert_neurons": 0.0}
 
 
 def _build(name: str) -> torch.nn.Module:
+    if name == "gpt_oss":  # one layer type per block
+        layer_types = ["sliding_attention", "full_attention", "sliding_attention"]
+        return MOE_CASES_BY_NAME[name].build(num_hidden_layers=3, layer_types=layer_types)
     if name in MOE_CASES_BY_NAME:
         return MOE_CASES_BY_NAME[name].build(num_hidden_layers=3)
     return CASES_BY_NAME[name].build()

@@ -39,14 +39,18 @@ class UnitParameter:
     backward and the cost count read it like a projection. It holds no FLOPs of its own (see ``context_flops``).
     ``axis`` may be two axes, ``(expert axis, neuron axis)``: a unit is then one neuron of one expert."""
 
-    bias = None
-
     def __init__(self, owner: nn.Module, name: str, axis: int | tuple[int, int]) -> None:
         self.owner, self.name, self.axis = owner, name, axis
 
     @property
     def weight(self) -> nn.Parameter:
         return getattr(self.owner, self.name)  # read live: surgery replaces the parameter
+
+    @property
+    def bias(self) -> nn.Parameter | None:
+        """A router's bias (one entry per expert, sliced with its rows); ``None`` for other unit parameters."""
+        bias = getattr(self.owner, "bias", None) if self.name == "weight" else None
+        return bias if isinstance(bias, nn.Parameter) else None
 
     def parameters(self) -> Iterator[nn.Parameter]:
         yield self.weight
