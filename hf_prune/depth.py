@@ -544,15 +544,11 @@ def remove_sublayers(structure: ModelStructure, remove: dict[str, Sequence[int]]
     """
     remove = {part: sorted({int(i) for i in blocks}) for part, blocks in remove.items() if blocks}
     check_sublayer_recipe(structure, list(remove))
+    already = structure.removed_sublayers
     for part, blocks in remove.items():
         if any(not 0 <= i < structure.num_layers for i in blocks):
             raise IndexError(f"block index out of range: the model has {structure.num_layers} blocks.")
-        left = [
-            i
-            for i in range(structure.num_layers)
-            if i not in blocks and i not in structure.removed_sublayers.get(part, [])
-        ]
-        if not left:
+        if not set(range(structure.num_layers)) - set(blocks) - set(already.get(part, [])):
             raise ValueError(f"refusing to remove the {part} sublayer of every block; keep it in at least one.")
     if not remove:
         return

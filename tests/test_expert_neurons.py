@@ -301,3 +301,37 @@ def test_a_shared_expert_is_pruned_as_an_mlp_and_loads_vanilla(tmp_path: Path) -
     loaded = T.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=ATOL, rtol=0)
+
+
+def _moe_run(output: Path, resume: str | None = None, stop_at: int | None = None) -> list[dict[str, list[int]]]:
+    """A Mixtral fine-tune removing a third of the experts and half of every expert's neurons by Taylor scores."""
+    import warnings
+
+    from datasets import Dataset
+
+    from .test_callback import _StopAt
+
+    ids = torch.randint(3, 96, (32, 12), generator=torch.Generator().manual_seed(0))
+    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    callback = hf_prune.PruningCallback(
+        expert_neurons=0.5, experts=0.34, heads=0.0, importance="taylor", end=0.75, update_every=2, neuron_multiple=1
+    )
+    callbacks: list[T.TrainerCallback] = [callback] + ([_StopAt(stop_at)] if stop_at else [])
+    args = _args(output, max_steps=12, save_strategy="steps", save_steps=4)
+    trainer = T.Trainer(
+        model=MOE_CASES_BY_NAME["mixtral"].build(), args=args, train_dataset=dataset, callbacks=callbacks
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an interrupted run pruned less than the target
+        trainer.train(resume_from_checkpoint=resume)
+    return callback.report.kept
+
+
+def test_a_resumed_moe_run_ends_with_the_same_experts_and_neurons(tmp_path: Path) -> None:
+    """Interrupted mid-schedule (it ends at step 9): the masks and Taylor scores of both MoE kinds resume exactly."""
+    uninterrupted = _moe_run(tmp_path / "full")
+    _moe_run(tmp_path / "interrupted", stop_at=4)
+    resumed = _moe_run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-4"))
+    assert resumed == uninterrupted
+    assert [len(k["keep_experts"]) for k in resumed] == [4, 4]
+    assert [len(k["keep_expert_neurons"]) for k in resumed] == [4 * _kept(MOE_CASES_BY_NAME["mixtral"])] * 2
