@@ -40,12 +40,19 @@ from quality_oneshot import evaluate, imdb_texts
 from reporting import run_meta
 
 import hf_prune
-from hf_prune.depth import block_scores, blocks_to_remove, choose_blocks, choose_span, remove_sublayers
+from hf_prune.depth import (
+    block_scores,
+    blocks_to_remove,
+    choose_blocks,
+    choose_span,
+    remove_sublayers,
+    sublayer_scores,
+    sublayers_to_remove,
+)
 from hf_prune.latency import measure_decode_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERIA = ("block_influence", "angular", "loss")
-WIDTH_OFF = {"heads": 0.0, "neurons": 0.0}  # sublayer points remove nothing else
 
 
 def decode_ms(model: torch.nn.Module, batch_sizes: list[int], repeats: int) -> dict[str, float]:
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-width", action="store_true", help="skip the width and mixed points")
     parser.add_argument("--sublayers", action="store_true", help="add attention-only and MLP-only points")
     parser.add_argument("--sublayers-only", action="store_true", help="only the attention-only and MLP-only points")
+    parser.add_argument("--sublayer-criterion", default="block_influence", choices=["block_influence", "loss"])
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--calibration-windows", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=8)
@@ -234,16 +242,46 @@ def main(argv: list[str] | None = None) -> None:
 
     shares = sublayer_shares(dense)
 
+    sublayer_scores_by: dict[str, dict[str, torch.Tensor]] = {}
+
     def add_sublayers(fraction: float) -> None:
-        """Each sublayer alone, from as many blocks as hold ``fraction`` of the blocks' parameters (if it fits)."""
-        blocks = dense.config.num_hidden_layers
+        """Each sublayer alone, from as many blocks as hold ``fraction`` of the blocks' parameters (if it fits),
+        chosen by ``--sublayer-criterion`` (scored once, as prune(attention_layers=...) scores per call)."""
+        blocks, criterion = dense.config.num_hidden_layers, args.sublayer_criterion
+        if criterion not in sublayer_scores_by:
+            start = time.perf_counter()
+            sublayer_scores_by[criterion] = sublayer_scores(
+                hf_prune.ModelStructure(dense), plays, criterion, list(shares)
+            )
+            score_seconds[f"sublayers:{criterion}"] = round(time.perf_counter() - start, 1)
         for part, share in shares.items():
             of_blocks = 0.5 if args.smoke else fraction / share  # the smoke model has 2 blocks: one each
             if of_blocks * blocks > blocks - 1:
                 print(f"{part} sublayers hold {share:.0%} of a block: {fraction:.0%} of the parameters does not fit")
                 continue
-            settings = {f"{part}_layers": round(of_blocks, 4), **WIDTH_OFF}
-            add("sublayers", settings, f"{part} only (Block Influence)")
+            remove = choose_blocks(sublayer_scores_by[criterion][part], sublayers_to_remove(of_blocks, blocks, part))
+            model = copy.deepcopy(dense)
+            structure = hf_prune.ModelStructure(model)
+            before = hf_prune.measure_cost(structure)
+            remove_sublayers(structure, {part: remove})
+            structure = hf_prune.ModelStructure(model)
+            after = hf_prune.measure_cost(structure)
+            record(
+                {
+                    "kind": "sublayers",
+                    "method": f"{part} only ({criterion.replace('_', ' ')})",
+                    "settings": {f"{part}_layers": round(of_blocks, 4), "layer_importance": criterion},
+                    "score_seconds": score_seconds[f"sublayers:{criterion}"],
+                    "eval": evaluate(model, evaluations),
+                    "decode_ms": decode_ms(model, args.batch_sizes, args.repeats),
+                    "params_removed": round(1 - after.block_parameters / before.block_parameters, 4),
+                    "parameters": after.parameters,
+                    "blocks": blocks,
+                    "removed_layers": [],
+                    "removed_sublayers": {part: remove},
+                    "layers_after": [dict(shape.counts) for shape in structure.shapes()],
+                }
+            )
 
     for fraction in args.fractions:
         if args.sublayers or args.sublayers_only:
