@@ -148,13 +148,15 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
 
     if config.is_heterogeneous:
         config.per_layer_config = None
+    removed = structure.removed_sublayers
+    newer = bool(removed) or any("expert_neurons" in s.counts for s in shapes)
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if newer else 1,  # readable by older hf_prune where nothing newer is used
         "hf_prune_version": __version__,
         "recipe": structure.recipe_dict,
         "head_dim": structure.head_dim,
         "layers": [dict(s.counts) for s in shapes],  # keyed by kind name
-        **({"removed_sublayers": removed} if (removed := structure.removed_sublayers) else {}),
+        **({"removed_sublayers": removed} if removed else {}),
         "vanilla_loadable": vanilla,
         **({} if vanilla else {"not_vanilla_because": refusal}),
     }

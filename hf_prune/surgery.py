@@ -25,7 +25,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 CONFIG_KEY = "hf_prune"
-FORMAT_VERSION = 1
+# The newest record format this code reads. 2 added removed sublayers and the neurons inside experts: a reader of 1
+# would ignore them and build a model that the weights do not fit. Checkpoints without either are still written as 1.
+FORMAT_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -237,3 +237,22 @@ def test_onnx_export_holds_removed_sublayers_and_gguf_refuses_them_by_name(tmp_p
     ):
         hf_prune.export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.gguf", format="gguf")
     assert not (tmp_path / "pruned.gguf").exists()
+
+
+def test_records_that_older_readers_would_misread_carry_format_2(tmp_path: Path) -> None:
+    """Removed sublayers (and neurons inside experts) are format 2: hf_prune of format 1 would ignore them and build a
+    model the weights do not fit. Checkpoints without them stay format 1, readable by older hf_prune."""
+    plain = _build("llama")
+    hf_prune.prune(plain, heads=0.5, importance="magnitude", reconstruct=False)
+    hf_prune.save_pretrained(plain, tmp_path / "plain")
+    skipped = _build("llama")
+    remove_sublayers(ModelStructure(skipped), {"mlp": [1]})
+    hf_prune.save_pretrained(skipped, tmp_path / "skipped")
+    moe = _build("mixtral")
+    hf_prune.prune(moe, experts=0.34, importance="random", reconstruct=False)
+    hf_prune.save_pretrained(moe, tmp_path / "moe")
+    versions = [
+        json.loads((tmp_path / name / "config.json").read_text())["hf_prune"]["format_version"]
+        for name in ("plain", "skipped", "moe")
+    ]
+    assert versions == [1, 2, 2]
