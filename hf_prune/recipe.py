@@ -258,8 +258,17 @@ class SublayerSpec:
         default=None,
         metadata={"help": "the module whose output the block adds to the residual, if not `module` (a post-norm)"},
     )
+    norms: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "norms that only this sublayer reads or that only normalise its output (input_layernorm): "
+            "removed with it (an identity then stands in)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.norms, str):
+            self.norms = [self.norms]
         returns = [self.returns] if isinstance(self.returns, str) else self.returns
         if (
             not isinstance(returns, list)
@@ -342,6 +351,13 @@ class GGUFSpec:
     per_layer_missing: str = field(
         default="",
         metadata={"help": "why no llama.cpp architecture can hold this family's non-uniform layouts (for the error)"},
+    )
+    per_layer_skips: bool = field(
+        default=False,
+        metadata={
+            "help": "per_layer_arch runs a block with 0 heads without attention and one with FFN width 0 without "
+            "FFN (deci: Nemotron-NAS's attention-free and FFN-free blocks), so removed sublayers export"
+        },
     )
 
     def __post_init__(self) -> None:

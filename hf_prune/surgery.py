@@ -205,8 +205,14 @@ def remove_sublayer(layer: nn.Module, recipe: dict[str, Any], head_dim: int, par
         return
     indices = {a: getattr(old, a) for p, a in (depth.get("index_attributes") or {}).items() if p == path}
     replacement = SkippedSublayer(spec.get("returns", "hidden"), head_dim if spec.get("cache") else None, **indices)
+    _replace(layer, path, replacement)
+    for norm in spec.get("norms") or []:  # read only by the removed sublayer, or normalising only its zeros
+        _replace(layer, norm, nn.Identity())
+
+
+def _replace(layer: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
-    setattr(get_submodule(layer, parent_path) if parent_path else layer, name, replacement)
+    setattr(get_submodule(layer, parent_path) if parent_path else layer, name, module)
 
 
 def removed_sublayers(layers: nn.ModuleList, recipe: dict[str, Any]) -> dict[str, list[int]]:

@@ -86,6 +86,20 @@ def pruned_llama(
     return folder
 
 
+def llama_without_sublayers(
+    folder: Path, remove: dict[str, list[int]], config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM
+) -> Path:
+    """The tiny decoder with the sublayers ``remove`` (``{"attention": [0], "mlp": [2]}``) removed, saved with its
+    tokenizer."""
+    from hf_prune.depth import remove_sublayers
+
+    tokenizer = bpe_tokenizer()
+    model = tiny_llama(len(tokenizer), config_cls, model_cls)
+    remove_sublayers(hf_prune.ModelStructure(model), remove)
+    hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
+    return folder
+
+
 def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") -> Path:
     """A tiny model of the test matrix (``CASES_BY_NAME[name]``: encoder classifiers, decoders), pruned and saved."""
     model = CASES_BY_NAME[name].build()

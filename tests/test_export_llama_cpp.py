@@ -120,3 +120,23 @@ def test_k_quant_through_llama_cpp_quantizer(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "m.gguf"]  # the f32 intermediate is gone
     logits = _llama_cpp_logits(tmp_path / "m.gguf", [1, 2, 3, 4])
     assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    "remove", [{"attention": [1, 2]}, {"attention": [1], "mlp": [1]}], ids=["attention", "whole-block-of-no-ops"]
+)
+def test_llama_cpp_runs_blocks_without_attention_or_ffn(tmp_path: Path, remove: dict[str, list[int]]) -> None:
+    """Removed sublayers export as deci's no-op parts (0 heads, FFN width 0): llama.cpp's logits equal PyTorch's.
+    (What llama.cpp cannot run, such as a block without FFN that keeps its attention, is refused by the export:
+    tests/test_sublayers.py.)"""
+    from .export_models import llama_without_sublayers
+
+    folder = llama_without_sublayers(tmp_path / "ckpt", remove)
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert info["arch"] == "deci"
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers as T
 
 import hf_prune
 from hf_prune.depth import remove_sublayers, sublayer_scores, sublayers_skipped
@@ -54,12 +55,15 @@ def test_removed_sublayers_equal_zeroed_ones_in_forward_and_cached_generation(na
     model = _build(name)
     twin = copy.deepcopy(model)
     structure = ModelStructure(model)
-    removed_parameters = sum(
+    sublayers = structure.recipe.depth.sublayers
+    removed_parameters = sum(  # the sublayer, and the norms only it reads (input_layernorm...)
         p.numel()
         for part, blocks in REMOVE.items()
         for i in blocks
-        for p in structure.layers[i].get_submodule(structure.recipe.depth.sublayers[part].module).parameters()
+        for path in (sublayers[part].module, *sublayers[part].norms)
+        for p in structure.layers[i].get_submodule(path).parameters()
     )
+    assert all(sublayers[part].norms for part in REMOVE)
     dense_parameters = sum(p.numel() for p in model.parameters())
     remove_sublayers(structure, REMOVE)
     assert ModelStructure(model).removed_sublayers == REMOVE
@@ -224,19 +228,48 @@ def test_cli_removes_sublayers_self_calibrated_and_the_card_says_so(
     assert list(ModelStructure(loaded).removed_sublayers) == ["attention"]
 
 
-def test_onnx_export_holds_removed_sublayers_and_gguf_refuses_them_by_name(tmp_path: Path) -> None:
+def test_onnx_export_holds_removed_sublayers_and_gguf_writes_no_op_blocks(tmp_path: Path) -> None:
+    """ONNX traces any layout. GGUF writes llama.cpp's per-layer `deci` architecture, whose graph runs a block with
+    0 heads without attention and one with FFN width 0 without FFN: the removed sublayers' tensors (and their norms)
+    are not in the file. Families whose llama.cpp architecture cannot skip a sublayer are refused by name."""
+    import gguf
+
     from hf_prune.export import ExportError
 
-    model = _build("llama")
-    remove_sublayers(ModelStructure(model), {"attention": [1], "mlp": [2]})
-    hf_prune.save_pretrained(model, tmp_path / "pruned")
-    result = hf_prune.export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx", format="onnx")
+    from .export_models import llama_without_sublayers
+
+    folder = llama_without_sublayers(tmp_path / "pruned", {"attention": [1, 2], "mlp": [1]})
+    result = hf_prune.export_checkpoint(folder, tmp_path / "pruned.onnx", format="onnx")
     assert (tmp_path / "pruned.onnx").exists() and result["max_abs_diff"] <= 1e-4
-    with pytest.raises(
-        ExportError, match=r"blocks without a sublayer \(attention of blocks \[1\]; mlp of blocks \[2\]"
-    ):
-        hf_prune.export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.gguf", format="gguf")
-    assert not (tmp_path / "pruned.gguf").exists()
+
+    info = hf_prune.export_checkpoint(folder, tmp_path / "pruned.gguf", format="gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("deci", "per_layer")
+    reader = gguf.GGUFReader(tmp_path / "pruned.gguf")
+
+    def field(name: str) -> object:
+        value = reader.fields[name]
+        parts = [value.parts[i].tolist() for i in value.data]
+        return [p[0] for p in parts] if len(parts) > 1 else parts[0][0]
+
+    assert field("deci.attention.head_count") == [8, 0, 0]
+    assert field("deci.attention.head_count_kv") == [2, 0, 0]
+    assert field("deci.feed_forward_length") == [96, 0, 96]
+    names = {t.name for t in reader.tensors}
+    assert not {n for n in names if n.startswith(("blk.1.", "blk.2.attn"))}  # norms included: llama.cpp reads none
+    assert {"blk.2.ffn_norm.weight", "blk.2.ffn_down.weight", "blk.0.attn_norm.weight"} <= names
+
+    # What llama.cpp cannot run is refused before writing (found by running it: tests/test_export_llama_cpp.py).
+    refused = {
+        "qwen3": ({"mlp": [1]}, T.Qwen3Config, T.Qwen3ForCausalLM, "no llama.cpp architecture named for this family"),
+        "block0": ({"attention": [0]}, T.LlamaConfig, T.LlamaForCausalLM, "only where block 0 has attention heads"),
+        "ffn-only": ({"mlp": [1]}, T.LlamaConfig, T.LlamaForCausalLM, r"drops the attention output .*blocks \[1\]"),
+        "last": ({"attention": [2], "mlp": [2]}, T.LlamaConfig, T.LlamaForCausalLM, "last block has no FFN"),
+    }
+    for name, (remove, config_cls, model_cls, why) in refused.items():
+        folder = llama_without_sublayers(tmp_path / name, remove, config_cls, model_cls)
+        with pytest.raises(ExportError, match=f"blocks without a sublayer .*{why}"):
+            hf_prune.export_checkpoint(folder, tmp_path / f"{name}.gguf", format="gguf")
+        assert not (tmp_path / f"{name}.gguf").exists()
 
 
 def test_records_that_older_readers_would_misread_carry_format_2(tmp_path: Path) -> None:

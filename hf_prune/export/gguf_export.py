@@ -69,28 +69,55 @@ def preflight(folder: Path, outtype: str) -> None:
     if outtype in LLAMA_CPP_OUTTYPES:
         _llama_cpp()
     config = transformers.AutoConfig.from_pretrained(folder).get_text_config()
-    gguf_spec(config)
-    _refuse_removed_sublayers((getattr(config, CONFIG_KEY, None) or {}).get("removed_sublayers"))
+    spec = gguf_spec(config)
+    removed = (getattr(config, CONFIG_KEY, None) or {}).get("removed_sublayers")
+    _check_removed_sublayers(spec, removed, int(config.num_hidden_layers))
     rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     check_choice("RoPE type for GGUF export (config rope_parameters.rope_type)", rope_type, ROPE_TYPES)
 
 
-def _refuse_removed_sublayers(removed: dict[str, list[int]] | None) -> None:
-    if removed:
-        which = "; ".join(f"{part} of blocks {blocks}" for part, blocks in removed.items())
+def _check_removed_sublayers(spec: GGUFSpec, removed: dict[str, list[int]] | None, blocks: int) -> None:
+    """Refuse removed sublayers that llama.cpp cannot run, before any weight is written.
+
+    Limits of llama.cpp's ``deci`` found by running it (llama-cpp-python 0.3.36) and reading its graph: the head
+    size is read only where block 0 has heads (block 0 without attention gives every attention tensor a size of 0);
+    a block without FFN leaves the graph before adding its attention output to the residual (exact only when the
+    block has no attention either); and a last block without FFN skips the final row selection (decoding aborts in
+    ``llm_graph_input_out_ids``).
+    """
+    if not removed:
+        return
+    which = "; ".join(f"{part} of blocks {gone}" for part, gone in removed.items())
+    attention_free, ffn_free = set(removed.get("attention", [])), set(removed.get("mlp", []))
+    why = None
+    if not (spec.per_layer_arch and spec.per_layer_skips):
+        why = "no llama.cpp architecture named for this family runs a block without attention or without FFN"
+    elif 0 in attention_free:
+        why = "llama.cpp reads the head size only where block 0 has attention heads"
+    elif ffn_free - attention_free:
+        why = (
+            f"llama.cpp drops the attention output of a block without FFN (blocks {sorted(ffn_free - attention_free)} "
+            "keep their attention)"
+        )
+    elif blocks - 1 in ffn_free:
+        why = "llama.cpp's per-layer graph fails when the last block has no FFN"
+    if why:
         raise ExportError(
-            f"this checkpoint has blocks without a sublayer ({which} removed), which the GGUF export does not write "
-            "(llama.cpp's per-layer architecture has no-op layers, not tried here). Export it as ONNX (--format onnx), "
-            "or remove whole blocks (layers=) for llama.cpp."
+            f"this checkpoint has blocks without a sublayer ({which} removed), and {why}. Export it as ONNX "
+            "(--format onnx), or remove whole blocks (layers=) for llama.cpp."
         )
 
 
 def plan_layout(structure: ModelStructure) -> GGUFLayout:
-    """The llama.cpp architecture for this model's layout, or an :class:`ExportError` saying what is missing."""
-    _refuse_removed_sublayers(structure.removed_sublayers)
+    """The llama.cpp architecture for this model's layout, or an :class:`ExportError` saying what is missing.
+
+    Removed sublayers go to the per-layer architecture (``deci``): a block with 0 heads runs without attention and
+    one with FFN width 0 without FFN, as Nemotron-NAS's no-op blocks do; their tensors (and norms) are not written.
+    """
     spec = gguf_spec(structure.config, structure.recipe.gguf)
+    _check_removed_sublayers(spec, structure.removed_sublayers, structure.num_layers)
     shapes = tuple(structure.shapes())
-    uniform = len(set(shapes)) == 1
+    uniform = len(set(shapes)) == 1 and not structure.removed_sublayers
     if uniform:
         return GGUFLayout(spec.arch, spec.permute_qk, False, shapes, structure.head_dim)
     if spec.per_layer_arch is None:
