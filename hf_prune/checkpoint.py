@@ -173,8 +173,9 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
 
     per_layer = {}
     for i, s in enumerate(shapes):
-        # A removed sublayer's counts (0) are left out: the loader replaces that module, whatever the config says.
-        overrides: dict[str, Any] = {k: v for k, v in _config_values(structure, s.counts).items() if v}
+        # A removed sublayer's counts are 0 here too: then plain from_pretrained refuses the checkpoint (per-layer
+        # counts differ) instead of building the removed modules and initialising their missing weights at random.
+        overrides: dict[str, Any] = _config_values(structure, s.counts)
         # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
         overrides["head_dim"] = structure.head_dim
         per_layer[i] = overrides

@@ -112,6 +112,9 @@ def test_checkpoints_load_through_hf_prune_and_without_it(tmp_path: Path) -> Non
         directories.append(str(directory))
         loaded = hf_prune.from_pretrained(directory).eval()
         assert ModelStructure(loaded).removed_sublayers == REMOVE
+        # Plain transformers refuses it rather than rebuilding the removed modules with random weights.
+        with pytest.raises(RuntimeError, match="is a per-layer attribute"):
+            T.AutoModelForCausalLM.from_pretrained(directory)
         with torch.no_grad():
             torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
 
