@@ -279,9 +279,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _print_counts(structure: ModelStructure, shapes: list[LayerShape]) -> None:
     """One row per block, one column per kind of unit."""
     names = [kind.name for kind in structure.kinds]
+    removed = structure.removed_sublayers
     print("layer" + "".join(f"  {name}" for name in names))
     for i, shape in enumerate(shapes):
-        print(f"{i:>5}" + "".join(f"  {shape[name]:>{len(name)}}" for name in names))
+        gone = [part for part, blocks in removed.items() if i in blocks]
+        note = f"  ({' and '.join(gone)} removed)" if gone else ""
+        print(f"{i:>5}" + "".join(f"  {shape[name]:>{len(name)}}" for name in names) + note)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -297,6 +300,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "head_dim": structure.head_dim,
         "prunable_groups": {kind.name: sum(s[kind.name] for s in shapes) for kind in structure.kinds},
         "per_layer": [dict(s.counts) for s in shapes],
+        "removed_sublayers": structure.removed_sublayers,
         **dataclasses.asdict(cost),
     }
     if args.json:

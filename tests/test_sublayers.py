@@ -229,6 +229,13 @@ def test_cli_removes_sublayers_self_calibrated_and_the_card_says_so(
     assert "attention sublayer of 1 block" in (output / "README.md").read_text()
     loaded = hf_prune.from_pretrained(output)
     assert list(ModelStructure(loaded).removed_sublayers) == ["attention"]
+    code, out, _ = run_cli(capsys, "inspect", output)  # the table marks the block
+    block = report["extra"]["sublayers"]["removed"]["attention"][0]
+    assert code == 0 and "(attention removed)" in next(
+        line for line in out.splitlines() if line.startswith(f"{block:>5}")
+    )
+    code, out, _ = run_cli(capsys, "inspect", output, "--json")
+    assert json.loads(out)["removed_sublayers"] == {"attention": [block]}
 
 
 def test_onnx_export_holds_removed_sublayers_and_gguf_writes_no_op_blocks(tmp_path: Path) -> None:
