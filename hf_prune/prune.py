@@ -655,7 +655,7 @@ def prune(
     before_shapes, before_cost = structure.shapes(), measure_cost(structure, config.flops_seq_len)
 
     data = gather_calibration(model, config, calibration, tokenizer, fitted=criterion is not None)
-    depth_plan = None
+    depth_plan, protected_now = None, list(protected)
     if config.layers:
         if data is None:  # calibration_needs made it required: only a fitted criterion with no data gets here
             raise ValueError("layers=... needs calibration data: pass calibration=... (CLI: --calibration-data).")
@@ -663,7 +663,7 @@ def prune(
         remove_blocks(structure, depth_plan.remove)
         structure = ModelStructure(model, config.recipe)
         config = width_after_depth(config, before_cost, structure, depth_plan.remove, protected)
-        heads, neurons, _ = resolve_targets(config, structure)
+        heads, neurons, protected_now = resolve_targets(config, structure)  # renumbered past the removed blocks
     fixed = resolve_fixed(config, structure)
     prunes_width = heads > 0 or neurons > 0 or any(f > 0 for f in fixed.values()) or config.cost_target is not None
     if prunes_width and structure.removed_sublayers:
@@ -717,7 +717,9 @@ def prune(
     sublayer_plan = None
     if sublayer_fractions:  # last: what remains of heads and neurons is scored with the sublayers that hold them
         assert data is not None  # calibration_needs made it required
-        sublayer_plan = plan_sublayers(structure, data.batches, sublayer_fractions, config.layer_importance, protected)
+        sublayer_plan = plan_sublayers(
+            structure, data.batches, sublayer_fractions, config.layer_importance, protected_now
+        )
         remove_sublayers(structure, sublayer_plan.remove)
         vanilla = vanilla and not sublayer_plan.remove
         plans = [_without_removed_parts(plan, shape) for plan, shape in zip(plans, structure.shapes(), strict=True)]

@@ -16,7 +16,7 @@ import torch
 import transformers as T
 
 import hf_prune
-from hf_prune.depth import remove_sublayers, sublayer_scores, sublayers_skipped
+from hf_prune.depth import DepthPlan, remove_sublayers, sublayer_scores, sublayers_skipped
 from hf_prune.recipe import RecipeError, shipped_recipes
 from hf_prune.structure import ModelStructure
 
@@ -299,3 +299,24 @@ def test_records_that_older_readers_would_misread_carry_format_2(tmp_path: Path)
         for name in ("plain", "skipped", "moe")
     ]
     assert versions == [1, 2, 2]
+
+
+def test_blocks_then_sublayers_in_one_call_keep_protected_blocks_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """layers= removes blocks first; the sublayers are then chosen among the blocks that remain, with the protected
+    ones renumbered past the removed blocks (block 2 of 3 is block 1 once block 0 is gone)."""
+    prune_module = sys.modules["hf_prune.prune"]  # the module (the package's `prune` is the function)
+    seen: list[list[int]] = []
+    plan = prune_module.plan_sublayers
+
+    def recording(structure, batches, fractions, criterion, protected):  # type: ignore[no-untyped-def]
+        seen.append(list(protected))
+        return plan(structure, batches, fractions, criterion, protected)
+
+    monkeypatch.setattr(prune_module, "plan_sublayers", recording)
+    monkeypatch.setattr(prune_module, "plan_depth", lambda *args, **kwargs: DepthPlan("given", [0]))
+    model = _build("llama")
+    report = hf_prune.prune(
+        model, layers=0.34, attention_layers=0.5, protected_layers=[2], calibration=_calibration(), **ONLY
+    )
+    assert report.removed_layers == [0] and seen == [[1]]
+    assert report.extra["sublayers"]["removed"]["attention"] == [0]  # of the 2 left, the one not protected
