@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -208,22 +209,37 @@ def block_scores(
         model.train(was_training)
 
 
-def _loss_scores(model: nn.Module, layers: nn.ModuleList, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+def _require_labels(batches: Sequence[dict[str, torch.Tensor]]) -> None:
     if not all("labels" in batch for batch in batches):
         raise ValueError(
             "layer_importance='loss' needs labelled calibration batches (a causal LM's windows carry labels; an "
             "encoder needs a label column). Use 'block_influence' or 'angular' with unlabelled data."
         )
 
-    def loss() -> float:
-        return sum(float(_run(model, batch, with_labels=True).loss) for batch in batches) / len(batches)
 
-    dense = loss()
-    scores = []
-    for i in tqdm(range(len(layers)), desc="depth scores (loss)", unit="block", leave=False):
-        with skipped(layers, [i]):
-            scores.append(loss() - dense)
-    return torch.tensor(scores)
+def _mean_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> float:
+    return sum(float(_run(model, batch, with_labels=True).loss) for batch in batches) / len(batches)
+
+
+def _loss_increases(
+    model: nn.Module,
+    batches: Sequence[dict[str, torch.Tensor]],
+    skips: Sequence[Callable[[], contextlib.AbstractContextManager[None]]],
+    dense: float,
+    desc: str,
+) -> torch.Tensor:
+    """How much the calibration loss rises (over ``dense``) inside each of ``skips`` (one context per unit)."""
+    increases = []
+    for skip in tqdm(skips, desc=desc, leave=False):
+        with skip():
+            increases.append(_mean_loss(model, batches) - dense)
+    return torch.tensor(increases)
+
+
+def _loss_scores(model: nn.Module, layers: nn.ModuleList, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    _require_labels(batches)
+    skips = [partial(skipped, layers, [i]) for i in range(len(layers))]
+    return _loss_increases(model, batches, skips, _mean_loss(model, batches), "depth scores (loss)")
 
 
 def plan_depth(
@@ -469,19 +485,17 @@ def sublayer_scores(
         with torch.no_grad():
             if criterion == "loss":
                 _require_labels(batches)
-
-                def loss() -> float:
-                    return sum(float(_run(model, b, with_labels=True).loss) for b in batches) / len(batches)
-
-                dense = loss()
-                scores = {}
-                for part in parts:
-                    values = []
-                    for i in tqdm(range(structure.num_layers), desc=f"{part} scores (loss)", leave=False):
-                        with sublayers_skipped(structure, {part: [i]}):
-                            values.append(loss() - dense)
-                    scores[part] = torch.tensor(values)
-                return scores
+                dense = _mean_loss(model, batches)
+                return {
+                    part: _loss_increases(
+                        model,
+                        batches,
+                        [partial(sublayers_skipped, structure, {part: [i]}) for i in range(structure.num_layers)],
+                        dense,
+                        f"{part} scores (loss)",
+                    )
+                    for part in parts
+                }
             totals = {part: torch.zeros(structure.num_layers, dtype=torch.float64) for part in parts}
             weight = 0.0
             for batch in tqdm(batches, desc="sublayer scores (block_influence)", unit="batch", leave=False):
@@ -506,14 +520,6 @@ def sublayer_scores(
             return {part: (total / max(weight, 1.0)).float() for part, total in totals.items()}
     finally:
         model.train(was_training)
-
-
-def _require_labels(batches: Sequence[dict[str, torch.Tensor]]) -> None:
-    if not all("labels" in batch for batch in batches):
-        raise ValueError(
-            "layer_importance='loss' needs labelled calibration batches (a causal LM's windows carry labels; an "
-            "encoder needs a label column). Use 'block_influence' or 'angular' with unlabelled data."
-        )
 
 
 def plan_sublayers(
