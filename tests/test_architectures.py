@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -94,17 +97,32 @@ def test_masked_model_equals_pruned_model(case: Case, ranking: str, attn: str) -
     assert any(s.heads < ModelStructure(masked).shape(0).heads for s in shapes)
 
 
-@pytest.mark.parametrize("case", [c for c in MATRIX if c.decoder], ids=[c.name for c in MATRIX if c.decoder])
-def test_generate_with_kv_cache_matches_masked_model(case: Case) -> None:
-    masked, pruned, _ = _masked_and_pruned(case, "global")
-    prompt = _inputs(case)["input_ids"][:1, :5]
-    kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, return_dict_in_generate=True, output_logits=True)
+def _assert_same_generation(
+    pruned: torch.nn.Module,
+    masked: torch.nn.Module,
+    prompt: torch.Tensor,
+    masked_context: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+    **settings: object,
+) -> Any:
+    """Greedy generation with the KV cache gives the same tokens and, at every step, the same logits (``ATOL``);
+    the masked model generates inside ``masked_context`` (hooks that skip what the pruned model removed). Returns
+    the pruned model's output."""
+    kwargs = dict(do_sample=False, use_cache=True, return_dict_in_generate=True, output_logits=True)
+    kwargs.update(settings)
     with torch.no_grad():
         out_pruned = pruned.generate(prompt, **kwargs)
-        out_masked = masked.generate(prompt, **kwargs)
+        with masked_context():
+            out_masked = masked.generate(prompt, **kwargs)
     assert torch.equal(out_pruned.sequences, out_masked.sequences)
     for a, b in zip(out_pruned.logits, out_masked.logits, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    return out_pruned
+
+
+@pytest.mark.parametrize("case", [c for c in MATRIX if c.decoder], ids=[c.name for c in MATRIX if c.decoder])
+def test_generate_with_kv_cache_matches_masked_model(case: Case) -> None:
+    masked, pruned, _ = _masked_and_pruned(case, "global")
+    _assert_same_generation(pruned, masked, _inputs(case)["input_ids"][:1, :5], max_new_tokens=6)
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=IDS)

@@ -18,6 +18,7 @@ from hf_prune.recipe import Recipe, shipped_recipes
 from hf_prune.structure import ModelStructure
 
 from .architectures import STRUCTURE_ONLY, _llama_like
+from .test_architectures import _assert_same_generation
 
 ATOL = 1e-5
 RECIPE = str(Path(__file__).resolve().parent.parent / "examples" / "custom_recipe" / "arcee.yaml")
@@ -85,13 +86,7 @@ def test_masked_model_equals_pruned_model(ranking: str, gqa_mode: str, attention
 
 def test_generate_with_kv_cache_matches_masked_model() -> None:
     masked, pruned = _masked_and_pruned("global")
-    prompt = _inputs()[:1, :5]
-    kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        out_pruned, out_masked = pruned.generate(prompt, **kwargs), masked.generate(prompt, **kwargs)
-    assert torch.equal(out_pruned.sequences, out_masked.sequences)
-    for a, b in zip(out_pruned.logits, out_masked.logits, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    _assert_same_generation(pruned, masked, _inputs()[:1, :5], max_new_tokens=6)
 
 
 def test_backward_reaches_pruned_weights() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 from unittest import mock
 
@@ -18,7 +19,14 @@ from hf_prune.structure import ModelStructure
 
 from .architectures import CASES, CASES_BY_NAME, Case
 from .cli_run import run_cli
-from .test_architectures import ATOL, _assert_loads_without_hf_prune, _auto_class, _inputs, _logits
+from .test_architectures import (
+    ATOL,
+    _assert_loads_without_hf_prune,
+    _assert_same_generation,
+    _auto_class,
+    _inputs,
+    _logits,
+)
 
 IDS = [case.name for case in CASES]
 DECODERS = [case for case in CASES if case.decoder]
@@ -91,14 +99,8 @@ def test_generate_with_kv_cache_after_removing_blocks(case: Case) -> None:
     )
     masks.attach()
     prompt = _inputs(case)["input_ids"][:1, :5]
-    kwargs = dict(max_new_tokens=6, do_sample=False, use_cache=True, return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        out_pruned = pruned.generate(prompt, **kwargs)
-        with skipped(structure.layers, report.removed_layers):
-            out_masked = masked.generate(prompt, **kwargs)
-    assert torch.equal(out_pruned.sequences, out_masked.sequences)
-    for a, b in zip(out_pruned.logits, out_masked.logits, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    skip = partial(skipped, structure.layers, report.removed_layers)
+    _assert_same_generation(pruned, masked, prompt, masked_context=skip, max_new_tokens=6)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

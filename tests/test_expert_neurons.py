@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,8 @@ from hf_prune.structure import ModelStructure
 
 from .architectures import MOE_CASES, MOE_CASES_BY_NAME, MoECase
 from .moe import ATOL, QUICK, TOP_K, moe_ids, prune_with_masked_twin
+from .test_architectures import _assert_loads_without_hf_prune, _assert_same_generation
 from .test_callback import _args
-from .test_experts_checkpoints import LOADER
 
 # The families whose recipes give the neurons inside experts (gpt-oss's interleaved gate/up columns do not).
 NEURON_CASES = [case for case in MOE_CASES if ModelStructure(case.build()).recipe.experts.neuron_axes]
@@ -59,18 +57,7 @@ def test_masked_equals_pruned_in_forward_and_cached_generation(case: MoECase, wi
         assert (dense(ids).logits - masked_logits).abs().max() > 1e-3  # the masks change what the model computes
     torch.testing.assert_close(pruned_logits, masked_logits, atol=ATOL, rtol=0)
 
-    settings = dict(
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=4,
-        do_sample=False,
-        return_dict_in_generate=True,
-        output_logits=True,
-        pad_token_id=0,
-    )
-    pruned_out, masked_out = model.generate(ids, **settings), masked.generate(ids, **settings)
-    assert torch.equal(pruned_out.sequences, masked_out.sequences)
-    for pruned_step, masked_step in zip(pruned_out.logits, masked_out.logits, strict=True):
-        torch.testing.assert_close(pruned_step, masked_step, atol=ATOL, rtol=0)
+    _assert_same_generation(model, masked, ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, pad_token_id=0)
 
 
 def test_each_expert_keeps_its_own_most_important_neurons() -> None:
@@ -218,7 +205,7 @@ def test_recipe_errors_name_the_field() -> None:
 
 def test_non_uniform_neurons_load_through_hf_prune_and_without_it(tmp_path: Path) -> None:
     """A protected block keeps every neuron: the config cannot say it, so the structure is recorded."""
-    ids, directories = moe_ids(), []
+    ids, directories = moe_ids(), []  # items for the loader without hf_prune
     for case in NEURON_CASES:
         model, _, report = prune_with_masked_twin(case, **HALF, protected_layers=[0])
         width = _width(case)
@@ -228,24 +215,14 @@ def test_non_uniform_neurons_load_through_hf_prune_and_without_it(tmp_path: Path
         hf_prune.save_pretrained(model, directory)
         with torch.no_grad():
             logits = model(ids).logits
-        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
-        directories.append(str(directory))
+        torch.save({"inputs": {"input_ids": ids}, "logits": logits}, f"{directory}.pt")
+        directories.append({"dir": str(directory), "auto": "AutoModelForCausalLM", "vanilla": False})
         loaded = hf_prune.from_pretrained(directory).eval()
         assert [s.counts for s in ModelStructure(loaded).shapes()] == report.layers_after
         with torch.no_grad():
             torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
 
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(directories)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
-        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
-        assert "modeling_pruned" in module
+    _assert_loads_without_hf_prune(directories)
 
 
 def test_uniform_neurons_load_with_plain_from_pretrained(tmp_path: Path) -> None:

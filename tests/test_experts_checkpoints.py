@@ -5,9 +5,6 @@ in a Trainer run. The masking, removal, criteria and errors are in tests/test_ex
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from hf_prune.structure import ModelStructure
 from .architectures import MOE_CASES, MOE_CASES_BY_NAME, MoECase
 from .cli_run import run_cli
 from .moe import ATOL, QUICK, moe_ids, moe_targets, prune_with_masked_twin
+from .test_architectures import _assert_loads_without_hf_prune
 from .test_callback import _args
 
 
@@ -71,25 +69,8 @@ def test_uniform_pruning_loads_with_plain_from_pretrained(case: MoECase, tmp_pat
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=ATOL, rtol=0)
 
 
-LOADER = textwrap.dedent(
-    """
-    import json, sys, torch
-    sys.modules["hf_prune"] = None  # prove that hf_prune is not needed (importing it now fails)
-    import transformers
-    results = []
-    for directory in json.loads(sys.argv[1]):
-        model = transformers.AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
-        data = torch.load(directory + ".pt")
-        with torch.no_grad():
-            logits = model(data["ids"]).logits
-        results.append([float((logits - data["logits"]).abs().max()), type(model).__module__])
-    print(json.dumps(results))
-    """
-)
-
-
 def test_non_uniform_pruning_loads_through_hf_prune_and_without_it(tmp_path: Path) -> None:
-    ids, directories = moe_ids(), []
+    ids, directories = moe_ids(), []  # items for the loader without hf_prune
     for case in MOE_CASES:
         model, _, report = prune_with_masked_twin(case, **moe_targets(case), protected_layers=[0])
         assert not report.vanilla_loadable
@@ -98,25 +79,15 @@ def test_non_uniform_pruning_loads_through_hf_prune_and_without_it(tmp_path: Pat
         hf_prune.save_pretrained(model, directory)
         with torch.no_grad():
             logits = model(ids).logits
-        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
-        directories.append(str(directory))
+        torch.save({"inputs": {"input_ids": ids}, "logits": logits}, f"{directory}.pt")
+        directories.append({"dir": str(directory), "auto": "AutoModelForCausalLM", "vanilla": False})
 
         loaded = hf_prune.from_pretrained(directory).eval()
         assert [s.counts for s in ModelStructure(loaded).shapes()] == report.layers_after
         with torch.no_grad():
             torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
 
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(directories)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
-        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
-        assert "modeling_pruned" in module, f"{directory} should load through the shipped loader code"
+    _assert_loads_without_hf_prune(directories)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from hf_prune.recipe import RecipeError, shipped_recipes
 from hf_prune.structure import ModelStructure
 
 from .architectures import CASES_BY_NAME, MOE_CASES_BY_NAME
-from .test_experts_checkpoints import LOADER
+from .test_architectures import _assert_loads_without_hf_prune, _assert_same_generation
 
 ATOL = 1e-5
 # Causal LMs with a `depth.sublayers` section: plain, with layer types, with post-norms and a sliding window, MoE.
@@ -72,24 +72,16 @@ def test_removed_sublayers_equal_zeroed_ones_in_forward_and_cached_generation(na
     assert counts[0]["heads"] == counts[2]["heads"] == 0 and counts[1]["heads"] > 0
 
     ids = _ids()
-    settings = dict(
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=12,  # past Gemma 3's sliding window of 8
-        do_sample=False,
-        return_dict_in_generate=True,
-        output_logits=True,
-        pad_token_id=0,
-    )
-    with sublayers_skipped(ModelStructure(twin), REMOVE), torch.no_grad():
+    skip = partial(sublayers_skipped, ModelStructure(twin), REMOVE)
+    with skip(), torch.no_grad():
         masked_logits = twin(ids).logits
-        masked = twin.generate(ids, **settings)
         assert (masked_logits - _build(name)(ids).logits).abs().max() > 1e-3  # removing them changes the model
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, masked_logits, atol=ATOL, rtol=0)
-    pruned = model.generate(ids, **settings)
-    assert torch.equal(pruned.sequences, masked.sequences)
-    for pruned_step, masked_step in zip(pruned.logits, masked.logits, strict=True):
-        torch.testing.assert_close(pruned_step, masked_step, atol=ATOL, rtol=0)
+    # past Gemma 3's sliding window of 8
+    _assert_same_generation(
+        model, twin, ids, skip, attention_mask=torch.ones_like(ids), max_new_tokens=12, pad_token_id=0
+    )
 
     model.train()
     model(ids, labels=ids).loss.backward()
@@ -97,7 +89,7 @@ def test_removed_sublayers_equal_zeroed_ones_in_forward_and_cached_generation(na
 
 
 def test_checkpoints_load_through_hf_prune_and_without_it(tmp_path: Path) -> None:
-    ids, directories = _ids(), []
+    ids, directories = _ids(), []  # items for the loader without hf_prune
     for name in ("llama", "gemma3", "mixtral"):
         model = _build(name)
         remove_sublayers(ModelStructure(model), REMOVE)
@@ -108,8 +100,8 @@ def test_checkpoints_load_through_hf_prune_and_without_it(tmp_path: Path) -> Non
         assert "blocks without a sublayer" in config["hf_prune"]["not_vanilla_because"]
         with torch.no_grad():
             logits = model(ids).logits
-        torch.save({"ids": ids, "logits": logits}, f"{directory}.pt")
-        directories.append(str(directory))
+        torch.save({"inputs": {"input_ids": ids}, "logits": logits}, f"{directory}.pt")
+        directories.append({"dir": str(directory), "auto": "AutoModelForCausalLM", "vanilla": False})
         loaded = hf_prune.from_pretrained(directory).eval()
         assert ModelStructure(loaded).removed_sublayers == REMOVE
         # Plain transformers refuses it rather than rebuilding the removed modules with random weights.
@@ -118,17 +110,7 @@ def test_checkpoints_load_through_hf_prune_and_without_it(tmp_path: Path) -> Non
         with torch.no_grad():
             torch.testing.assert_close(loaded(ids).logits, logits, atol=ATOL, rtol=0)
 
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(directories)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for (difference, module), directory in zip(json.loads(result.stdout.splitlines()[-1]), directories, strict=True):
-        assert difference <= ATOL, f"{directory}: outputs differ by {difference}"
-        assert "modeling_pruned" in module
+    _assert_loads_without_hf_prune(directories)
 
 
 def test_prune_removes_the_least_influential_sublayers_after_heads_and_neurons() -> None:
