@@ -299,11 +299,15 @@ class _KindPlanner:
         masked = request.masked
         scores = [_prepare(s, None if masked is None else masked[i]) for i, s in enumerate(request.scores)]
         if request.tied:
-            if any(len(set(sizes)) > 1 for sizes in request.sizes.values()):
+            # Blocks without units of the kind (an encoder's cross-attention heads) stay out of the tie.
+            filled = [i for i, s in enumerate(scores) if s.numel()]
+            if any(len({sizes[i] for i in filled}) > 1 for sizes in request.sizes.values()):
                 raise ValueError(
                     f"tied_{request.name} needs the same number of {' and '.join(request.sizes)} in every block."
                 )
-            scores = [torch.stack(scores).sum(0)] * len(scores)
+            if filled:
+                total = torch.stack([scores[i] for i in filled]).sum(0)
+                scores = [total if s.numel() else s for s in scores]
         self.scores = scores
         # The callback always passes masks, all False until a unit is removed: only a removed unit asks for units.
         self.any_masked = masked is not None and any(bool(m.any()) for m in masked)

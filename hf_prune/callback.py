@@ -63,6 +63,7 @@ from .prune import (
     plan_for,
     resolve_fixed,
     resolve_targets,
+    stack_block_names,
 )
 from .structure import LayerShape, ModelStructure
 
@@ -634,6 +635,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             vanilla_loadable=vanilla,
             kept=kept_entries(self.structure, plans, removed),
             not_vanilla_because=not_vanilla_because(self.structure.config),
+            block_names=stack_block_names(self.structure),
             removed_layers=removed,
             extra={
                 "schedule": {

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,19 @@ _TASKS = (
         "question-answering",
     ),
     ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "ForMaskedLM", "fill-mask"),
+    ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", None, "text2text-generation"),
+    (
+        "AutoModelForImageClassification",
+        "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+        "ForImageClassification",
+        "image-classification",
+    ),
+    (
+        "AutoModelForSpeechSeq2Seq",
+        "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+        None,
+        "automatic-speech-recognition",
+    ),
     ("AutoModel", "MODEL_MAPPING_NAMES", None, "feature-extraction"),
 )
 
@@ -224,21 +237,40 @@ def _report_kinds(report: PruningReport) -> list[UnitKind]:
 
 
 def _structure_table(report: PruningReport) -> str:
-    # A coupled kind gets a column only where it differs from its leader (KV heads under GQA).
+    """One table of kept units per block; one per stack for a model with several block lists (an encoder's and a
+    decoder's), each with the kinds its blocks have."""
+    if not report.block_names:
+        return _block_table(report, list(range(len(report.layers_before))), str)
+    stacks = list(dict.fromkeys(name.rpartition(" ")[0] for name in report.block_names))
+    tables = []
+    for stack in stacks:
+        blocks = [i for i, name in enumerate(report.block_names) if name.rpartition(" ")[0] == stack]
+        title = f"**{stack[:1].upper()}{stack[1:]}**"
+        tables.append(f"{title}\n\n" + _block_table(report, blocks, report.block_names.__getitem__))
+    return "\n\n".join(tables)
+
+
+def _block_table(report: PruningReport, blocks: list[int], name: Callable[[int], str]) -> str:
+    before_rows = [report.layers_before[i] for i in blocks]
+    # A coupled kind gets a column only where it differs from its leader (KV heads under GQA); a kind only where
+    # these blocks have it (an encoder's have no cross-attention heads).
     kinds = [
         kind
         for kind in _report_kinds(report)
-        if kind.follows is None or any(b[kind.name] != b[kind.follows] for b in report.layers_before)
+        if any(b[kind.name] for b in before_rows)
+        and (kind.follows is None or any(b[kind.name] != b[kind.follows] for b in before_rows))
     ]
     header = ["Layer"] + [f"{kind.label[:1].upper()}{kind.label[1:]} kept" for kind in kinds]
     keys = [kind.name for kind in kinds]
     rows = []
-    for i, (before, after) in enumerate(zip(report.layers_before, report.layers_after, strict=True)):
+    for i in blocks:
+        before, after = report.layers_before[i], report.layers_after[i]
         if i in report.removed_layers:
-            rows.append([str(i)] + ["block removed"] + [""] * (len(keys) - 1))
+            rows.append([name(i)] + ["block removed"] + [""] * (len(keys) - 1))
             continue
-        rows.append([str(i)] + [f"{after[k]} / {before[k]}" for k in keys])
-    totals = {k: (sum(a[k] for a in report.layers_after), sum(b[k] for b in report.layers_before)) for k in keys}
+        rows.append([name(i)] + [f"{after[k]} / {before[k]}" for k in keys])
+    after_rows = [report.layers_after[i] for i in blocks]
+    totals = {k: (sum(a[k] for a in after_rows), sum(b[k] for b in before_rows)) for k in keys}
     rows.append(["**all**"] + [f"**{a} / {b}** ({_ratio(a, b)})" for a, b in totals.values()])
     return _table(header, rows, "l" + "r" * len(keys))
 
@@ -406,6 +438,7 @@ PROSE_NAMES = {
     "neurons": "MLP neurons",
     "experts": "MoE experts",
     "expert_neurons": "neurons inside MoE experts",
+    "cross_heads": "cross-attention heads",
 }
 
 
@@ -435,10 +468,13 @@ def _loading_section(report: PruningReport, class_name: str | None, repo: str) -
     if report.vanilla_loadable:  # the class is unknown: hf_prune reads it from config.json
         lines += ["With hf_prune (it reads the model class from `config.json`):", ""]
     else:
-        kept_layers = [a for i, a in enumerate(report.layers_after) if i not in report.removed_layers]
-        uniform = len({tuple(sorted(a.items())) for a in kept_layers}) == 1
+        # Blocks of one stack (an encoder's, a decoder's) may differ from another stack's and still be "uniform".
+        stacks = [name.rpartition(" ")[0] for name in report.block_names] or [""] * len(report.layers_after)
+        layouts = enumerate(report.layers_after)
+        kept_layers = {(stacks[i], tuple(sorted(a.items()))) for i, a in layouts if i not in report.removed_layers}
+        uniform = len(kept_layers) == len(set(stacks))
         why = (
-            "This architecture derives the head size from `hidden_size / num_attention_heads`, so its config "
+            "This architecture derives the head size from the hidden size and the number of heads, so its config "
             "cannot express fewer heads on its own"
             if uniform
             else f"Layers keep different numbers of {_units_prose(report, 'or')}"

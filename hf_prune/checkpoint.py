@@ -69,25 +69,47 @@ def check_sliceable(model: nn.Module) -> None:
     )
 
 
-def _config_values(structure: ModelStructure, counts: Mapping[str, int]) -> dict[str, int]:
-    """``{config attribute: count}`` of every kind the config states a count for (hf_prune.kinds)."""
-    recipe = structure.recipe
+def _config_values(structure: ModelStructure, counts: Mapping[str, int], index: int = 0) -> dict[str, int]:
+    """``{config attribute: count}`` of every kind the config states a count for (hf_prune.kinds), for block
+    ``index`` (its stack's recipe names the attributes) with ``counts``."""
+    recipe = structure.recipe_for(index)
     values = {}
     for kind in structure.kinds:
-        attribute = kind.config_attribute(recipe)
+        attribute = kind.config_attribute(recipe) if structure.has(index, kind) else None
         if attribute:
             values[attribute] = kind.config_value(dict(counts))
     return values
 
 
-def _planned_config(structure: ModelStructure, counts: Mapping[str, int]) -> Any:
-    """A copy of the config that states these counts for every layer (what a vanilla checkpoint would say)."""
+def _stack_spans(structure: ModelStructure) -> list[tuple[int, int]]:
+    """``(first block, blocks)`` of every stack (one for most models; an encoder's and a decoder's)."""
+    spans, start = [], 0
+    for _, _, blocks in structure.stacks:
+        spans.append((start, len(blocks)))
+        start += len(blocks)
+    return spans
+
+
+def _uniform_config_values(structure: ModelStructure, counts: Sequence[Mapping[str, int]]) -> dict[str, int] | str:
+    """The config values that state ``counts`` (one mapping per block, the same within each stack), or why no
+    config can: two kinds or stacks that one attribute would have to count differently (Whisper's self- and
+    cross-attention heads of a decoder block are both ``decoder_attention_heads``)."""
+    values: dict[str, int] = {}
+    for start, _ in _stack_spans(structure):
+        for attribute, value in _config_values(structure, counts[start], start).items():
+            if values.setdefault(attribute, value) != value:
+                return f"config attribute '{attribute}' would have to hold both {values[attribute]} and {value}"
+    return values
+
+
+def _planned_config(structure: ModelStructure, values: Mapping[str, int]) -> Any:
+    """A copy of the config that states these values for every layer (what a vanilla checkpoint would say)."""
     att = structure.recipe.attention
     candidate = copy.deepcopy(structure.config)
     if candidate.is_heterogeneous:
         candidate.per_layer_config = None
     candidate.__dict__.pop("allow_global_per_layer_attribute_access", None)
-    for attribute, value in _config_values(structure, counts).items():
+    for attribute, value in values.items():
         setattr(candidate, attribute, value)
     if att.head_dim_attribute:  # else the head size follows hidden_size / heads, with the heads unchanged
         setattr(candidate, att.head_dim_attribute, structure.head_dim)
@@ -122,16 +144,23 @@ def layout_refusal(structure: ModelStructure, counts: Sequence[Mapping[str, int]
     if removed:
         which = "; ".join(f"{part} of blocks {blocks}" for part, blocks in removed.items())
         return f"blocks without a sublayer ({which} removed), which a config cannot state"
-    if len({tuple(sorted(c.items())) for c in counts}) > 1:
+    stacks = _stack_spans(structure)
+    if any(len({tuple(sorted(c.items())) for c in counts[start : start + n]}) > 1 for start, n in stacks):
         return "the layers keep different counts, which a config without per-layer values cannot state"
-    first = counts[0]
-    heads = first["heads"]
     config = structure.config
-    if recipe.attention.head_dim_attribute is None and heads != _config_get(config, recipe.attention.heads_attribute):
-        return f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
-    error = _config_error(lambda: _planned_config(structure, first))
+    for start, _ in stacks:
+        att = structure.recipe_for(start).attention
+        if att.head_dim_attribute is None and counts[start]["heads"] != _config_get(config, att.heads_attribute):
+            return (
+                f"recipe '{recipe.name}' derives the head size from hidden_size / heads, which fewer heads would change"
+            )
+    values = _uniform_config_values(structure, counts)
+    if isinstance(values, str):
+        return values
+    error = _config_error(lambda: _planned_config(structure, values))
     if error is None:
         return None
+    heads = counts[0]["heads"]
     return f"{type(config).__name__} refuses {heads} attention heads of size {structure.head_dim}: {error}"
 
 
@@ -162,7 +191,9 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
     }
     setattr(config, CONFIG_KEY, meta)
     if vanilla:
-        for attribute, value in _config_values(structure, shapes[0].counts).items():
+        values = _uniform_config_values(structure, [s.counts for s in shapes])
+        assert isinstance(values, dict), values  # layout_refusal found no conflict
+        for attribute, value in values.items():
             setattr(config, attribute, value)
         if att.head_dim_attribute:
             setattr(config, att.head_dim_attribute, structure.head_dim)
@@ -171,14 +202,24 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
             model.__class__ = base
         return True
 
-    per_layer = {}
-    for i, s in enumerate(shapes):
-        # A removed sublayer's counts are 0 here too: then plain from_pretrained refuses the checkpoint (per-layer
-        # counts differ) instead of building the removed modules and initialising their missing weights at random.
-        overrides: dict[str, Any] = _config_values(structure, s.counts)
-        # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
-        overrides["head_dim"] = structure.head_dim
-        per_layer[i] = overrides
+    # Per-layer entries are keyed by a block's index within its stack (each stack's modeling code counts from 0),
+    # so an encoder's and a decoder's block i share one entry: their attributes differ (encoder_ffn_dim and
+    # decoder_ffn_dim), and one that both would set differently stays global (the hf_prune block has the counts).
+    per_layer: dict[int, dict[str, Any]] = {}
+    clashes: set[str] = set()
+    for start, blocks in _stack_spans(structure):
+        for position in range(blocks):
+            i = start + position
+            # A removed sublayer's counts are 0 here too: then plain from_pretrained refuses the checkpoint
+            # (per-layer counts differ) instead of building the removed modules and initialising their missing
+            # weights at random.
+            overrides: dict[str, Any] = _config_values(structure, shapes[i].counts, i)
+            # transformers derives a layer's head size as hidden_size // heads unless head_dim is given.
+            overrides["head_dim"] = structure.head_dim
+            entry = per_layer.setdefault(position, {})
+            clashes |= {name for name, value in overrides.items() if entry.get(name, value) != value}
+            entry.update(overrides)
+    per_layer = {i: {k: v for k, v in entry.items() if k not in clashes} for i, entry in per_layer.items()}
     with global_config_access(config):
         config.per_layer_config = _reloadable_overrides(config, per_layer)
     model.__class__ = pruned_class(type(model))

@@ -280,11 +280,13 @@ def _print_counts(structure: ModelStructure, shapes: list[LayerShape]) -> None:
     """One row per block, one column per kind of unit."""
     names = [kind.name for kind in structure.kinds]
     removed = structure.removed_sublayers
-    print("layer" + "".join(f"  {name}" for name in names))
+    labels = [structure.block_name(i) for i in range(len(shapes))]
+    width = max(5, *(len(label) for label in labels))
+    print("layer".rjust(width) + "".join(f"  {name}" for name in names))
     for i, shape in enumerate(shapes):
         gone = [part for part, blocks in removed.items() if i in blocks]
         note = f"  ({' and '.join(gone)} removed)" if gone else ""
-        print(f"{i:>5}" + "".join(f"  {shape[name]:>{len(name)}}" for name in names) + note)
+        print(labels[i].rjust(width) + "".join(f"  {shape[name]:>{len(name)}}" for name in names) + note)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -227,7 +227,8 @@ def match_checkpoint_shapes(structure: ModelStructure, state_dict: dict[str, tor
     first units of each (the weights loaded next overwrite them). Returns whether anything was shrunk."""
     names = {id(module): name for name, module in structure.model.named_modules()}
     recipe, head_dim, changed = structure.recipe_dict, structure.head_dim, False
-    for layer in structure.layers:
+    for index, layer in enumerate(structure.layers):
+        block_recipe = structure.recipe_dict_for(index)  # its stack's
         layer_prefix = f"{prefix}{names[id(layer)]}."
         shapes = {
             name: state_dict[layer_prefix + name].shape
@@ -236,9 +237,9 @@ def match_checkpoint_shapes(structure: ModelStructure, state_dict: dict[str, tor
         }
         if not shapes:
             continue
-        target = _counts_with_shapes(layer, recipe, head_dim, shapes)
+        target = _counts_with_shapes(layer, block_recipe, head_dim, shapes)
         for restore in surgery.RESTORERS:
-            restore(layer, recipe, head_dim, target)
+            restore(layer, block_recipe, head_dim, target)
         changed = True
     if changed and recipe["attention"].get("shared_head_tensors"):  # one slice for every block (MPNet)
         counts = dict(structure.shape(0).counts)

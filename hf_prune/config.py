@@ -47,6 +47,13 @@ class PruningConfig:
             "expert of a block (fewer parameters and FLOPs per token); unset: recipe default"
         },
     )
+    cross_heads: float | None = field(
+        default=None,
+        metadata={
+            "help": "fraction of each decoder block's cross-attention heads to remove, in [0, 1) (encoder-decoder "
+            "models such as Whisper; pruned apart from self-attention heads); unset: recipe default"
+        },
+    )
     importance: str = field(
         default="auto",
         metadata={
@@ -175,7 +182,8 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in (*DEPTH_FRACTIONS, "heads", "neurons", "experts", "expert_neurons", "flops", "params", "latency"):
+        fractions = ("heads", "neurons", "experts", "expert_neurons", "cross_heads", "flops", "params", "latency")
+        for name in (*DEPTH_FRACTIONS, *fractions):
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)

@@ -267,6 +267,12 @@ def plan_depth(
 def check_depth_recipe(structure: ModelStructure) -> None:
     """Refuse depth pruning, before any work, where the recipe cannot say how blocks are removed."""
     recipe = structure.recipe
+    if len(structure.stacks) > 1:
+        raise RecipeError(
+            f"recipe '{recipe.name}' has several block lists ({', '.join(s for s, _, _ in structure.stacks)}); "
+            "hf_prune removes whole blocks or sublayers of single-list models only. Prune heads, cross-attention "
+            "heads and neurons (no layers=, attention_layers= or mlp_layers=)."
+        )
     if recipe.depth is None:
         raise RecipeError(
             f"recipe '{recipe.name}' has no `depth` section, so hf_prune does not know what holds a block's index "

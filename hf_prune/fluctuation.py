@@ -81,6 +81,8 @@ class FluctuationImportance(_Accumulating):
             return
         for i in range(structure.num_layers):
             for kind in gated_leaders(structure):
+                if not structure.has(i, kind):
+                    continue  # no units here: its scores stay empty
                 self.moments[(kind.name, i)] = _UnitMoments(kind.unit_width(structure))
                 module = kind.mask_module(structure, i)
                 self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
@@ -103,6 +105,9 @@ class FluctuationImportance(_Accumulating):
         values: dict[str, list[torch.Tensor]] = {kind.name: [] for kind in gated_leaders(structure)}
         for i in range(structure.num_layers):
             for kind in gated_leaders(structure):
+                if not structure.has(i, kind):
+                    values[kind.name].append(torch.zeros(0))
+                    continue
                 moments = self.moments[(kind.name, i)]
                 if moments.gram is None:
                     return  # no forward pass since the last update

@@ -317,6 +317,8 @@ class _GateHooks:
         self.handles: list = []
         for i in range(structure.num_layers):
             for kind in gated_leaders(structure):
+                if not structure.has(i, kind):
+                    continue
                 module = kind.mask_module(structure, i)
                 self.handles.append(module.register_forward_pre_hook(self._hook(kind.name, i)))
 

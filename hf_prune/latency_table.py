@@ -108,6 +108,11 @@ def measure_latency_table(
     structure: ModelStructure, batch_size: int = 8, seq_len: int = 128, repeats: int = 10
 ) -> LatencyTable:
     """Measure :class:`LatencyTable` for the kinds that change a forward pass's work (heads, neurons)."""
+    if len(structure.stacks) > 1:
+        raise ValueError(
+            f"a latency target on a model with several block lists ({', '.join(s for s, _, _ in structure.stacks)}) "
+            "is not supported: the table times one list of blocks on token ids. Give a flops= or params= target."
+        )
     model = structure.model
     was_training = model.training
     shapes = structure.shapes()

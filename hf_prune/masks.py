@@ -111,7 +111,7 @@ class MaskSet:
             return
         for i in range(self.structure.num_layers):
             for kind in self.structure.leaders:
-                if kinds is not None and kind.name not in kinds:
+                if (kinds is not None and kind.name not in kinds) or not self.structure.has(i, kind):
                     continue
                 self._handles.append(kind.mask_hook(self.structure, i, partial(self.multiplier, kind.name, i)))
 

@@ -64,6 +64,8 @@ class PruningReport:
     not_vanilla_because: str = ""  # why the checkpoint needs hf_prune's loader (empty when vanilla-loadable)
     # Whole blocks removed (original numbering); their layers_after entries count zero heads and neurons.
     removed_layers: list[int] = field(default_factory=list)
+    # How the blocks are named where the model has several block lists ("encoder 0", "decoder 0"); empty: numbered.
+    block_names: list[str] = field(default_factory=list)
 
     @property
     def parameter_ratio(self) -> float:
@@ -108,12 +110,14 @@ class PruningReport:
         ]
         kinds = list(self.layers_before[0]) if self.layers_before else []  # units per kind, in table order
         widths = {kind: max(len(kind), 2 * len(str(max(b[kind] for b in self.layers_before))) + 1) for kind in kinds}
-        lines.append("  ".join(["layer", *(kind.rjust(widths[kind]) for kind in kinds)]))
+        names = self.block_names or [str(i) for i in range(len(self.layers_before))]
+        width = max(5, *(len(name) for name in names))
+        lines.append("  ".join(["layer".rjust(width), *(kind.rjust(widths[kind]) for kind in kinds)]))
         for i, (b, a) in enumerate(zip(self.layers_before, self.layers_after, strict=True)):
             if i in self.removed_layers:
-                lines.append(f"{i:>5}  block removed")
+                lines.append(f"{names[i]:>{width}}  block removed")
                 continue
-            lines.append("  ".join([f"{i:>5}", *(f"{a[k]}/{b[k]}".rjust(widths[k]) for k in kinds)]))
+            lines.append("  ".join([names[i].rjust(width), *(f"{a[k]}/{b[k]}".rjust(widths[k]) for k in kinds)]))
         lines.append(
             "loads with plain transformers from_pretrained"
             if self.vanilla_loadable
@@ -161,12 +165,17 @@ def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tu
             SublayerPlan(
                 keep_units=plan.keep[leader.name] if changes else list(range(counts[leader.name])),
                 units=counts[leader.name],
-                remove=partial(leader.remove, layer, structure.recipe_dict, structure.head_dim, keep),
+                remove=partial(leader.remove, layer, structure.recipe_dict_for(index), structure.head_dim, keep),
                 groups=[list(range(start, start + size)) for start in range(0, counts[leader.name], max(size, 1))],
                 fixed=leader.name == "heads" and bool(structure.recipe.attention.shared_head_tensors),
             )
         )
     return tuple(subplans)
+
+
+def stack_block_names(structure: ModelStructure) -> list[str]:
+    """The report's block names of a model with several block lists (``encoder 0``...); empty for one list."""
+    return [structure.block_name(i) for i in range(structure.num_layers)] if len(structure.stacks) > 1 else []
 
 
 def apply_plan(
@@ -250,7 +259,7 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
 
 
 # Kinds removed by their own fraction: a cost target counts what they remove but does not choose it.
-FIXED_KINDS = ("experts", "expert_neurons")
+FIXED_KINDS = ("experts", "expert_neurons", "cross_heads")
 
 
 def _depth_given(config: PruningConfig) -> bool:
@@ -543,7 +552,7 @@ def width_after_depth(
     width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
     if not _width_given(config):
         # A depth target alone: no width defaults from the recipe.
-        return width.replace(heads=0.0, neurons=0.0, experts=0.0, expert_neurons=0.0)
+        return width.replace(heads=0.0, neurons=0.0, **dict.fromkeys(FIXED_KINDS, 0.0))
     target = config.flops if config.flops is not None else config.params
     if target is None:
         return width
@@ -567,8 +576,7 @@ def width_after_depth(
             **{kind: None},
             heads=0.0,
             neurons=0.0,
-            experts=config.experts or 0.0,
-            expert_neurons=config.expert_neurons or 0.0,
+            **{name: getattr(config, name) or 0.0 for name in FIXED_KINDS},
         )
     return width.replace(**{kind: rest})
 
@@ -632,6 +640,14 @@ def prune(
             raise ValueError(
                 "reconstruct=True on a model with LoRA adapters: reconstruction refits base weights that the adapters "
                 "add to. Merge them first (model.merge_and_unload()), then prune with reconstruction."
+            )
+        config = config.replace(reconstruct=False)
+    if len(structure.stacks) > 1:  # block-sequential refits assume one chain of blocks, each feeding the next
+        if config.reconstruct:
+            raise ValueError(
+                f"reconstruct=True on a model with several block lists ({', '.join(s for s, _, _ in structure.stacks)}"
+                "): reconstruction refits blocks in sequence, each on the pruned output of the one before, and a "
+                "decoder's first block reads token embeddings, not the encoder's output. Prune with reconstruct=False."
             )
         config = config.replace(reconstruct=False)
     heads, neurons, protected = resolve_targets(config, structure)  # also refuses unknown protected layers
@@ -744,6 +760,7 @@ def prune(
         vanilla_loadable=vanilla,
         kept=kept_entries(structure, plans, removed),
         not_vanilla_because=not_vanilla_because(structure.config),
+        block_names=stack_block_names(structure),
         removed_layers=removed,
     )
     if depth_plan is not None:

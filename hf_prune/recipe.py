@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .surgery import stack_recipe
+
 QUANTITIES = (
     "heads",
     "kv_heads",
@@ -92,6 +94,13 @@ class AttentionSpec:
         default=None,
         metadata={
             "help": "why this architecture's heads cannot be removed (heads > 0 is refused with it); unset: they can"
+        },
+    )
+    heads_tied_because: str | None = field(
+        default=None,
+        metadata={
+            "help": "why every block must keep the same heads although no per-head tensor is shared (a block's "
+            "forward hands the next one something shaped by its heads); unset: blocks choose their own"
         },
     )
 
@@ -327,9 +336,10 @@ class Targets:
     neurons: float = 0.0
     experts: float = 0.0
     expert_neurons: float = 0.0
+    cross_heads: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts", "expert_neurons"):
+        for name in ("heads", "neurons", "experts", "expert_neurons", "cross_heads"):
             check_fraction(name, getattr(self, name))
 
 
@@ -368,13 +378,46 @@ class GGUFSpec:
 
 
 @dataclass
+class StackSpec:
+    """One of several block lists of a model (an encoder-decoder's encoder and decoder).
+
+    The recipe's fields describe a block; a stack names its block list and overrides the fields where its blocks
+    differ (their config attributes, a cross-attention only decoder blocks have, other module paths). Blocks are
+    numbered across the stacks, in the order given: the first stack's blocks first.
+    """
+
+    name: str = field(metadata={"help": "what the card and reports call it (encoder, decoder)"})
+    layers: list[str] = field(metadata={"help": "candidate paths of its block list under the base model"})
+    overrides: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "recipe fields for its blocks, merged into the recipe's: {attention: {heads_attribute: ...}}; "
+            "a section set to null is absent from its blocks (cross_attention: null)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        if not self.name or not self.layers:
+            raise RecipeError("stacks: every stack needs a `name` and its `layers` (the block list's path).")
+        if not isinstance(self.overrides, dict):
+            raise RecipeError(f"stack '{self.name}': `overrides` maps recipe fields to this stack's values.")
+        fixed = sorted(set(self.overrides) & {"name", "model_types", "layers", "stacks", "targets", "gguf"})
+        if fixed:
+            raise RecipeError(f"stack '{self.name}': {fixed} apply to the whole model and cannot be overridden.")
+
+
+@dataclass
 class Recipe:
     """Everything hf_prune needs to know about one architecture."""
 
     name: str
     model_types: list[str]
-    layers: list[str]
     attention: AttentionSpec
+    layers: list[str] = field(
+        default_factory=list, metadata={"help": "candidate paths of the block list (unset when `stacks` names them)"}
+    )
     mlp: MLPSpec | None = field(default=None, metadata={"help": "the dense MLP; optional when `experts` is given"})
     targets: Targets = field(default_factory=Targets)
     protected_layers: list[int] = field(default_factory=list, metadata={"help": "blocks never pruned"})
@@ -386,10 +429,28 @@ class Recipe:
     experts: ExpertsSpec | None = field(
         default=None, metadata={"help": "the mixture of experts of each block (MoE models); unset: none"}
     )
+    cross_attention: AttentionSpec | None = field(
+        default=None,
+        metadata={
+            "help": "a decoder block's attention over the encoder output (its heads are pruned apart from "
+            "self-attention's); unset: none"
+        },
+    )
+    stacks: list[StackSpec] = field(
+        default_factory=list,
+        metadata={"help": "several block lists (encoder and decoder), each with its overrides; unset: one list"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.attention, dict):
             self.attention = _build(AttentionSpec, self.attention, f"recipe '{self.name}' attention")
+        if isinstance(self.cross_attention, dict):
+            self.cross_attention = _build(AttentionSpec, self.cross_attention, f"recipe '{self.name}' cross_attention")
+        if not isinstance(self.stacks, list):
+            raise RecipeError(f"recipe '{self.name}': `stacks` is a list of {{name, layers, overrides}} entries.")
+        self.stacks = [
+            _build(StackSpec, s, f"recipe '{self.name}' stacks") if isinstance(s, dict) else s for s in self.stacks
+        ]
         if isinstance(self.mlp, dict):
             self.mlp = _build(MLPSpec, self.mlp, f"recipe '{self.name}' mlp")
         if isinstance(self.targets, dict):
@@ -407,8 +468,15 @@ class Recipe:
             )
         if isinstance(self.layers, str):
             self.layers = [self.layers]
-        if not self.model_types or not self.layers:
-            raise RecipeError(f"recipe '{self.name}' needs non-empty `model_types` and `layers`.")
+        if not self.model_types or not (self.layers or self.stacks):
+            raise RecipeError(f"recipe '{self.name}' needs non-empty `model_types`, and `layers` or `stacks`.")
+        if self.stacks and self.layers:
+            raise RecipeError(f"recipe '{self.name}': give `layers` or `stacks` (each with its layers), not both.")
+        names = [stack.name for stack in self.stacks]
+        if len(set(names)) != len(names):
+            raise RecipeError(f"recipe '{self.name}': stack names {names} must differ.")
+        for stack in self.stacks:
+            self.for_stack(stack.name)  # each stack's blocks must make a valid recipe (errors name the stack)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -428,15 +496,36 @@ class Recipe:
             raise RecipeError(f"recipe file '{path}' is not valid YAML: {err}") from None
         return cls.from_dict(data, source=str(path))
 
+    def for_stack(self, name: str) -> Recipe:
+        """The single-list recipe of stack ``name``'s blocks: the recipe with the stack's overrides merged in."""
+        stack = next((s for s in self.stacks if s.name == name), None)
+        if stack is None:
+            raise RecipeError(f"recipe '{self.name}' has no stack '{name}'; it has {[s.name for s in self.stacks]}.")
+        where = f"recipe '{self.name}' stack '{name}'"
+        try:
+            return Recipe.from_dict(stack_recipe(self.to_dict(), asdict(stack)), where)
+        except RecipeError as err:
+            message = str(err)
+            raise RecipeError(message if message.startswith(where) else f"{where}: {message}") from None
+
+    def stack_recipes(self) -> list[tuple[str, Recipe]]:
+        """``(stack name, its blocks' recipe)`` for every stack, in block order; ``[("", self)]`` with one list."""
+        if not self.stacks:
+            return [("", self)]
+        return [(stack.name, self.for_stack(stack.name)) for stack in self.stacks]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (what ``surgery`` consumes and what is stored in ``config.json``).
 
-        A recipe without depth or experts fields leaves the key out, so checkpoints that do not need it read as before.
+        Fields a recipe does not use (depth, experts, cross-attention, stacks) are left out, so checkpoints that do
+        not need them read as before.
         """
         data = asdict(self)
-        for optional in ("depth", "experts"):
+        for optional in ("depth", "experts", "cross_attention"):
             if data[optional] is None:
                 del data[optional]
+        if not data["stacks"]:
+            del data["stacks"]
         return data
 
     def to_yaml(self) -> str:
@@ -491,11 +580,17 @@ def shipped_recipes() -> dict[str, Recipe]:
 
 
 def recipe_for_model_type(model_type: str) -> Recipe:
-    """The shipped recipe that covers ``model_type``."""
+    """The first shipped recipe that covers ``model_type`` (by name)."""
+    return recipes_for_model_type(model_type)[0]
+
+
+def recipes_for_model_type(model_type: str) -> list[Recipe]:
+    """Every shipped recipe that covers ``model_type``, by name: variants of one family may share it (T5 with a
+    ReLU or a gated FFN), and the first whose modules a model has describes it (:class:`ModelStructure`)."""
     recipes = shipped_recipes()
-    for recipe in recipes.values():
-        if model_type in recipe.model_types:
-            return recipe
+    matching = [recipe for recipe in recipes.values() if model_type in recipe.model_types]
+    if matching:
+        return matching
     raise RecipeError(
         f"no recipe for model_type '{model_type}'. Shipped recipes: {', '.join(sorted(recipes))}. "
         "Write a YAML recipe for it (see 'Adding an architecture' in the README; "

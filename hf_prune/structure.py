@@ -13,8 +13,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import __version__, surgery
-from .kinds import UnitKind, UnitParameter, kinds_for
-from .recipe import Recipe, RecipeError, resolve_recipe
+from .kinds import UnitKind, UnitParameter, registered_kinds
+from .recipe import Recipe, RecipeError, recipes_for_model_type, resolve_recipe
 
 
 @dataclass(frozen=True, eq=True)
@@ -119,13 +119,47 @@ class ModelStructure:
         recorded = surgery.recorded_meta(self.config, __version__)
         if recipe == "auto" and recorded:
             recipe = recorded["recipe"]  # a pruned checkpoint carries the recipe it was pruned with
-        self.recipe = resolve_recipe(recipe, getattr(self.config, "model_type", None))
+        model_type = getattr(self.config, "model_type", None)
+        if recipe == "auto" and model_type is not None:
+            candidates = recipes_for_model_type(model_type)
+            # Variants of one family share a model_type (T5 with a ReLU or a gated FFN): the first recipe whose
+            # modules the model has describes it.
+            for candidate in candidates[:-1]:
+                try:
+                    self._describe(candidate, recorded)
+                    return
+                except AttributeError:  # a module path it names is missing: the next variant may fit
+                    continue
+            recipe = candidates[-1]
+        self._describe(resolve_recipe(recipe, model_type), recorded)
+
+    def _describe(self, recipe: Recipe, recorded: dict[str, Any] | None) -> None:
+        """Read the model's blocks as ``recipe`` says, and check that it describes them."""
+        model = self.model
+        self.recipe = recipe
         self.recipe_dict = self.recipe.to_dict()
-        self.layers = surgery.find_layers(model, self.recipe_dict)
-        #: The kinds of unit this model has (hf_prune.kinds), in table order.
-        self.kinds: list[UnitKind] = kinds_for(self.recipe)
-        self._paths = {role: path for kind in self.kinds for role, path in kind.paths(self.recipe).items()}
-        self._parameters = {role: spec for kind in self.kinds for role, spec in kind.parameters(self.recipe).items()}
+        #: The block lists (an encoder-decoder has two): ``(name, recipe of its blocks, its blocks)``, in block order.
+        self.stacks = [
+            (name, stack, surgery.find_layers(model, stack.to_dict())) for name, stack in self.recipe.stack_recipes()
+        ]
+        self._stack_dicts = [stack.to_dict() for _, stack, _ in self.stacks]
+        # Blocks are numbered across the stacks; one block list stays the model's own (depth pruning edits it).
+        self.layers = self.stacks[0][2] if len(self.stacks) == 1 else [b for _, _, bs in self.stacks for b in bs]
+        self._block_stack = [s for s, (_, _, blocks) in enumerate(self.stacks) for _ in blocks]
+        #: The kinds of unit this model has (hf_prune.kinds), in table order: those of any stack.
+        self.kinds: list[UnitKind] = [
+            kind for kind in registered_kinds() if any(kind.applies(stack) for _, stack, _ in self.stacks)
+        ]
+        self._stack_paths = [
+            {role: path for kind in self.kinds if kind.applies(stack) for role, path in kind.paths(stack).items()}
+            for _, stack, _ in self.stacks
+        ]
+        self._stack_parameters = [
+            {role: spec for kind in self.kinds if kind.applies(stack) for role, spec in kind.parameters(stack).items()}
+            for _, stack, _ in self.stacks
+        ]
+        self._paths = {role: path for paths in self._stack_paths for role, path in paths.items()}
+        self._parameters = {role: spec for specs in self._stack_parameters for role, spec in specs.items()}
         self.head_dim = self._head_dim(recorded)
         self._check_modules()
 
@@ -134,7 +168,16 @@ class ModelStructure:
     def _head_dim(self, recorded: dict[str, Any] | None) -> int:
         if recorded:
             return int(recorded["head_dim"])
-        att = self.recipe.attention
+        sizes = {self._stack_head_dim(stack) for _, stack, _ in self.stacks}
+        if len(sizes) > 1:
+            raise RecipeError(
+                f"recipe '{self.recipe.name}': the stacks' attention heads have different sizes {sorted(sizes)}; "
+                "hf_prune prunes models whose heads all have one size."
+            )
+        return sizes.pop()
+
+    def _stack_head_dim(self, recipe: Recipe) -> int:
+        att = recipe.attention
         if att.head_dim_attribute and surgery._config_get(self.config, att.head_dim_attribute):
             return int(surgery._config_get(self.config, att.head_dim_attribute))
         heads = surgery._config_get(self.config, att.heads_attribute)
@@ -149,9 +192,11 @@ class ModelStructure:
     def _check_modules(self) -> None:
         """Fail before any surgery, naming the path, if the recipe points at modules or attributes that do not
         exist in some block, or at weights that cannot be sliced (quantized layers)."""
-        specs = [s for s in (self.recipe.attention, self.recipe.mlp, self.recipe.experts) if s is not None]
-        paths = list(dict.fromkeys(self._paths.values()))
         for index, layer in enumerate(self.layers):
+            recipe = self.recipe_for(index)
+            sections = (recipe.attention, recipe.cross_attention, recipe.mlp, recipe.experts)
+            specs = [spec for spec in sections if spec is not None]
+            paths = list(dict.fromkeys(self._stack_paths[self._block_stack[index]].values()))
             self._check_parameters(index, layer)
             for path in paths:
                 if surgery.part_removed(layer, path):
@@ -200,7 +245,7 @@ class ModelStructure:
         on the number of units. A block without them is refused by name: a dense MLP among MoE blocks (Qwen3-MoE's
         ``mlp_only_layers`` / ``decoder_sparse_step``) is not something the recipe's blocks can describe."""
         counts = []
-        for role, (path, name, axis) in self._parameters.items():
+        for role, (path, name, axis) in self._stack_parameters[self._block_stack[index]].items():
             if surgery.part_removed(layer, path):
                 continue  # the block's MoE sublayer was removed
             try:
@@ -252,7 +297,8 @@ class ModelStructure:
         """Parameters of the base model, outside the recipe's projections and declared shared tensors, with an axis
         as long as the blocks' query heads: probably per-head tensors that removing heads would leave stale (MPNet's
         relative attention bias, for a recipe that does not declare it). Sizes that are also the hidden size, the
-        head size, a neuron count, the vocabulary, the labels or an image's channels are not taken as a sign."""
+        head size, a neuron count, the vocabulary, the labels or an image's channels, and convolutions' weights, are not
+        taken as a sign."""
         shapes = self.shapes()
         heads = {s.heads for s in shapes}
         ambiguous = {self.head_dim, *(s.counts.get("neurons", 0) for s in shapes)}
@@ -274,6 +320,9 @@ class ModelStructure:
             for e in self.recipe.attention.shared_head_tensors
         }
         root = getattr(self.model, "base_model", self.model)
+        # A convolution's kernel and channel sizes are not head counts (Whisper's audio stem: kernel 3).
+        convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        known |= {id(p) for m in root.modules() if isinstance(m, convolutions) for p in m.parameters(recurse=False)}
         return [
             f"{name} {tuple(p.shape)}"
             for name, p in root.named_parameters()
@@ -301,10 +350,35 @@ class ModelStructure:
                 parameters.append(role)
         return [*self._paths, *parameters]
 
+    def recipe_for(self, index: int) -> Recipe:
+        """The recipe of block ``index``'s stack (the recipe itself for a model with one block list)."""
+        return self.stacks[self._block_stack[index]][1]
+
+    def recipe_dict_for(self, index: int) -> dict[str, Any]:
+        """:meth:`recipe_for` in the plain-dict form that the surgery reads."""
+        return self._stack_dicts[self._block_stack[index]]
+
+    def has(self, index: int, kind: UnitKind) -> bool:
+        """Whether block ``index``'s stack has units of ``kind`` (an encoder block has no cross-attention heads)."""
+        return kind.applies(self.recipe_for(index))
+
+    def block_name(self, index: int) -> str:
+        """How reports name block ``index``: its number, or its stack and number there (``decoder 1``)."""
+        if len(self.stacks) == 1:
+            return str(index)
+        stack = self._block_stack[index]
+        return f"{self.stacks[stack][0]} {index - self._block_stack.index(stack)}"
+
     def shape(self, index: int) -> LayerShape:
-        """Current counts of block ``index`` (read from weight shapes)."""
-        layer = self.layers[index]
-        return LayerShape({kind.name: kind.count(layer, self.recipe_dict, self.head_dim) for kind in self.kinds})
+        """Current counts of block ``index`` (read from weight shapes); 0 of a kind its stack does not have."""
+        layer, recipe = self.layers[index], self.recipe_for(index)
+        recipe_dict = self.recipe_dict_for(index)
+        return LayerShape(
+            {
+                kind.name: kind.count(layer, recipe_dict, self.head_dim) if kind.applies(recipe) else 0
+                for kind in self.kinds
+            }
+        )
 
     @property
     def leaders(self) -> list[UnitKind]:
@@ -325,27 +399,38 @@ class ModelStructure:
     def module(self, index: int, role: str) -> nn.Module:
         """The projection playing ``role`` (``q``, ``o``, ``up``, ``down``...) in block ``index``, or the
         :class:`UnitParameter` of a unit parameter role (``router``, ``experts.gate_up_proj``...)."""
-        if not self.present(index, role) and (role in self._parameters or role in self._paths):
+        stack = self._block_stack[index]
+        declared = role in self._stack_parameters[stack] or role in self._stack_paths[stack]
+        if declared and not self.present(index, role):
             raise ValueError(
                 f"block {index} has no '{role}': its sublayer was removed (depth.sublayers); hf_prune does not prune "
                 "a model with removed sublayers further. Prune heads, neurons and experts before removing sublayers."
             )
-        if role in self._parameters:
-            owner, name, axis = self._parameters[role]
+        if role in self._stack_parameters[stack]:
+            owner, name, axis = self._stack_parameters[stack][role]
             return UnitParameter(surgery.get_submodule(self.layers[index], owner), name, axis)  # type: ignore[return-value]
-        path = self._paths.get(role)
+        path = self._stack_paths[stack].get(role)
         if path is None:
-            raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection.")
+            where = f" in its {self.stacks[stack][0]} blocks" if len(self.stacks) > 1 else ""
+            raise KeyError(f"recipe '{self.recipe.name}' has no '{role}' projection{where} (block {index}).")
         return surgery.get_submodule(self.layers[index], path)
 
     @property
     def removed_sublayers(self) -> dict[str, list[int]]:
         """``{"attention" | "mlp": blocks whose sublayer was removed}``, for the parts that lost any."""
-        return surgery.removed_sublayers(self.layers, self.recipe_dict)
+        removed: dict[str, list[int]] = {}
+        offset = 0
+        for stack, (_, _, blocks) in zip(self._stack_dicts, self.stacks, strict=True):
+            for part, indices in surgery.removed_sublayers(blocks, stack).items():
+                removed.setdefault(part, []).extend(offset + i for i in indices)
+            offset += len(blocks)
+        return removed
 
     def present(self, index: int, role: str) -> bool:
         """Whether block ``index`` still has the projection or unit parameter ``role`` (not in a removed sublayer)."""
-        path = self._parameters[role][0] if role in self._parameters else self._paths.get(role)
+        stack = self._block_stack[index]
+        parameters, paths = self._stack_parameters[stack], self._stack_paths[stack]
+        path = parameters[role][0] if role in parameters else paths.get(role)
         return path is not None and not surgery.part_removed(self.layers[index], path)
 
     def reference_block(self, role: str) -> int:

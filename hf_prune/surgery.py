@@ -231,6 +231,38 @@ def removed_sublayers(layers: nn.ModuleList, recipe: dict[str, Any]) -> dict[str
 # ---------------------------------------------------------------------------------------------------------
 
 
+def stack_recipe(recipe: dict[str, Any], stack: dict[str, Any]) -> dict[str, Any]:
+    """The plain-dict recipe of one stack's blocks: ``recipe`` without its stacks, with the stack's block list and its
+    overrides merged in (a section's fields are updated one by one; a section set to ``None`` is dropped)."""
+    merged = {key: value for key, value in recipe.items() if key != "stacks"}
+    merged["layers"] = list(stack["layers"])
+    for key, value in (stack.get("overrides") or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def stack_recipes(recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(stack name, its blocks' recipe)`` in block order; ``[("", recipe)]`` for a recipe with one block list."""
+    if not recipe.get("stacks"):
+        return [("", recipe)]
+    return [(stack["name"], stack_recipe(recipe, stack)) for stack in recipe["stacks"]]
+
+
+def find_stacks(model: nn.Module, recipe: dict[str, Any]) -> list[tuple[str, dict[str, Any], nn.ModuleList]]:
+    """Every block list of the model with its name and its blocks' recipe, in block order."""
+    return [(name, stack, find_layers(model, stack)) for name, stack in stack_recipes(recipe)]
+
+
+def cross_view(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` with its cross-attention in the place of self-attention: the attention surgery then works on it."""
+    return {**recipe, "attention": recipe["cross_attention"]}
+
+
 def find_layers(model: nn.Module, recipe: dict[str, Any]) -> nn.ModuleList:
     """Return the transformer block list named by the recipe (paths are tried under the base model first)."""
     roots = [getattr(model, "base_model", model), model]
@@ -308,9 +340,11 @@ def count_expert_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: int
 
 
 def layer_counts(layer: nn.Module, recipe: dict[str, Any], head_dim: int) -> dict[str, int]:
-    """Current ``heads``, ``kv_heads``, and ``neurons`` and/or ``experts`` and ``expert_neurons`` (as the recipe has
-    them) of one block, read from its weight shapes."""
+    """Current ``heads``, ``kv_heads``, and ``cross_heads``, ``neurons`` and/or ``experts`` and ``expert_neurons`` (as
+    the recipe has them) of one block, read from its weight shapes."""
     counts = {"heads": count_heads(layer, recipe, head_dim), "kv_heads": count_kv_heads(layer, recipe, head_dim)}
+    if recipe.get("cross_attention"):
+        counts["cross_heads"] = count_heads(layer, cross_view(recipe), head_dim)
     if recipe.get("mlp"):
         counts["neurons"] = count_neurons(layer, recipe, head_dim)
     if recipe.get("experts"):
@@ -706,9 +740,17 @@ def restore_expert_neurons(layer: nn.Module, recipe: dict[str, Any], head_dim: i
         prune_expert_neurons(layer, recipe, head_dim, [e * width + j for e in range(experts) for j in range(kept)])
 
 
+def restore_cross_attention(layer: nn.Module, recipe: dict[str, Any], head_dim: int, target: dict[str, int]) -> None:
+    """Shrink a dense-shaped decoder block's cross-attention to the recorded ``cross_heads`` (the first ones);
+    nothing in a block without one (an encoder block)."""
+    if recipe.get("cross_attention"):
+        heads = target["cross_heads"]
+        restore_attention(layer, cross_view(recipe), head_dim, {"heads": heads, "kv_heads": heads})
+
+
 # One restorer per sublayer, in order. hf_prune's unit kinds (hf_prune/kinds) name these as their restore step; this
 # tuple is what runs without hf_prune (trust_remote_code), and a test checks that both agree.
-RESTORERS = (restore_attention, restore_mlp, restore_experts, restore_expert_neurons)
+RESTORERS = (restore_attention, restore_cross_attention, restore_mlp, restore_experts, restore_expert_neurons)
 
 
 def restore_structure(model: nn.Module) -> None:
@@ -723,13 +765,14 @@ def restore_structure(model: nn.Module) -> None:
         return
     meta = recorded_meta(config)
     recipe, head_dim = meta["recipe"], meta["head_dim"]
-    layers = find_layers(model, recipe)
+    # Blocks are numbered across the stacks (an encoder's, then a decoder's), each with its own recipe.
+    blocks = [(layer, stack) for _, stack, layers in find_stacks(model, recipe) for layer in layers]
     removed = meta.get("removed_sublayers") or {}
-    for index, (layer, target) in enumerate(zip(layers, structure, strict=True)):
-        for part, blocks in removed.items():  # first: a removed sublayer's kinds then count 0, as recorded
-            if index in blocks:
-                remove_sublayer(layer, recipe, head_dim, part)
+    for index, ((layer, stack), target) in enumerate(zip(blocks, structure, strict=True)):
+        for part, removed_in in removed.items():  # first: a removed sublayer's kinds then count 0, as recorded
+            if index in removed_in:
+                remove_sublayer(layer, stack, head_dim, part)
         for restore in RESTORERS:
-            restore(layer, recipe, head_dim, target)
+            restore(layer, stack, head_dim, target)
     if recipe["attention"].get("shared_head_tensors"):
         prune_shared_heads(model, recipe, head_dim, range(structure[0]["heads"]), structure[0])

@@ -31,10 +31,20 @@ class PrunedModelError(RecipeError):
 
 
 def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A small, seeded input on the model's device: one sequence of ``PROBE_TOKENS`` token ids, or one random
-    image for a vision model (``main_input_name == "pixel_values"``)."""
+    """A small, seeded input on the model's device: one sequence of ``PROBE_TOKENS`` token ids, one random image
+    for a vision model (``main_input_name == "pixel_values"``), or one random log-mel spectrogram for a speech
+    encoder (``"input_features"``: Whisper's ``num_mel_bins`` x ``2 * max_source_positions`` frames); an
+    encoder-decoder model also gets decoder token ids."""
     generator = torch.Generator().manual_seed(0)
     parameter = next(model.parameters())
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs = _encoder_probe(model, generator)
+        if inputs is not None:
+            vocab = int(getattr(model.config, "vocab_size", None) or 2)
+            start = getattr(model.config, "decoder_start_token_id", None) or 0
+            tail = torch.randint(0, vocab, (1, PROBE_TOKENS - 1), generator=generator)
+            inputs["decoder_input_ids"] = torch.cat([torch.tensor([[start]]), tail], dim=1).to(parameter.device)
+            return inputs
     if getattr(model, "main_input_name", "input_ids") == "pixel_values":
         config = model.config
         size = getattr(config, "image_size", 224)
@@ -45,6 +55,21 @@ def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     vocab = int(getattr(config, "vocab_size", None) or 2)
     ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=generator)
     return {"input_ids": ids.to(parameter.device), "attention_mask": torch.ones_like(ids).to(parameter.device)}
+
+
+def _encoder_probe(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+    """The encoder's probe input of an encoder-decoder: token ids (T5), or a log-mel spectrogram (Whisper); ``None``
+    when the config does not give its size."""
+    config, parameter = model.config, next(model.parameters())
+    if model.main_input_name == "input_ids":
+        vocab = int(getattr(config, "vocab_size", None) or 2)
+        ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=generator).to(parameter.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    bins, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+    if model.main_input_name != "input_features" or not bins or not positions:
+        return None
+    features = torch.randn(1, int(bins), 2 * int(positions), generator=generator)  # two frames per position
+    return {"input_features": features.to(device=parameter.device, dtype=parameter.dtype)}
 
 
 def run_probe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

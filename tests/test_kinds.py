@@ -17,7 +17,7 @@ from .architectures import CASES, CASES_BY_NAME, MOE_CASES
 
 
 def test_shipped_kinds_in_table_order() -> None:
-    assert [k.name for k in registered_kinds()][:4] == ["heads", "kv_heads", "neurons", "experts"]
+    assert [k.name for k in registered_kinds()][:5] == ["heads", "kv_heads", "cross_heads", "neurons", "experts"]
     assert get_kind("kv_heads").follows == "heads" and get_kind("kv_heads").part == "attention"
     assert get_kind("experts").part == "experts" and not get_kind("experts").gated
     assert [k.name for k in ModelStructure(CASES_BY_NAME["llama"].build()).leaders] == ["heads", "neurons"]

@@ -96,7 +96,7 @@ class QueryHeads(UnitKind):
         masked: Sequence[torch.Tensor] | None,
     ) -> KindRequest:
         # A per-head tensor shared by every block allows one set of heads for all of them.
-        tied = bool(structure.recipe.attention.shared_head_tensors)
+        tied = bool(structure.recipe.attention.shared_head_tensors or structure.recipe.attention.heads_tied_because)
         kv_heads = [s.kv_heads for s in structure.shapes()]
         return head_request(scores, kv_heads, fraction, config.gqa_mode, masked, tied)
 
