@@ -231,6 +231,9 @@ class KindRequest:
     min_kept: int = 1  # no block keeps fewer units than this (an MoE block keeps its top-k experts)
     masked: Sequence[torch.Tensor] | None = None  # per block, indices already removed (they stay removed)
     tied: bool = False  # every block keeps the same units (uniform removal, whatever the ranking)
+    # With ``tied``: the groups of blocks that keep the same units (each stack of an encoder-decoder); unset: one group
+    # of every block.
+    tie_groups: Sequence[Sequence[int]] = ()
     # Build units only when something is removed: GQA units refuse some layouts that are fine to leave alone.
     lazy: bool = False
     label: str = ""  # what people call the units (messages)
@@ -299,15 +302,18 @@ class _KindPlanner:
         masked = request.masked
         scores = [_prepare(s, None if masked is None else masked[i]) for i, s in enumerate(request.scores)]
         if request.tied:
-            # Blocks without units of the kind (an encoder's cross-attention heads) stay out of the tie.
-            filled = [i for i, s in enumerate(scores) if s.numel()]
-            if any(len({sizes[i] for i in filled}) > 1 for sizes in request.sizes.values()):
-                raise ValueError(
-                    f"tied_{request.name} needs the same number of {' and '.join(request.sizes)} in every block."
-                )
-            if filled:
-                total = torch.stack([scores[i] for i in filled]).sum(0)
-                scores = [total if s.numel() else s for s in scores]
+            scores = list(scores)
+            for group in request.tie_groups or [range(len(scores))]:
+                # Blocks without units of the kind (an encoder's cross-attention heads) stay out of the tie.
+                filled = [i for i in group if scores[i].numel()]
+                if any(len({sizes[i] for i in filled}) > 1 for sizes in request.sizes.values()):
+                    raise ValueError(
+                        f"tied_{request.name} needs the same number of {' and '.join(request.sizes)} in every block."
+                    )
+                if filled:
+                    total = torch.stack([scores[i] for i in filled]).sum(0)
+                    for i in filled:
+                        scores[i] = total
         self.scores = scores
         # The callback always passes masks, all False until a unit is removed: only a removed unit asks for units.
         self.any_masked = masked is not None and any(bool(m.any()) for m in masked)
@@ -442,6 +448,7 @@ def head_request(
     gqa_mode: str = "auto",
     masked: Sequence[torch.Tensor] | None = None,
     tied: bool = False,
+    tie_groups: Sequence[Sequence[int]] = (),
 ) -> KindRequest:
     """Query heads in GQA units (module docstring); the KV heads go with the units that remove them."""
     return KindRequest(
@@ -452,6 +459,7 @@ def head_request(
         units=lambda i, s: grouped_units(head_units(s, kv_heads[i], gqa_mode)),
         masked=masked,
         tied=tied,
+        tie_groups=tie_groups,
         lazy=True,
         label="heads",
     )

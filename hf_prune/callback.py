@@ -493,7 +493,7 @@ class PruningCallback(TrainerCallback, ExportableState):
             self.blocks.skip_more(count, sums / tokens.clamp_min(1.0), self._protected)
             # Skipped blocks go whole at the end: width budgets (global ranking) are spent on the others. A tensor
             # shared by every block's heads forbids protecting some: then the skipped blocks lose heads too.
-            if self.blocks.skipped and not self.structure.recipe.attention.shared_head_tensors:
+            if self.blocks.skipped and not self.structure.shared_head_tensors():
                 width = width.replace(protected_layers=sorted({*self._protected, *self.blocks.skipped}))
         plans = plan_for(
             self.layout,

@@ -81,21 +81,12 @@ def _config_values(structure: ModelStructure, counts: Mapping[str, int], index: 
     return values
 
 
-def _stack_spans(structure: ModelStructure) -> list[tuple[int, int]]:
-    """``(first block, blocks)`` of every stack (one for most models; an encoder's and a decoder's)."""
-    spans, start = [], 0
-    for _, _, blocks in structure.stacks:
-        spans.append((start, len(blocks)))
-        start += len(blocks)
-    return spans
-
-
 def _uniform_config_values(structure: ModelStructure, counts: Sequence[Mapping[str, int]]) -> dict[str, int] | str:
     """The config values that state ``counts`` (one mapping per block, the same within each stack), or why no
     config can: two kinds or stacks that one attribute would have to count differently (Whisper's self- and
     cross-attention heads of a decoder block are both ``decoder_attention_heads``)."""
     values: dict[str, int] = {}
-    for start, _ in _stack_spans(structure):
+    for start, _ in structure.stack_spans():
         for attribute, value in _config_values(structure, counts[start], start).items():
             if values.setdefault(attribute, value) != value:
                 return f"config attribute '{attribute}' would have to hold both {values[attribute]} and {value}"
@@ -144,7 +135,7 @@ def layout_refusal(structure: ModelStructure, counts: Sequence[Mapping[str, int]
     if removed:
         which = "; ".join(f"{part} of blocks {blocks}" for part, blocks in removed.items())
         return f"blocks without a sublayer ({which} removed), which a config cannot state"
-    stacks = _stack_spans(structure)
+    stacks = structure.stack_spans()
     if any(len({tuple(sorted(c.items())) for c in counts[start : start + n]}) > 1 for start, n in stacks):
         return "the layers keep different counts, which a config without per-layer values cannot state"
     config = structure.config
@@ -207,7 +198,7 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
     # decoder_ffn_dim), and one that both would set differently stays global (the hf_prune block has the counts).
     per_layer: dict[int, dict[str, Any]] = {}
     clashes: set[str] = set()
-    for start, blocks in _stack_spans(structure):
+    for start, blocks in structure.stack_spans():
         for position in range(blocks):
             i = start + position
             # A removed sublayer's counts are 0 here too: then plain from_pretrained refuses the checkpoint

@@ -226,7 +226,7 @@ def match_checkpoint_shapes(structure: ModelStructure, state_dict: dict[str, tor
     """Shrink the blocks of a freshly built model to the (compacted) shapes of ``state_dict``'s weights, keeping the
     first units of each (the weights loaded next overwrite them). Returns whether anything was shrunk."""
     names = {id(module): name for name, module in structure.model.named_modules()}
-    recipe, head_dim, changed = structure.recipe_dict, structure.head_dim, False
+    head_dim, changed = structure.head_dim, False
     for index, layer in enumerate(structure.layers):
         block_recipe = structure.recipe_dict_for(index)  # its stack's
         layer_prefix = f"{prefix}{names[id(layer)]}."
@@ -241,7 +241,9 @@ def match_checkpoint_shapes(structure: ModelStructure, state_dict: dict[str, tor
         for restore in surgery.RESTORERS:
             restore(layer, block_recipe, head_dim, target)
         changed = True
-    if changed and recipe["attention"].get("shared_head_tensors"):  # one slice for every block (MPNet)
-        counts = dict(structure.shape(0).counts)
-        surgery.prune_shared_heads(structure.model, recipe, head_dim, range(counts["heads"]), counts)
+    for start, _ in structure.stack_spans() if changed else []:  # one slice for a stack's blocks (MPNet, T5)
+        stack = structure.recipe_dict_for(start)
+        if stack["attention"].get("shared_head_tensors"):
+            counts = dict(structure.shape(start).counts)
+            surgery.prune_shared_heads(structure.model, stack, head_dim, range(counts["heads"]), counts)
     return changed

@@ -167,7 +167,7 @@ def sublayer_plans(structure: ModelStructure, index: int, plan: LayerPlan) -> tu
                 units=counts[leader.name],
                 remove=partial(leader.remove, layer, structure.recipe_dict_for(index), structure.head_dim, keep),
                 groups=[list(range(start, start + size)) for start in range(0, counts[leader.name], max(size, 1))],
-                fixed=leader.name == "heads" and bool(structure.recipe.attention.shared_head_tensors),
+                fixed=leader.name == "heads" and bool(structure.recipe_for(index).attention.shared_head_tensors),
             )
         )
     return tuple(subplans)
@@ -191,16 +191,17 @@ def apply_plan(
     says why, before anything can be written.
     """
     check_sliceable(structure.model)
-    model, recipe, head_dim = structure.model, structure.recipe_dict, structure.head_dim
+    model, head_dim = structure.model, structure.head_dim
     subplans = [sublayer_plans(structure, i, plan) for i, plan in enumerate(plans)]
     changed = [sub for pair in subplans for sub in pair if len(sub.keep_units) != sub.units]
-    shared = structure.recipe.attention.shared_head_tensors
-    if shared and len({tuple(p.keep_heads) for p in plans}) > 1:
-        raise ValueError(
-            f"recipe '{structure.recipe.name}' declares per-head tensors shared by every block "
-            f"({', '.join(e.parameter for e in shared)}): every block must keep the same heads. Plan with "
-            "hf_prune's allocation (it ties the heads of such models), or give every block the same keep_heads."
-        )
+    shared = structure.shared_head_tensors()
+    for blocks, entry in shared:
+        if len({tuple(plans[i].keep_heads) for i in blocks}) > 1:
+            raise ValueError(
+                f"recipe '{structure.recipe.name}' declares a per-head tensor shared by blocks {list(blocks)} "
+                f"({entry.parameter}): they must keep the same heads. Plan with hf_prune's allocation (it ties the "
+                "heads of such models), or give those blocks the same keep_heads."
+            )
     for i, plan in enumerate(plans):  # before any surgery: the model stays untouched when a kind refuses
         for kind in structure.leaders:
             kind.check_plan(structure, i, plan.keep)
@@ -225,8 +226,10 @@ def apply_plan(
             masks.detach()
     for sub in changed:
         sub.remove()
-    if shared:
-        prune_shared_heads(model, recipe, head_dim, plans[0].keep_heads, dict(structure.shape(0).counts))
+    for start, _ in structure.stack_spans():  # each stack's shared tensors, with its first block's heads
+        if structure.recipe_for(start).attention.shared_head_tensors:
+            stack = structure.recipe_dict_for(start)
+            prune_shared_heads(model, stack, head_dim, plans[start].keep_heads, dict(structure.shape(start).counts))
     if probe is not None and reference is not None:
         check_pruned(model, probe, reference, structure.recipe.name)
     drop_dequantized_marker(model)
@@ -249,10 +252,11 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
             "(a relative attention bias), declare it under `attention.shared_head_tensors` in the recipe (see "
             "'Adding an architecture' in the README); or prune neurons only (heads=0, CLI: --heads 0)."
         )
-    if recipe.attention.shared_head_tensors and protected:
+    shared = structure.shared_head_tensors()
+    if shared and protected:
         raise ValueError(
             f"recipe '{recipe.name}' declares per-head tensors shared by every block "
-            f"({', '.join(e.parameter for e in recipe.attention.shared_head_tensors)}), so every block keeps the same "
+            f"({', '.join(e.parameter for _, e in shared)}), so every block keeps the same "
             f"heads; protected layers {list(protected)} would keep heads that the others lose. Protect no layer, or "
             "prune neurons only (heads=0)."
         )

@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from . import __version__, surgery
 from .kinds import UnitKind, UnitParameter, registered_kinds
-from .recipe import Recipe, RecipeError, recipes_for_model_type, resolve_recipe
+from .recipe import Recipe, RecipeError, SharedHeadTensor, recipes_for_model_type, resolve_recipe
 
 
 @dataclass(frozen=True, eq=True)
@@ -276,11 +276,39 @@ class ModelStructure:
                 f"(one entry per expert); fix the axes under `experts.parameters` in recipe '{self.recipe.name}'."
             )
 
+    def stack_spans(self) -> list[tuple[int, int]]:
+        """``(first block, blocks)`` of every stack, in block order."""
+        spans, start = [], 0
+        for _, _, blocks in self.stacks:
+            spans.append((start, len(blocks)))
+            start += len(blocks)
+        return spans
+
+    def shared_head_tensors(self) -> list[tuple[range, SharedHeadTensor]]:
+        """Every declared per-head tensor shared by the blocks of a stack, with the blocks that read it (T5's
+        relative position bias: one per stack; MPNet's: one for the model)."""
+        return [
+            (range(start, start + n), entry)
+            for (start, n), (_, stack, _) in zip(self.stack_spans(), self.stacks, strict=True)
+            for entry in stack.attention.shared_head_tensors
+        ]
+
+    def tied_blocks(self, section: str) -> list[list[int]]:
+        """The groups of blocks that must keep the same heads of ``section`` (``attention`` or ``cross_attention``):
+        the blocks of each stack whose section shares a per-head tensor or says why its heads are tied."""
+        groups = []
+        for (start, n), (_, stack, _) in zip(self.stack_spans(), self.stacks, strict=True):
+            spec = getattr(stack, section)
+            if spec is not None and (spec.shared_head_tensors or spec.heads_tied_because):
+                groups.append(list(range(start, start + n)))
+        return groups
+
     def _check_shared_head_tensors(self) -> None:
         """Declared shared per-head tensors exist, and their head axis has one entry per query head of every
-        block (they are sliced once for all blocks, so every block has the same heads)."""
-        heads = {s.heads for s in self.shapes()}
-        for entry in self.recipe.attention.shared_head_tensors:
+        block that reads them (they are sliced once for all of them, so those blocks have the same heads)."""
+        shapes = self.shapes()
+        for blocks, entry in self.shared_head_tensors():
+            heads = {shapes[i].heads for i in blocks}
             try:
                 owner, name = surgery.shared_head_parameter(self.model, entry.parameter)
             except AttributeError as err:
@@ -316,8 +344,7 @@ class ModelStructure:
             for p in self.module(i, role).parameters()
         }
         known |= {
-            id(getattr(*surgery.shared_head_parameter(self.model, e.parameter)))
-            for e in self.recipe.attention.shared_head_tensors
+            id(getattr(*surgery.shared_head_parameter(self.model, e.parameter))) for _, e in self.shared_head_tensors()
         }
         root = getattr(self.model, "base_model", self.model)
         # A convolution's kernel and channel sizes are not head counts (Whisper's audio stem: kernel 3).

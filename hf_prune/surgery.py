@@ -766,7 +766,8 @@ def restore_structure(model: nn.Module) -> None:
     meta = recorded_meta(config)
     recipe, head_dim = meta["recipe"], meta["head_dim"]
     # Blocks are numbered across the stacks (an encoder's, then a decoder's), each with its own recipe.
-    blocks = [(layer, stack) for _, stack, layers in find_stacks(model, recipe) for layer in layers]
+    stacks = find_stacks(model, recipe)
+    blocks = [(layer, stack) for _, stack, layers in stacks for layer in layers]
     removed = meta.get("removed_sublayers") or {}
     for index, ((layer, stack), target) in enumerate(zip(blocks, structure, strict=True)):
         for part, removed_in in removed.items():  # first: a removed sublayer's kinds then count 0, as recorded
@@ -774,5 +775,8 @@ def restore_structure(model: nn.Module) -> None:
                 remove_sublayer(layer, stack, head_dim, part)
         for restore in RESTORERS:
             restore(layer, stack, head_dim, target)
-    if recipe["attention"].get("shared_head_tensors"):
-        prune_shared_heads(model, recipe, head_dim, range(structure[0]["heads"]), structure[0])
+    start = 0
+    for _, stack, layers in stacks:  # a stack's shared per-head tensors, with its first block's heads
+        if stack["attention"].get("shared_head_tensors"):
+            prune_shared_heads(model, stack, head_dim, range(structure[start]["heads"]), structure[start])
+        start += len(layers)

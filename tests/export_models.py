@@ -106,3 +106,25 @@ def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") ->
     _prune(model, ranking)
     hf_prune.save_pretrained(model, folder)
     return folder
+
+
+def pruned_mixtral(folder: Path, ranking: str = "uniform") -> Path:
+    """A tiny Mixtral (2 blocks, 6 experts of 64 neurons, top-2) with a third of its experts, a quarter of the neurons
+    inside the rest and half its query heads removed, saved with its tokenizer; "global" keeps layer 0 whole."""
+    tokenizer = bpe_tokenizer()
+    torch.manual_seed(0)
+    config = T.MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=16, num_local_experts=6, num_experts_per_tok=2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    model = T.MixtralForCausalLM(config).eval()
+    protected = [0] if ranking == "global" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # magnitude scores on a causal LM: fine for shapes
+        hf_prune.prune(
+            model, heads=0.5, experts=0.34, expert_neurons=0.25, ranking=ranking, protected_layers=protected,
+            **STRUCTURE_ONLY,
+        )  # fmt: skip
+    hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
+    return folder

@@ -16,7 +16,7 @@ from hf_prune.export import ExportError, export_checkpoint, gguf_export
 from hf_prune.structure import ModelStructure
 
 from .cli_run import run_cli
-from .export_models import pruned_encoder, pruned_llama
+from .export_models import pruned_encoder, pruned_llama, pruned_mixtral
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,9 @@ def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
 
 
 def test_unsupported_architecture_says_what_is_missing(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match=r"recipe 'bert' has no `gguf:` section.*llama, mistral, qwen2") as err:
+    with pytest.raises(
+        ExportError, match=r"recipe 'bert' has no `gguf:` section.*llama, mistral, mixtral, qwen2"
+    ) as err:
         export_checkpoint(checkpoints["bert"], tmp_path / "m.gguf", "gguf")
     assert "--format onnx" in str(err.value)
     assert _listing(tmp_path) == []
@@ -330,3 +332,35 @@ def test_card_built_from_a_report_lists_the_exports(tmp_path: Path) -> None:
     assert "llama-cli -m m.gguf" in section and "`q8_0`" in section
     assert 'onnxruntime.InferenceSession("m.onnx")' in section and "within 2.0e-07 of PyTorch's" in section
     assert "## Exported for deployment" not in str(build_model_card(report))
+
+
+def test_mixtral_exports_its_experts_as_llama_cpp_reads_them(tmp_path: Path) -> None:
+    """A pruned Mixtral (experts removed, neurons inside the rest, heads) is llama.cpp's 'llama' with experts: the
+    expert count and width, the router rows, and [gate | up] split into ffn_gate_exps and ffn_up_exps."""
+    folder = pruned_mixtral(tmp_path / "ckpt")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("llama", "uniform")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert (_field(reader, "llama.expert_count"), _field(reader, "llama.expert_used_count")) == (4, 2)
+    assert _field(reader, "llama.feed_forward_length") == 48  # each expert's width: 64, a quarter removed
+    assert _field(reader, "llama.attention.head_count") == 4
+    tensors = _tensors(reader)
+    model = hf_prune.from_pretrained(folder)
+    experts = model.model.layers[1].mlp.experts
+    assert tensors["blk.1.ffn_gate_inp.weight"].shape.tolist() == [64, 4]
+    for name in ("ffn_gate_exps", "ffn_up_exps"):
+        assert tensors[f"blk.1.{name}.weight"].shape.tolist() == [64, 48, 4]  # innermost first: hidden, width, experts
+    assert tensors["blk.1.ffn_down_exps.weight"].shape.tolist() == [48, 64, 4]
+    gate_up = experts.gate_up_proj.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(tensors["blk.1.ffn_gate_exps.weight"].data), gate_up[:, :48])
+    np.testing.assert_array_equal(np.asarray(tensors["blk.1.ffn_up_exps.weight"].data), gate_up[:, 48:])
+    np.testing.assert_array_equal(
+        np.asarray(tensors["blk.1.ffn_down_exps.weight"].data), experts.down_proj.detach().numpy()
+    )
+
+
+def test_mixtral_with_layers_that_differ_is_refused_with_the_reason(tmp_path: Path) -> None:
+    folder = pruned_mixtral(tmp_path / "ckpt", "global")
+    with pytest.raises(ExportError, match="one expert count, one expert width and one head count for every layer"):
+        export_checkpoint(folder, tmp_path / "m.gguf", "gguf")
+    assert not (tmp_path / "m.gguf").exists()

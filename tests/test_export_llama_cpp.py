@@ -17,7 +17,7 @@ import transformers as T
 import hf_prune
 from hf_prune.export import export_checkpoint
 
-from .export_models import pruned_llama
+from .export_models import pruned_llama, pruned_mixtral
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +140,18 @@ def test_llama_cpp_runs_blocks_without_attention_or_ffn(tmp_path: Path, remove: 
         expected = model(torch.tensor([ids])).logits[0].numpy()
     got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
     assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_llama_cpp_runs_a_pruned_mixtral_as_pytorch_does(tmp_path: Path, outtype: str) -> None:
+    """Experts removed, neurons inside the rest and query heads: llama.cpp's MoE path (its own routing, softmax over
+    the kept experts, top-2 renormalised) gives PyTorch's logits (f32), or close to them (q8_0)."""
+    folder = pruned_mixtral(tmp_path / "ckpt")
+    export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype=outtype)
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - expected).max() < (1e-3 if outtype == "f32" else 5e-2) * scale

@@ -184,8 +184,9 @@ def test_masked_model_equals_pruned_model(case: Seq2SeqCase, ranking: str, attn:
     assert sum(a["neurons"] for a in after) < sum(a["neurons"] for a in report.layers_before)
     if ranking == "uniform":
         assert _counts(after) == _expected_after(case)
-    if case.tied_heads:  # whatever the ranking, every block keeps the same heads and cross-attention heads
-        assert len({tuple(kept["keep_heads"]) for kept in report.kept}) == 1
+    if case.tied_heads:  # whatever the ranking, a stack's blocks keep the same heads and cross-attention heads
+        assert len({tuple(kept["keep_heads"]) for kept in report.kept[:encoder]}) == 1
+        assert len({tuple(kept["keep_heads"]) for kept in report.kept[encoder:]}) == 1
         assert len({tuple(kept["keep_cross_heads"]) for kept in report.kept[encoder:]}) == 1
 
 
@@ -254,9 +255,9 @@ def test_parameter_count_matches_closed_form(case: Seq2SeqCase) -> None:
         + (b["neurons"] - a["neurons"]) * per_neuron
         for b, a in zip(report.layers_before, report.layers_after, strict=True)
     )
-    for entry in ModelStructure(case.build()).recipe.attention.shared_head_tensors:  # T5's relative position bias
+    for blocks, entry in ModelStructure(case.build()).shared_head_tensors():  # T5's relative position bias, per stack
         tensor = case.build().get_parameter(entry.parameter)
-        removed += (HEADS - report.layers_after[0]["heads"]) * tensor.numel() // tensor.shape[entry.dim]
+        removed += (HEADS - report.layers_after[blocks[0]]["heads"]) * tensor.numel() // tensor.shape[entry.dim]
     assert report.after.parameters == sum(p.numel() for p in model.parameters()) == before - removed
     assert report.flops_ratio > 1.0
 
@@ -449,3 +450,27 @@ def test_push_to_hub_then_load_as_the_card_says(local_hub: object) -> None:
     namespace: dict[str, object] = {}
     exec(code[0], namespace)  # the card's own code, verbatim: hf_prune.from_pretrained
     torch.testing.assert_close(_logits(namespace["model"].eval(), inputs), _logits(model, inputs), atol=ATOL, rtol=0)
+
+
+def test_t5_ties_heads_within_each_stack_not_across_them() -> None:
+    """Each stack's relative position bias ties its blocks' heads; the encoder and the decoder choose their own (by
+    magnitude: each block's q/k/v rows and o columns, normalised per block, summed over its stack's blocks)."""
+    model = _t5()
+    structure = ModelStructure(copy.deepcopy(model))
+    report = hf_prune.prune(model, heads=0.5, neurons=0.0, cross_heads=0.0, importance="magnitude", reconstruct=False)
+
+    def norms(index: int) -> torch.Tensor:
+        rows = sum(structure.module(index, r).weight.detach().pow(2).view(HEADS, -1).sum(1) for r in "qkv")
+        columns = structure.module(index, "o").weight.detach().pow(2).view(-1, HEADS, HEAD_DIM).sum((0, 2))
+        total = rows + columns
+        return total / total.sum()
+
+    def top2(blocks: range) -> list[int]:
+        return sorted(sum(norms(i) for i in blocks).argsort(descending=True)[:2].tolist())
+
+    encoder, decoder = top2(range(2)), top2(range(2, 4))
+    assert [kept["keep_heads"] for kept in report.kept] == [encoder, encoder, decoder, decoder]
+    assert encoder != decoder, "this seed should make the stacks choose differently (a test of the per-stack tie)"
+    pruned_bias = model.decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    dense_bias = _t5().decoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    torch.testing.assert_close(pruned_bias, dense_bias[:, decoder])

@@ -159,6 +159,17 @@ def _rope(config: Any, head_dim: int) -> tuple[float, dict[str, Any], np.ndarray
     return base, {}, None
 
 
+def _ffn_width(shape: LayerShape, config: Any) -> int:
+    """What llama.cpp's ``feed_forward_length`` holds for a block: its MLP's neurons, or each expert's width in an
+    MoE block (which runs its experts at that width)."""
+    counts = shape.counts
+    if "neurons" in counts:
+        return counts["neurons"]
+    if "expert_neurons" in counts and counts["experts"]:
+        return counts["expert_neurons"] // counts["experts"]
+    raise ExportError("this checkpoint's blocks state no FFN width (no MLP neurons or expert widths) for llama.cpp.")
+
+
 def _permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Reorder each head's rows from transformers' rotate-halves layout to llama.cpp's consecutive pairs."""
     rows = weight.shape[0]
@@ -190,6 +201,18 @@ def _add_tensor(writer: Any, name: str, array: np.ndarray, outtype: str) -> None
         writer.add_tensor(name, gguf.quants.quantize(array.astype(np.float32), qtype), raw_dtype=qtype)
 
 
+def _split_fused_experts(hf_name: str, tensor: torch.Tensor, structure: ModelStructure) -> dict[str, torch.Tensor]:
+    """A fused ``[gate | up]`` expert parameter (transformers 5's ``gate_up_proj``, [experts, 2 x width, hidden]) as
+    its two halves under the unfused names that gguf's tensor maps know (``gate_proj``, ``up_proj``); llama.cpp's
+    MoE architectures read separate ``ffn_gate_exps`` and ``ffn_up_exps``. Any other tensor is returned as is."""
+    spec = structure.recipe.experts
+    owner, _, name = hf_name.rpartition(".")
+    if spec is None or name not in spec.fused_neurons or not owner.endswith(spec.experts):
+        return {hf_name: tensor}
+    gate, up = tensor.chunk(2, dim=spec.neuron_axes[name])
+    return {f"{owner}.gate_proj": gate, f"{owner}.up_proj": up}
+
+
 def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[str, torch.Tensor]:
     """The model's tensors under their GGUF names, Q/K permuted where the architecture wants it."""
     import gguf
@@ -203,7 +226,10 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
     head = model.get_output_embeddings()
     head_name = next(name for name, module in model.named_modules() if module is head) + ".weight"
     out: dict[str, torch.Tensor] = {}
+    state = {}
     for hf_name, tensor in model.state_dict().items():
+        state.update(_split_fused_experts(hf_name, tensor, structure))
+    for hf_name, tensor in state.items():
         if tied and hf_name == head_name:
             continue  # llama.cpp reuses token_embd when output.weight is absent
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -212,6 +238,8 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
                 f"tensor '{hf_name}' has no name in llama.cpp's '{layout.arch}' architecture (gguf's tensor map); "
                 "this checkpoint holds something the architecture cannot represent."
             )
+        if not hf_name.endswith((".weight", ".bias")):
+            gguf_name += ".weight"  # a bare parameter (an experts module's 3-D weights) is a weight to llama.cpp
         tensor = tensor.detach().to(torch.float32)
         if layout.permute_qk:
             for role, count in ((att.q, "heads"), (att.k, "kv_heads")):
@@ -245,11 +273,17 @@ def _write_plain(
         writer.add_context_length(int(config.max_position_embeddings))
         writer.add_embedding_length(int(config.hidden_size))
         writer.add_block_count(len(shapes))
-        heads, kv_heads, neurons = ([getattr(s, k) for s in shapes] for k in ("heads", "kv_heads", "neurons"))
+        heads, kv_heads = ([s[k] for s in shapes] for k in ("heads", "kv_heads"))
+        neurons = [_ffn_width(s, config) for s in shapes]
         # llama.cpp reads each of these as one number or as an array of one per layer (get_key_or_arr).
         writer.add_head_count(heads if layout.per_layer else heads[0])
         writer.add_head_count_kv(kv_heads if layout.per_layer else kv_heads[0])
         writer.add_feed_forward_length(neurons if layout.per_layer else neurons[0])
+        if "experts" in shapes[0].counts:  # one count for all layers: plan_layout refused anything else
+            spec = structure.recipe.experts
+            assert spec is not None
+            writer.add_expert_count(shapes[0]["experts"])
+            writer.add_expert_used_count(int(getattr(config, spec.top_k_attribute)))
         writer.add_key_length(layout.head_dim)
         writer.add_value_length(layout.head_dim)
         writer.add_rope_dimension_count(layout.head_dim)

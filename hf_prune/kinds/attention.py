@@ -95,10 +95,10 @@ class QueryHeads(UnitKind):
         config: PruningConfig,
         masked: Sequence[torch.Tensor] | None,
     ) -> KindRequest:
-        # A per-head tensor shared by every block allows one set of heads for all of them.
-        tied = bool(structure.recipe.attention.shared_head_tensors or structure.recipe.attention.heads_tied_because)
+        # A per-head tensor shared by the blocks of a stack allows one set of heads for all of them.
+        groups = structure.tied_blocks("attention")
         kv_heads = [s.kv_heads for s in structure.shapes()]
-        return head_request(scores, kv_heads, fraction, config.gqa_mode, masked, tied)
+        return head_request(scores, kv_heads, fraction, config.gqa_mode, masked, bool(groups), groups)
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
         hd = structure.head_dim

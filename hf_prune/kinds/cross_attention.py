@@ -89,8 +89,8 @@ class CrossHeads(UnitKind):
         # Blocks without a cross-attention have no units: they keep none and remove none.
         request = single_unit_request(self.name, scores, fraction, masked=masked)
         request.label = self.label
-        spec = structure.recipe.cross_attention
-        request.tied = bool(spec and (spec.heads_tied_because or spec.shared_head_tensors))
+        request.tie_groups = structure.tied_blocks("cross_attention")
+        request.tied = bool(request.tie_groups)
         return request
 
     def unit_cost(self, structure: ModelStructure, measure: str, seq_len: int) -> float:
