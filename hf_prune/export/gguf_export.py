@@ -159,7 +159,7 @@ def _rope(config: Any, head_dim: int) -> tuple[float, dict[str, Any], np.ndarray
     return base, {}, None
 
 
-def _ffn_width(shape: LayerShape, config: Any) -> int:
+def _ffn_width(shape: LayerShape) -> int:
     """What llama.cpp's ``feed_forward_length`` holds for a block: its MLP's neurons, or each expert's width in an
     MoE block (which runs its experts at that width)."""
     counts = shape.counts
@@ -274,7 +274,7 @@ def _write_plain(
         writer.add_embedding_length(int(config.hidden_size))
         writer.add_block_count(len(shapes))
         heads, kv_heads = ([s[k] for s in shapes] for k in ("heads", "kv_heads"))
-        neurons = [_ffn_width(s, config) for s in shapes]
+        neurons = [_ffn_width(s) for s in shapes]
         # llama.cpp reads each of these as one number or as an array of one per layer (get_key_or_arr).
         writer.add_head_count(heads if layout.per_layer else heads[0])
         writer.add_head_count_kv(kv_heads if layout.per_layer else kv_heads[0])
