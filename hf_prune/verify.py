@@ -37,39 +37,30 @@ def probe_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     encoder-decoder model also gets decoder token ids."""
     generator = torch.Generator().manual_seed(0)
     parameter = next(model.parameters())
-    if getattr(model.config, "is_encoder_decoder", False):
-        inputs = _encoder_probe(model, generator)
-        if inputs is not None:
-            vocab = int(getattr(model.config, "vocab_size", None) or 2)
-            start = getattr(model.config, "decoder_start_token_id", None) or 0
-            tail = torch.randint(0, vocab, (1, PROBE_TOKENS - 1), generator=generator)
-            inputs["decoder_input_ids"] = torch.cat([torch.tensor([[start]]), tail], dim=1).to(parameter.device)
-            return inputs
-    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
-        config = model.config
+    config = model.config
+    name = getattr(model, "main_input_name", "input_ids")
+    bins, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
+    if name == "pixel_values":
         size = getattr(config, "image_size", 224)
         size = tuple(size) if isinstance(size, list | tuple) else (size, size)
         pixels = torch.randn(1, getattr(config, "num_channels", 3), *size, generator=generator)
-        return {"pixel_values": pixels.to(device=parameter.device, dtype=parameter.dtype)}
-    config = model.config.get_text_config()
-    vocab = int(getattr(config, "vocab_size", None) or 2)
-    ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=generator)
-    return {"input_ids": ids.to(parameter.device), "attention_mask": torch.ones_like(ids).to(parameter.device)}
+        inputs = {"pixel_values": pixels.to(device=parameter.device, dtype=parameter.dtype)}
+    elif name == "input_features" and bins and positions:
+        features = torch.randn(1, int(bins), 2 * int(positions), generator=generator)  # two frames per position
+        inputs = {"input_features": features.to(device=parameter.device, dtype=parameter.dtype)}
+    else:
+        ids = _token_ids(model, PROBE_TOKENS, generator)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(config, "is_encoder_decoder", False):
+        start = torch.tensor([[getattr(config, "decoder_start_token_id", None) or 0]], device=parameter.device)
+        inputs["decoder_input_ids"] = torch.cat([start, _token_ids(model, PROBE_TOKENS - 1, generator)], dim=1)
+    return inputs
 
 
-def _encoder_probe(model: nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
-    """The encoder's probe input of an encoder-decoder: token ids (T5), or a log-mel spectrogram (Whisper); ``None``
-    when the config does not give its size."""
-    config, parameter = model.config, next(model.parameters())
-    if model.main_input_name == "input_ids":
-        vocab = int(getattr(config, "vocab_size", None) or 2)
-        ids = torch.randint(0, vocab, (1, PROBE_TOKENS), generator=generator).to(parameter.device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    bins, positions = getattr(config, "num_mel_bins", None), getattr(config, "max_source_positions", None)
-    if model.main_input_name != "input_features" or not bins or not positions:
-        return None
-    features = torch.randn(1, int(bins), 2 * int(positions), generator=generator)  # two frames per position
-    return {"input_features": features.to(device=parameter.device, dtype=parameter.dtype)}
+def _token_ids(model: nn.Module, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``length`` seeded token ids from the model's (text) vocabulary, on its device."""
+    vocab = int(getattr(model.config.get_text_config(), "vocab_size", None) or 2)
+    return torch.randint(0, vocab, (1, length), generator=generator).to(next(model.parameters()).device)
 
 
 def run_probe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-import hf_prune
-from hf_prune.masks import MaskSet
-from hf_prune.structure import ModelStructure
-
 from .architectures import MoECase
+from .test_architectures import _pruned_with_masked_twin
 
 ATOL = 1e-5
 # Random scores (seeded): no calibration, no warning about magnitude on decoders, nothing reconstructed.
@@ -29,10 +24,4 @@ def moe_targets(case: MoECase) -> dict[str, float]:
 
 def prune_with_masked_twin(case: MoECase, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """(pruned model, an unpruned copy masked with the same plan, the report)."""
-    model = case.build()
-    masked = copy.deepcopy(model)
-    report = hf_prune.prune(model, **{**QUICK, **settings})
-    masks = MaskSet(ModelStructure(masked))
-    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
-    masks.attach()
-    return model, masked, report
+    return _pruned_with_masked_twin(case.build, **{**QUICK, **settings})

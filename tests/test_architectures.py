@@ -97,6 +97,19 @@ def test_masked_model_equals_pruned_model(case: Case, ranking: str, attn: str) -
     assert any(s.heads < ModelStructure(masked).shape(0).heads for s in shapes)
 
 
+def _pruned_with_masked_twin(
+    build: Callable[[], torch.nn.Module], **settings: object
+) -> tuple[torch.nn.Module, torch.nn.Module, Any]:
+    """(a model pruned by ``hf_prune.prune(**settings)``, an unpruned copy masked with the same plan, the report)."""
+    model = build()
+    masked = copy.deepcopy(model)
+    report = hf_prune.prune(model, **settings)
+    masks = hf_prune.MaskSet(ModelStructure(masked))
+    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
+    masks.attach()
+    return model, masked, report
+
+
 def _assert_same_generation(
     pruned: torch.nn.Module,
     masked: torch.nn.Module,

@@ -19,11 +19,10 @@ from huggingface_hub import ModelCard, snapshot_download
 
 import hf_prune
 from hf_prune.hub import push_to_hub
-from hf_prune.masks import MaskSet
 from hf_prune.recipe import Recipe, RecipeError, shipped_recipes
 from hf_prune.structure import ModelStructure
 
-from .test_architectures import _assert_loads_without_hf_prune, _assert_same_generation
+from .test_architectures import _assert_loads_without_hf_prune, _assert_same_generation, _pruned_with_masked_twin
 from .test_callback import _args
 
 ATOL = 1e-5
@@ -126,13 +125,7 @@ def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
 
 def _masked_twin(case: Seq2SeqCase, **settings: object) -> tuple[torch.nn.Module, torch.nn.Module, object]:
     """(pruned model, an unpruned copy masked with the same plan, the report)."""
-    model = case.build()
-    masked = copy.deepcopy(model)
-    report = hf_prune.prune(model, **{**QUICK, **settings})
-    masks = MaskSet(ModelStructure(masked))
-    masks.set_from_plan([hf_prune.LayerPlan(**kept) for kept in report.kept])
-    masks.attach()
-    return model, masked, report
+    return _pruned_with_masked_twin(case.build, **{**QUICK, **settings})
 
 
 def _expected_after(case: Seq2SeqCase) -> list[tuple[int, int, int]]:
@@ -146,6 +139,14 @@ def _counts(layers: list[dict[str, int]]) -> list[tuple[int, int, int]]:
 
 
 cases = pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+
+
+def _head_magnitudes(structure: ModelStructure, index: int, prefix: str = "") -> torch.Tensor:
+    """Block ``index``'s squared weights per head of its attention (``prefix`` "cross_": its cross-attention): the
+    q, k and v rows and the o columns, what magnitude importance sums."""
+    rows = sum(structure.module(index, f"{prefix}{r}").weight.detach().pow(2).view(HEADS, -1).sum(1) for r in "qkv")
+    columns = structure.module(index, f"{prefix}o").weight.detach().pow(2).view(-1, HEADS, HEAD_DIM).sum((0, 2))
+    return rows + columns
 
 
 @cases
@@ -203,12 +204,7 @@ def test_cross_heads_are_chosen_apart_from_self_attention_heads(case: Seq2SeqCas
         == [(HEADS, 0, case.neurons[0])] * encoder + [(HEADS, 2, case.neurons[1])] * decoder
     )
 
-    def norms(index: int) -> torch.Tensor:
-        rows = sum(structure.module(index, f"cross_{r}").weight.detach().pow(2).view(HEADS, -1).sum(1) for r in "qkv")
-        columns = structure.module(index, "cross_o").weight.detach().pow(2).view(-1, HEADS, HEAD_DIM).sum((0, 2))
-        return rows + columns
-
-    per_block = [norms(i) for i in range(encoder, encoder + decoder)]
+    per_block = [_head_magnitudes(structure, i, "cross_") for i in range(encoder, encoder + decoder)]
     if case.tied_heads:
         total = sum(n / n.sum() for n in per_block)  # each block's scores normalised, then summed over the tie
         per_block = [total] * decoder
@@ -459,14 +455,9 @@ def test_t5_ties_heads_within_each_stack_not_across_them() -> None:
     structure = ModelStructure(copy.deepcopy(model))
     report = hf_prune.prune(model, heads=0.5, neurons=0.0, cross_heads=0.0, importance="magnitude", reconstruct=False)
 
-    def norms(index: int) -> torch.Tensor:
-        rows = sum(structure.module(index, r).weight.detach().pow(2).view(HEADS, -1).sum(1) for r in "qkv")
-        columns = structure.module(index, "o").weight.detach().pow(2).view(-1, HEADS, HEAD_DIM).sum((0, 2))
-        total = rows + columns
-        return total / total.sum()
-
     def top2(blocks: range) -> list[int]:
-        return sorted(sum(norms(i) for i in blocks).argsort(descending=True)[:2].tolist())
+        normalised = [_head_magnitudes(structure, i) / _head_magnitudes(structure, i).sum() for i in blocks]
+        return sorted(sum(normalised).argsort(descending=True)[:2].tolist())
 
     encoder, decoder = top2(range(2)), top2(range(2, 4))
     assert [kept["keep_heads"] for kept in report.kept] == [encoder, encoder, decoder, decoder]
