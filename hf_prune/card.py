@@ -432,16 +432,6 @@ def _eval_section(rows: Sequence[_EvalRow], steps: Any = None) -> str | None:
     return "## Evaluation\n\n" + _table(header, body, align) + "".join("\n\n" + note for note in notes)
 
 
-# How the card's prose names each kind's units (the label otherwise).
-PROSE_NAMES = {
-    "heads": "attention heads",
-    "neurons": "MLP neurons",
-    "experts": "MoE experts",
-    "expert_neurons": "neurons inside MoE experts",
-    "cross_heads": "cross-attention heads",
-}
-
-
 def _listed(items: Sequence[str], conjunction: str = "and") -> str:
     """ "a", "a and b", "a, b and c"."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}" if items else ""
@@ -451,7 +441,7 @@ def _units_prose(report: PruningReport, conjunction: str = "and", prose: bool = 
     """The leading kinds' units: "heads and neurons", "heads and experts" (``prose``: "attention heads and MLP
     neurons")."""
     leaders = [kind for kind in _report_kinds(report) if kind.follows is None]
-    labels = [PROSE_NAMES.get(kind.name, kind.label) if prose else kind.label for kind in leaders]
+    labels = [(kind.prose or kind.label) if prose else kind.label for kind in leaders]
     return _listed(labels, conjunction)
 
 
@@ -499,7 +489,7 @@ def _summary(report: PruningReport, base_model: str | None) -> str:
         kind.name: (sum(a[kind.name] for a in report.layers_after), sum(b[kind.name] for b in report.layers_before))
         for kind in leaders
     }
-    names = {kind.name: PROSE_NAMES.get(kind.name, kind.label) for kind in leaders}
+    names = {kind.name: kind.prose or kind.label for kind in leaders}
     origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "a transformers model"
     removed = [names[k] for k, (kept, total) in totals.items() if kept < total]
     blocks = len(report.layers_before)
@@ -619,7 +609,7 @@ def structure_png(report: PruningReport) -> bytes:
         for axes, mask, kind, width in zip(panels, masks, leaders, widths, strict=True):
             interpolation = "nearest" if width <= 64 else "antialiased"
             axes.imshow(mask, cmap=colors, vmin=0, vmax=1, aspect="auto", interpolation=interpolation)
-            axes.set_title(f"Kept {PROSE_NAMES.get(kind.name, kind.label)} (green)")
+            axes.set_title(f"Kept {kind.prose or kind.label} (green)")
             axes.set_xlabel("index before pruning")
             axes.set_ylabel("layer")
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -31,7 +31,7 @@ from . import __version__
 from .loading import HUB_KWARGS, choose_model_class
 from .modeling_pruned import pruned_class
 from .structure import ModelStructure
-from .surgery import CONFIG_KEY, FORMAT_VERSION, _config_get, global_config_access, recorded_meta
+from .surgery import CONFIG_KEY, SHIPPED_KINDS, _config_get, global_config_access, recorded_meta
 
 # What config classes raise when their validation refuses values (strict dataclass validators, __post_init__
 # checks, and heterogeneous configs whose global value a validator reads).
@@ -169,9 +169,10 @@ def record_structure(structure: ModelStructure, refusal: str | None) -> bool:
     if config.is_heterogeneous:
         config.per_layer_config = None
     removed = structure.removed_sublayers
-    newer = bool(removed) or any("expert_neurons" in s.counts for s in shapes)
+    outside = any(set(s.counts) - SHIPPED_KINDS for s in shapes)  # a kind registered outside hf_prune
+    newer = 3 if outside else 2 if removed or any("expert_neurons" in s.counts for s in shapes) else 1
     meta = {
-        "format_version": FORMAT_VERSION if newer else 1,  # readable by older hf_prune where nothing newer is used
+        "format_version": newer,  # the oldest format that holds it: older hf_prune reads it where it can
         "hf_prune_version": __version__,
         "recipe": structure.recipe_dict,
         "head_dim": structure.head_dim,

@@ -106,8 +106,21 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
         elif get_origin(base) is list:
             parser.add_argument(flag, type=int, nargs="*", default=None, help=help_text)
+        elif get_origin(base) is dict:
+            parser.add_argument(flag, type=_name_and_fraction, nargs="+", metavar="NAME=FRACTION", help=help_text)
         else:
             parser.add_argument(flag, type=base, default=None, help=f"{help_text} (default: {spec.default})")
+
+
+def _name_and_fraction(text: str) -> tuple[str, float]:
+    """``adapter_neurons=0.5`` -> ``("adapter_neurons", 0.5)``."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError(text)
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=FRACTION (e.g. adapter_neurons=0.5), got {text!r}") from None
 
 
 def _config_from_args(args: argparse.Namespace) -> PruningConfig:
@@ -115,6 +128,8 @@ def _config_from_args(args: argparse.Namespace) -> PruningConfig:
     changes = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(PruningConfig) if getattr(args, f.name) is not None
     }
+    if "kinds" in changes:  # flags add to (and override) the YAML's kinds
+        changes["kinds"] = {**(base.kinds or {}), **dict(changes["kinds"])}
     return base.replace(**changes)
 
 

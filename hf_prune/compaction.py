@@ -206,9 +206,10 @@ class OriginalLayout:
         return list(self._shapes)
 
 
-def _counts_with_shapes(layer: nn.Module, recipe: dict[str, Any], head_dim: int, shapes: dict[str, Any]) -> dict:
-    """The counts of ``layer`` were its parameters ``shapes`` (name -> shape): placeholders on the meta device
-    stand in for them while the counts are read from weight shapes, then the real parameters go back."""
+def _counts_with_shapes(structure: ModelStructure, index: int, shapes: dict[str, Any]) -> dict[str, int]:
+    """The counts of block ``index`` were its parameters ``shapes`` (name -> shape): placeholders on the meta device
+    stand in for them while every kind counts them from weight shapes, then the real parameters go back."""
+    layer = structure.layers[index]
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     try:
         for name, shape in shapes.items():
@@ -216,7 +217,7 @@ def _counts_with_shapes(layer: nn.Module, recipe: dict[str, Any], head_dim: int,
             owner = layer.get_submodule(owner_path) if owner_path else layer
             swapped.append((owner, attribute, owner._parameters[attribute]))
             owner._parameters[attribute] = nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
-        return surgery.layer_counts(layer, recipe, head_dim)
+        return dict(structure.shape(index).counts)
     finally:
         for owner, attribute, parameter in swapped:
             owner._parameters[attribute] = parameter
@@ -237,7 +238,7 @@ def match_checkpoint_shapes(structure: ModelStructure, state_dict: dict[str, tor
         }
         if not shapes:
             continue
-        target = _counts_with_shapes(layer, block_recipe, head_dim, shapes)
+        target = _counts_with_shapes(structure, index, shapes)
         for restore in surgery.RESTORERS:
             restore(layer, block_recipe, head_dim, target)
         changed = True

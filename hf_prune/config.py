@@ -54,6 +54,13 @@ class PruningConfig:
             "models such as Whisper; pruned apart from self-attention heads); unset: recipe default"
         },
     )
+    kinds: dict[str, float] | None = field(
+        default=None,
+        metadata={
+            "help": "fractions of the units of other registered kinds to remove, by kind name (kinds registered "
+            "with hf_prune.register_kind outside hf_prune; CLI: --kinds NAME=FRACTION ...); unset: recipe defaults"
+        },
+    )
     importance: str = field(
         default="auto",
         metadata={
@@ -187,6 +194,7 @@ class PruningConfig:
             value = getattr(self, name)
             if value is not None:
                 check_fraction(name, value)
+        self._check_kinds()
         given = [name for name in COST_MEASURES if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one cost target of {COST_MEASURES}, not {given}.")
@@ -218,6 +226,33 @@ class PruningConfig:
             raise ValueError(f"reconstruct_refit must be one of {REFITS}, got {self.reconstruct_refit!r}.")
         if self.calibration_seq_len < 2:
             raise ValueError(f"calibration_seq_len must be at least 2 tokens, got {self.calibration_seq_len}.")
+
+    def _check_kinds(self) -> None:
+        if self.kinds is None:
+            return
+        if not isinstance(self.kinds, dict) or not all(isinstance(name, str) for name in self.kinds):
+            raise ValueError(
+                f"kinds maps kind names to fractions, e.g. {{'adapter_neurons': 0.5}}; got {self.kinds!r}."
+            )
+        named = sorted(set(self.kinds) & {f.name for f in dataclasses.fields(self)})
+        if named:
+            raise ValueError(f"kinds={named} have settings of their own: set {named[0]}= directly, not in kinds=.")
+        for name, value in self.kinds.items():
+            check_fraction(f"kinds[{name!r}]", value)
+
+    def fraction(self, kind: str) -> float | None:
+        """The fraction of ``kind``'s units to remove that this config sets (its own field, else ``kinds``), or
+        ``None`` where it leaves it to the recipe."""
+        if kind in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, kind)
+        return (self.kinds or {}).get(kind)
+
+    def with_fractions(self, fractions: dict[str, float]) -> PruningConfig:
+        """A copy that sets these kinds' fractions (their own fields where they have one, else in ``kinds``)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        own = {name: value for name, value in fractions.items() if name in names}
+        other = {name: value for name, value in fractions.items() if name not in names}
+        return self.replace(**own, **({"kinds": {**(self.kinds or {}), **other}} if other else {}))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningConfig:

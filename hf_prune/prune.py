@@ -31,6 +31,7 @@ from .depth import (
 )
 from .flops import Cost, UnitCosts, measure_cost, unit_costs
 from .importance import Importance, Scores, calibrate, get_importance, importances_for
+from .kinds import own_fraction_kinds
 from .latency import measure_latency
 from .latency_table import LatencyTable, measure_latency_table, meet_latency
 from .masks import MaskSet
@@ -262,10 +263,6 @@ def check_head_tensors(structure: ModelStructure, prunes_heads: bool, protected:
         )
 
 
-# Kinds removed by their own fraction: a cost target counts what they remove but does not choose it.
-FIXED_KINDS = ("experts", "expert_neurons", "cross_heads")
-
-
 def _depth_given(config: PruningConfig) -> bool:
     """Whether the config removes whole blocks or sublayers."""
     return any(getattr(config, name) for name in DEPTH_FRACTIONS)
@@ -278,8 +275,11 @@ def _sublayer_fractions(config: PruningConfig) -> dict[str, float]:
 
 
 def _width_given(config: PruningConfig) -> bool:
-    """Whether the config sets any width target (heads, neurons, experts, expert neurons, or a cost)."""
-    return any(getattr(config, name) is not None for name in ("heads", "neurons", *FIXED_KINDS, *COST_MEASURES))
+    """Whether the config sets any width target (heads, neurons, a kind removed by its own fraction, or a cost)."""
+    own = [kind.name for kind in own_fraction_kinds()]
+    return any(config.fraction(name) is not None for name in ("heads", "neurons", *own)) or any(
+        getattr(config, name) is not None for name in COST_MEASURES
+    )
 
 
 def check_sublayers_request(
@@ -350,14 +350,24 @@ def resolve_targets(config: PruningConfig, structure: ModelStructure) -> tuple[f
 
 
 def resolve_fixed(config: PruningConfig, structure: ModelStructure) -> dict[str, float]:
-    """The fractions of :data:`FIXED_KINDS` to remove (each MoE block's experts, the neurons inside each expert):
-    the config's, else the recipe's defaults (none for a depth target alone). Every path that prunes reads them
-    here, as it reads heads and neurons from :func:`resolve_targets`."""
+    """The fractions of the kinds removed by their own fraction (:func:`hf_prune.kinds.own_fraction_kinds`: each MoE
+    block's experts, the neurons inside each expert, cross-attention heads, kinds registered elsewhere): the
+    config's, else the recipe's defaults (none for a depth target alone). Every path that prunes reads them here, as
+    it reads heads and neurons from :func:`resolve_targets`."""
+    own = {kind.name for kind in own_fraction_kinds()}
+    unknown = sorted(set(config.kinds or {}) - own)
+    if unknown:
+        raise ValueError(
+            f"kinds={unknown}: no registered kind of that name is removed by its own fraction (those are "
+            f"{sorted(own)}); import the module that registers it (hf_prune.register_kind), or fix the name."
+        )
     depth_only = _depth_given(config) and not _width_given(config)
     fractions = {}
-    for name in FIXED_KINDS:
-        value = getattr(config, name)
-        fractions[name] = value if value is not None else 0.0 if depth_only else getattr(structure.recipe.targets, name)
+    for kind in own_fraction_kinds():
+        value = config.fraction(kind.name)
+        fractions[kind.name] = (
+            value if value is not None else 0.0 if depth_only else structure.recipe.targets.fraction(kind.name)
+        )
     return fractions
 
 
@@ -556,7 +566,7 @@ def width_after_depth(
     width = config.replace(layers=None, protected_layers=[kept.index(i) for i in protected if i in kept])
     if not _width_given(config):
         # A depth target alone: no width defaults from the recipe.
-        return width.replace(heads=0.0, neurons=0.0, **dict.fromkeys(FIXED_KINDS, 0.0))
+        return width.with_fractions(dict.fromkeys(["heads", "neurons", *(k.name for k in own_fraction_kinds())], 0.0))
     target = config.flops if config.flops is not None else config.params
     if target is None:
         return width
@@ -576,12 +586,8 @@ def width_after_depth(
                 UserWarning,
                 stacklevel=3,
             )
-        return width.replace(
-            **{kind: None},
-            heads=0.0,
-            neurons=0.0,
-            **{name: getattr(config, name) or 0.0 for name in FIXED_KINDS},
-        )
+        own = {k.name: config.fraction(k.name) or 0.0 for k in own_fraction_kinds()}
+        return width.replace(**{kind: None}).with_fractions({"heads": 0.0, "neurons": 0.0, **own})
     return width.replace(**{kind: rest})
 
 

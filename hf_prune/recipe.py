@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -330,17 +330,50 @@ class DepthSpec:
 
 @dataclass
 class Targets:
-    """Default pruning targets: fractions of heads and neurons to remove."""
+    """Default pruning targets: fractions of each kind's units to remove. A kind registered outside hf_prune is
+    given by its name in the same mapping (``targets: {heads: 0.25, adapter_neurons: 0.5}``), kept in ``kinds``."""
 
     heads: float = 0.0
     neurons: float = 0.0
     experts: float = 0.0
     expert_neurons: float = 0.0
     cross_heads: float = 0.0
+    kinds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("heads", "neurons", "experts", "expert_neurons", "cross_heads"):
             check_fraction(name, getattr(self, name))
+        registered = _registered_kinds()
+        for name, value in self.kinds.items():
+            if name not in registered:
+                raise RecipeError(
+                    f"targets: '{name}' is no registered unit kind (registered: {sorted(registered)}); import the "
+                    "module that registers it before loading the recipe, or fix the name."
+                )
+            check_fraction(name, value)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str) -> Targets:
+        """Targets from a recipe's ``targets`` mapping: known fields, and other registered kinds by name."""
+        names = {f.name for f in fields(cls)} - {"kinds"}
+        unknown = sorted(set(data) - names - _registered_kinds())
+        if unknown:
+            raise RecipeError(
+                f"{source}: unknown key(s) {unknown}; allowed keys are {sorted(names)}, or the name of a registered "
+                "unit kind (import the module that registers it before loading the recipe)."
+            )
+        own = {key: value for key, value in data.items() if key in names}
+        return _build(cls, {**own, "kinds": {k: v for k, v in data.items() if k not in names}}, source)
+
+    def fraction(self, kind: str) -> float:
+        """The default fraction of ``kind``'s units to remove (0 for a kind the recipe gives none)."""
+        return getattr(self, kind) if kind in {f.name for f in fields(self)} - {"kinds"} else self.kinds.get(kind, 0.0)
+
+
+def _registered_kinds() -> set[str]:
+    from .kinds import registered_kinds  # the registry reads recipes: import it once both exist
+
+    return {kind.name for kind in registered_kinds()}
 
 
 @dataclass
@@ -440,6 +473,13 @@ class Recipe:
         default_factory=list,
         metadata={"help": "several block lists (encoder and decoder), each with its overrides; unset: one list"},
     )
+    kinds: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "sections of unit kinds registered outside hf_prune, by kind name (where their weights are; "
+            "each kind reads its own); unset: none"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.attention, dict):
@@ -454,14 +494,15 @@ class Recipe:
         if isinstance(self.mlp, dict):
             self.mlp = _build(MLPSpec, self.mlp, f"recipe '{self.name}' mlp")
         if isinstance(self.targets, dict):
-            self.targets = _build(Targets, self.targets, f"recipe '{self.name}' targets")
+            self.targets = Targets.from_mapping(self.targets, f"recipe '{self.name}' targets")
         if isinstance(self.gguf, dict):
             self.gguf = _build(GGUFSpec, self.gguf, f"recipe '{self.name}' gguf")
         if isinstance(self.depth, dict):
             self.depth = _build(DepthSpec, self.depth, f"recipe '{self.name}' depth")
         if isinstance(self.experts, dict):
             self.experts = _build(ExpertsSpec, self.experts, f"recipe '{self.name}' experts")
-        if self.mlp is None and self.experts is None:
+        self._check_kinds()
+        if self.mlp is None and self.experts is None and not self.kinds:
             raise RecipeError(
                 f"recipe '{self.name}' needs `mlp` (the dense MLP's projections), or `experts` for a "
                 "mixture-of-experts model without a dense MLP."
@@ -477,6 +518,18 @@ class Recipe:
             raise RecipeError(f"recipe '{self.name}': stack names {names} must differ.")
         for stack in self.stacks:
             self.for_stack(stack.name)  # each stack's blocks must make a valid recipe (errors name the stack)
+
+    def _check_kinds(self) -> None:
+        """Refuse a ``kinds`` section that names no registered kind (its module is not imported, or a typo)."""
+        registered = _registered_kinds()
+        if not isinstance(self.kinds, dict) or not all(isinstance(v, dict) for v in self.kinds.values()):
+            raise RecipeError(f"recipe '{self.name}': `kinds` maps kind names to their sections (mappings).")
+        unknown = sorted(set(self.kinds) - registered)
+        if unknown:
+            raise RecipeError(
+                f"recipe '{self.name}': kinds {unknown} are not registered (registered: {sorted(registered)}); import "
+                "the module that registers them (hf_prune.register_kind) before loading the recipe."
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -524,8 +577,10 @@ class Recipe:
         for optional in ("depth", "experts", "cross_attention"):
             if data[optional] is None:
                 del data[optional]
-        if not data["stacks"]:
-            del data["stacks"]
+        for optional in ("stacks", "kinds"):
+            if not data[optional]:
+                del data[optional]
+        data["targets"].update(data["targets"].pop("kinds"))  # other kinds' targets by name, as a recipe gives them
         return data
 
     def to_yaml(self) -> str:

@@ -26,8 +26,9 @@ from transformers.pytorch_utils import Conv1D
 
 CONFIG_KEY = "hf_prune"
 # The newest record format this code reads. 2 added removed sublayers and the neurons inside experts: a reader of 1
-# would ignore them and build a model that the weights do not fit. Checkpoints without either are still written as 1.
-FORMAT_VERSION = 2
+# would ignore them and build a model that the weights do not fit. 3 added counts of kinds registered outside
+# hf_prune, which a reader of 2 would ignore the same way. Each checkpoint is written with the oldest that holds it.
+FORMAT_VERSION = 3
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -748,9 +749,42 @@ def restore_cross_attention(layer: nn.Module, recipe: dict[str, Any], head_dim: 
         restore_attention(layer, cross_view(recipe), head_dim, {"heads": heads, "kv_heads": heads})
 
 
-# One restorer per sublayer, in order. hf_prune's unit kinds (hf_prune/kinds) name these as their restore step; this
-# tuple is what runs without hf_prune (trust_remote_code), and a test checks that both agree.
-RESTORERS = (restore_attention, restore_cross_attention, restore_mlp, restore_experts, restore_expert_neurons)
+# One restorer per sublayer, in order: the shipped kinds' restore steps (hf_prune/kinds names them), which also run
+# without hf_prune (trust_remote_code). hf_prune appends the steps of kinds registered elsewhere.
+# A restore step: shrinks a dense-shaped block (layer, its recipe dict, head_dim) to its recorded counts.
+Restorer = Callable[[nn.Module, dict[str, Any], int, dict[str, int]], None]
+
+RESTORERS: list[Restorer] = [
+    restore_attention,
+    restore_cross_attention,
+    restore_mlp,
+    restore_experts,
+    restore_expert_neurons,
+]
+#: The kinds this file restores on its own (also without hf_prune).
+SHIPPED_KINDS = frozenset({"heads", "kv_heads", "cross_heads", "neurons", "experts", "expert_neurons"})
+#: The kinds whose recorded counts :data:`RESTORERS` restore: the shipped ones and those hf_prune registered.
+RESTORED_KINDS: set[str] = set(SHIPPED_KINDS)
+
+
+def register_restorer(kind: str, restore: Restorer | None) -> None:
+    """Let :func:`restore_structure` restore ``kind``'s recorded counts with ``restore`` (``None``: the kind follows
+    another kind's step). hf_prune's kind registry calls it for every kind it registers."""
+    if restore is not None and restore not in RESTORERS:
+        RESTORERS.append(restore)
+    RESTORED_KINDS.add(kind)
+
+
+def _check_restorable(structure: list[dict[str, int]]) -> None:
+    """Refuse a record of kinds no restore step here knows: a kind registered outside hf_prune pruned it, and this
+    file (the copy next to a checkpoint, or an hf_prune without that kind's module imported) would build it dense."""
+    unknown = sorted({name for layer in structure for name in layer} - RESTORED_KINDS)
+    if unknown:
+        raise ValueError(
+            f"this checkpoint records pruned units of kind(s) {unknown}, registered by a module outside hf_prune; "
+            "only hf_prune with that module imported can rebuild it: `import` the module that registers the kind, "
+            "then load with hf_prune.from_pretrained(...) (trust_remote_code=True alone cannot)."
+        )
 
 
 def restore_structure(model: nn.Module) -> None:
@@ -763,6 +797,7 @@ def restore_structure(model: nn.Module) -> None:
     structure = recorded_structure(config)
     if structure is None:
         return
+    _check_restorable(structure)
     meta = recorded_meta(config)
     recipe, head_dim = meta["recipe"], meta["head_dim"]
     # Blocks are numbered across the stacks (an encoder's, then a decoder's), each with its own recipe.

@@ -43,6 +43,8 @@ class QueryHeads(UnitKind):
 
     name = "heads"
     label = "heads"
+    prose = "attention heads"
+    own_fraction = False  # a cost target chooses heads and neurons
     part = "attention"
 
     def restorer(self) -> Restorer:

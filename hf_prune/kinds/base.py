@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .. import surgery
 from ..recipe import Recipe
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class UnitKind:
     #: Whether the input of :meth:`mask_module` holds one slice per unit: criteria that gate that input (fisher,
     #: activation) score the kind, and reconstruction refits that module. False for experts (masked at the router).
     gated: ClassVar[bool] = True
+    #: Whether the kind is removed by its own fraction (``PruningConfig`` field or ``kinds={name: f}``, recipe
+    #: ``targets``), which a cost target counts but does not choose. Heads and neurons are what a cost target chooses.
+    own_fraction: ClassVar[bool] = True
+    #: How the card's prose names the units ("MoE experts"); the label when unset.
+    prose: ClassVar[str] = ""
 
     # -- where it lives ---------------------------------------------------------------------------------------
 
@@ -220,6 +226,9 @@ def register_kind(kind: UnitKind) -> UnitKind:
     elif kind.restorer() is None:
         raise ValueError(f"unit kind '{kind.name}' leads its part and needs a `restore` step.")
     _REGISTRY[kind.name] = kind
+    # hf_prune's loader restores what the kind records; the copy of surgery.py next to a checkpoint (the loader
+    # without hf_prune) knows only the shipped kinds and refuses the others by name.
+    surgery.register_restorer(kind.name, kind.restorer())
     return kind
 
 
@@ -233,6 +242,11 @@ def get_kind(name: str) -> UnitKind:
     if name not in _REGISTRY:
         raise KeyError(f"unknown unit kind '{name}'. Registered: {', '.join(_REGISTRY)}.")
     return _REGISTRY[name]
+
+
+def own_fraction_kinds() -> list[UnitKind]:
+    """The leading kinds removed by their own fraction (:attr:`UnitKind.own_fraction`), in registration order."""
+    return [kind for kind in _REGISTRY.values() if kind.follows is None and kind.own_fraction]
 
 
 def kinds_for(recipe: Recipe) -> list[UnitKind]:

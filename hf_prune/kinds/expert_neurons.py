@@ -73,6 +73,7 @@ class ExpertNeurons(UnitKind):
 
     name = "expert_neurons"
     label = "neurons inside experts"
+    prose = "neurons inside MoE experts"
     part = "expert_mlp"
     gated = False  # no module input holds one slice per neuron: masked on a parameter
 

@@ -49,6 +49,7 @@ class Experts(UnitKind):
 
     name = "experts"
     label = "experts"
+    prose = "MoE experts"
     part = "experts"
     gated = False  # masked at the router, not through an input with one slice per expert
 

@@ -30,6 +30,8 @@ class Neurons(UnitKind):
 
     name = "neurons"
     label = "neurons"
+    prose = "MLP neurons"
+    own_fraction = False  # a cost target chooses heads and neurons
     part = "mlp"
 
     def restorer(self) -> Restorer:
