@@ -108,23 +108,52 @@ def pruned_encoder(folder: Path, name: str = "bert", ranking: str = "global") ->
     return folder
 
 
-def pruned_mixtral(folder: Path, ranking: str = "uniform") -> Path:
-    """A tiny Mixtral (2 blocks, 6 experts of 64 neurons, top-2) with a third of its experts, a quarter of the neurons
-    inside the rest and half its query heads removed, saved with its tokenizer; "global" keeps layer 0 whole."""
+# The tiny MoE decoders: 2 blocks of 6 experts of 64 neurons, each token routed to 2.
+_MOE = dict(hidden_size=64, num_hidden_layers=2, num_experts_per_tok=2, max_position_embeddings=64, bos_token_id=0,
+            eos_token_id=0)  # fmt: skip
+
+
+def pruned_moe(
+    folder: Path, config_cls: type, model_cls: type, ranking: str = "uniform", heads: float = 0.5, **config: object
+) -> Path:
+    """A tiny MoE decoder with a third of its experts, a quarter of the neurons inside the rest and ``heads`` of its
+    query heads removed, saved with its tokenizer; "global" keeps layer 0 whole (the layers then differ)."""
     tokenizer = bpe_tokenizer()
     torch.manual_seed(0)
-    config = T.MixtralConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=2, head_dim=16, num_local_experts=6, num_experts_per_tok=2, max_position_embeddings=64,
-        bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
-    model = T.MixtralForCausalLM(config).eval()
+    model = model_cls(config_cls(vocab_size=len(tokenizer), **_MOE, **config)).eval()
     protected = [0] if ranking == "global" else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # magnitude scores on a causal LM: fine for shapes
         hf_prune.prune(
-            model, heads=0.5, experts=0.34, expert_neurons=0.25, ranking=ranking, protected_layers=protected,
+            model, heads=heads, experts=0.34, expert_neurons=0.25, ranking=ranking, protected_layers=protected,
             **STRUCTURE_ONLY,
         )  # fmt: skip
     hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
     return folder
+
+
+def pruned_mixtral(folder: Path, ranking: str = "uniform") -> Path:
+    """A tiny Mixtral (8 query heads of 16 in 2 KV groups), pruned as :func:`pruned_moe` does."""
+    return pruned_moe(
+        folder, T.MixtralConfig, T.MixtralForCausalLM, ranking, intermediate_size=64, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=16, num_local_experts=6,
+    )  # fmt: skip
+
+
+def pruned_qwen3_moe(folder: Path, ranking: str = "uniform", **config: object) -> Path:
+    """A tiny Qwen3-MoE (8 query heads of 16 in 2 KV groups, top-k renormalised), pruned as :func:`pruned_moe` does;
+    ``config`` overrides its config."""
+    fields: dict[str, object] = dict(
+        num_attention_heads=8, num_key_value_heads=2, head_dim=16, num_experts=6, moe_intermediate_size=64,
+        norm_topk_prob=True,
+    )  # fmt: skip
+    return pruned_moe(folder, T.Qwen3MoeConfig, T.Qwen3MoeForCausalLM, ranking, **{**fields, **config})
+
+
+def pruned_olmoe(folder: Path, ranking: str = "uniform", **config: object) -> Path:
+    """A tiny OLMoE (4 heads of 16, as many KV heads; top-k weights as they are), its experts and the neurons inside
+    them pruned as :func:`pruned_moe` does (its heads stay: recipes/olmoe.yaml); ``config`` overrides its config."""
+    fields: dict[str, object] = dict(
+        intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_experts=6, norm_topk_prob=False
+    )
+    return pruned_moe(folder, T.OlmoeConfig, T.OlmoeForCausalLM, ranking, heads=0.0, **{**fields, **config})

@@ -3,6 +3,7 @@ quantized outtypes, and bad input refused before anything is written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -16,7 +17,7 @@ from hf_prune.export import ExportError, export_checkpoint, gguf_export
 from hf_prune.structure import ModelStructure
 
 from .cli_run import run_cli
-from .export_models import pruned_encoder, pruned_llama, pruned_mixtral
+from .export_models import pruned_encoder, pruned_llama, pruned_mixtral, pruned_olmoe, pruned_qwen3_moe
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +239,7 @@ def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
 
 def test_unsupported_architecture_says_what_is_missing(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(
-        ExportError, match=r"recipe 'bert' has no `gguf:` section.*llama, mistral, mixtral, qwen2"
+        ExportError, match=r"recipe 'bert' has no `gguf:` section.*llama, mistral, mixtral, olmoe, qwen2"
     ) as err:
         export_checkpoint(checkpoints["bert"], tmp_path / "m.gguf", "gguf")
     assert "--format onnx" in str(err.value)
@@ -334,19 +335,8 @@ def test_card_built_from_a_report_lists_the_exports(tmp_path: Path) -> None:
     assert "## Exported for deployment" not in str(build_model_card(report))
 
 
-def test_mixtral_exports_its_experts_as_llama_cpp_reads_them(tmp_path: Path) -> None:
-    """A pruned Mixtral (experts removed, neurons inside the rest, heads) is llama.cpp's 'llama' with experts: the
-    expert count and width, the router rows, and [gate | up] split into ffn_gate_exps and ffn_up_exps."""
-    folder = pruned_mixtral(tmp_path / "ckpt")
-    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
-    assert (info["arch"], info["layout"]) == ("llama", "uniform")
-    reader = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert (_field(reader, "llama.expert_count"), _field(reader, "llama.expert_used_count")) == (4, 2)
-    assert _field(reader, "llama.feed_forward_length") == 48  # each expert's width: 64, a quarter removed
-    assert _field(reader, "llama.attention.head_count") == 4
-    tensors = _tensors(reader)
-    model = hf_prune.from_pretrained(folder)
-    experts = model.model.layers[1].mlp.experts
+def _assert_experts_exported(tensors: dict[str, gguf.ReaderTensor], experts: torch.nn.Module) -> None:
+    """Block 1's 4 kept experts of 48 neurons: router rows, [gate | up] split, down as is (hidden size 64)."""
     assert tensors["blk.1.ffn_gate_inp.weight"].shape.tolist() == [64, 4]
     for name in ("ffn_gate_exps", "ffn_up_exps"):
         assert tensors[f"blk.1.{name}.weight"].shape.tolist() == [64, 48, 4]  # innermost first: hidden, width, experts
@@ -359,8 +349,95 @@ def test_mixtral_exports_its_experts_as_llama_cpp_reads_them(tmp_path: Path) -> 
     )
 
 
+def test_mixtral_exports_its_experts_as_llama_cpp_reads_them(tmp_path: Path) -> None:
+    """A pruned Mixtral (experts removed, neurons inside the rest, heads) is llama.cpp's 'llama' with experts: the
+    expert count and width, the router rows, and [gate | up] split into ffn_gate_exps and ffn_up_exps."""
+    folder = pruned_mixtral(tmp_path / "ckpt")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("llama", "uniform")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert (_field(reader, "llama.expert_count"), _field(reader, "llama.expert_used_count")) == (4, 2)
+    assert _field(reader, "llama.feed_forward_length") == 48  # each expert's width: 64, a quarter removed
+    assert _field(reader, "llama.attention.head_count") == 4
+    _assert_experts_exported(_tensors(reader), hf_prune.from_pretrained(folder).model.layers[1].mlp.experts)
+
+
 def test_mixtral_with_layers_that_differ_is_refused_with_the_reason(tmp_path: Path) -> None:
     folder = pruned_mixtral(tmp_path / "ckpt", "global")
     with pytest.raises(ExportError, match="one expert count, one expert width and one head count for every layer"):
         export_checkpoint(folder, tmp_path / "m.gguf", "gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_qwen3_moe_exports_as_llama_cpp_qwen3moe(tmp_path: Path) -> None:
+    """Experts, the neurons inside them and half the query heads removed: 'qwen3moe' reads each expert's width from
+    expert_feed_forward_length, per-head q/k norms, Q/K rows as transformers has them (NeoX RoPE)."""
+    folder = pruned_qwen3_moe(tmp_path / "ckpt")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("qwen3moe", "uniform")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(reader, "general.architecture") == "qwen3moe"
+    assert (_field(reader, "qwen3moe.expert_count"), _field(reader, "qwen3moe.expert_used_count")) == (4, 2)
+    assert _field(reader, "qwen3moe.expert_feed_forward_length") == 48  # each expert's width: 64, a quarter removed
+    assert _field(reader, "qwen3moe.attention.head_count") == 4
+    assert _field(reader, "qwen3moe.attention.head_count_kv") == 1
+    assert _field(reader, "qwen3moe.attention.key_length") == 16
+    tensors = _tensors(reader)
+    assert tensors["blk.1.attn_q_norm.weight"].shape.tolist() == [16]  # one head's width, shared by the heads
+    assert tensors["blk.1.attn_k_norm.weight"].shape.tolist() == [16]
+    assert tensors["blk.1.attn_q.weight"].shape.tolist() == [64, 4 * 16]
+    assert tensors["blk.1.attn_k.weight"].shape.tolist() == [64, 16]
+    layer = hf_prune.from_pretrained(folder).model.layers[1]
+    np.testing.assert_array_equal(  # not permuted: llama.cpp rotates halves here, as transformers does
+        np.asarray(tensors["blk.1.attn_q.weight"].data), layer.self_attn.q_proj.weight.detach().numpy()
+    )
+    _assert_experts_exported(tensors, layer.mlp.experts)
+
+
+def test_olmoe_exports_as_llama_cpp_olmoe(tmp_path: Path) -> None:
+    """Experts and the neurons inside them removed (OLMoE's heads stay): 'olmoe' reads each expert's width from
+    feed_forward_length and q/k norms over the full width."""
+    folder = pruned_olmoe(tmp_path / "ckpt")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("olmoe", "uniform")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(reader, "general.architecture") == "olmoe"
+    assert (_field(reader, "olmoe.expert_count"), _field(reader, "olmoe.expert_used_count")) == (4, 2)
+    assert _field(reader, "olmoe.feed_forward_length") == 48
+    assert _field(reader, "olmoe.attention.head_count") == _field(reader, "olmoe.attention.head_count_kv") == 4
+    tensors = _tensors(reader)
+    assert tensors["blk.1.attn_q_norm.weight"].shape.tolist() == [64]  # heads x head size: one RMS over all heads
+    assert tensors["blk.1.attn_k_norm.weight"].shape.tolist() == [64]
+    _assert_experts_exported(tensors, hf_prune.from_pretrained(folder).model.layers[1].mlp.experts)
+
+
+def test_tied_olmoe_writes_the_output_tensor(tmp_path: Path) -> None:
+    """llama.cpp's 'olmoe' requires output.weight (no fallback to token_embd), so tied embeddings are written twice."""
+    folder = pruned_olmoe(tmp_path / "ckpt", tie_word_embeddings=True)
+    export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    tensors = _tensors(gguf.GGUFReader(tmp_path / "m.gguf"))
+    np.testing.assert_array_equal(
+        np.asarray(tensors["output.weight"].data), np.asarray(tensors["token_embd.weight"].data)
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "settings", "reason"),
+    [
+        (pruned_qwen3_moe, {"ranking": "global"}, "qwen3moe reads one expert count, one expert width and one head"),
+        (pruned_olmoe, {"ranking": "global"}, "olmoe reads one expert count and one expert width for every layer"),
+        (pruned_qwen3_moe, {"norm_topk_prob": False}, r"config norm_topk_prob=False: .*'qwen3moe' always renormalises"),
+        (pruned_olmoe, {"norm_topk_prob": True}, r"config norm_topk_prob=True: .*'olmoe' never renormalises"),
+        (pruned_olmoe, {"num_key_value_heads": 2}, r"'olmoe' sizes Q and the q/k RMSNorm weights by hidden_size"),
+        (pruned_olmoe, {"clip_qkv": 8.0}, r"config clip_qkv=8\.0: the model clamps its queries, keys and values"),
+    ],
+    ids=["qwen3_moe-layers-differ", "olmoe-layers-differ", "qwen3_moe-unnormalised", "olmoe-normalised", "olmoe-gqa",
+         "olmoe-clip_qkv"],
+)  # fmt: skip
+def test_moe_llama_cpp_cannot_run_is_refused_with_the_reason(
+    tmp_path: Path, build: Callable[..., Path], settings: dict[str, object], reason: str
+) -> None:
+    folder = build(tmp_path / "ckpt", **settings)
+    with pytest.raises(ExportError, match=reason):
+        export_checkpoint(folder, tmp_path / "m.gguf", "gguf")
+    assert _listing(tmp_path) == ["ckpt"]

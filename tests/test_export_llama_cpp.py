@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +18,7 @@ import transformers as T
 import hf_prune
 from hf_prune.export import export_checkpoint
 
-from .export_models import pruned_llama, pruned_mixtral
+from .export_models import pruned_llama, pruned_mixtral, pruned_olmoe, pruned_qwen3_moe
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +156,29 @@ def test_llama_cpp_runs_a_pruned_mixtral_as_pytorch_does(tmp_path: Path, outtype
     got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
     scale = max(1.0, float(np.abs(expected).max()))
     assert np.abs(got - expected).max() < (1e-3 if outtype == "f32" else 5e-2) * scale
+
+
+# Largest logit difference allowed, times max(1, largest logit): f16 and q8_0 round the weights.
+MOE_TOLERANCE = {"f32": 1e-3, "f16": 2e-3, "q8_0": 5e-2}
+
+
+@pytest.mark.parametrize("outtype", list(MOE_TOLERANCE))
+@pytest.mark.parametrize(
+    ("build", "config"),
+    [(pruned_qwen3_moe, {}), (pruned_olmoe, {}), (pruned_olmoe, {"tie_word_embeddings": True})],
+    ids=["qwen3_moe", "olmoe", "olmoe-tied"],
+)
+def test_llama_cpp_runs_pruned_qwen3_moe_and_olmoe_as_pytorch_does(
+    tmp_path: Path, build: Callable[..., Path], config: dict[str, object], outtype: str
+) -> None:
+    """Experts and the neurons inside them removed (and Qwen3-MoE's query heads): llama.cpp's qwen3moe (top-k
+    renormalised, per-head q/k norms) and olmoe (top-k as they are, full-width q/k norms; tied: output.weight
+    written) give PyTorch's logits (f32), or close to them (f16, q8_0)."""
+    folder = build(tmp_path / "ckpt", **config)
+    export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype=outtype)
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - expected).max() < MOE_TOLERANCE[outtype] * max(1.0, float(np.abs(expected).max()))

@@ -30,7 +30,8 @@ def export_checkpoint(
         directory: a checkpoint folder (pruned by hf_prune, any layout, or plain transformers).
         output: the file to write (``model.gguf``, ``model.onnx``); written through a temporary file in its folder
             and renamed at the end, so a failed export leaves nothing behind.
-        format: ``"gguf"`` (llama.cpp; Llama-family decoders) or ``"onnx"`` (ONNX Runtime; encoders and decoders).
+        format: ``"gguf"`` (llama.cpp; Llama-family and MoE decoders) or ``"onnx"`` (ONNX Runtime; encoders and
+            decoders).
         outtype: GGUF: ``f32``, ``f16`` (default), ``q8_0``, or a llama.cpp quantization (``q4_k_m``...) when
             llama-cpp-python is installed. ONNX: ``f32`` only (checked against PyTorch after export).
         overwrite: replace an existing ``output``.

@@ -1,8 +1,9 @@
-"""GGUF files for llama.cpp, from Llama-family checkpoints: uniform layouts in the family's own llama.cpp
+"""GGUF files for llama.cpp, from Llama-family and MoE checkpoints: uniform layouts in the family's own llama.cpp
 architecture, non-uniform ones in one that reads per-layer head counts and FFN widths (``deci``).
 
 What llama.cpp calls each architecture is recipe data (the recipe's ``gguf:`` section); tensor names come from
-the ``gguf`` package's own maps, so nothing here is specific to one family.
+the ``gguf`` package's own maps. What a llama.cpp architecture's graph hard-codes (``LLAMA_CPP_GRAPHS``) is
+llama.cpp's, the same for every recipe that names the architecture.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..kinds.experts import Experts
 from ..recipe import GGUFSpec, RecipeError, recipe_for_model_type, shipped_recipes
 from ..structure import LayerShape, ModelStructure
 from ..surgery import CONFIG_KEY
@@ -31,6 +33,30 @@ ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)
+class LlamaCppGraph:
+    """What a llama.cpp architecture's graph assumes rather than reads from the file, which a checkpoint must match
+    (read in its ``src/models/<arch>.cpp``, llama.cpp as vendored by llama-cpp-python 0.3.36)."""
+
+    # MoE: the ``norm_w`` its graph passes to build_moe_ffn, whether the top-k router weights are renormalised to
+    # sum to 1 (no GGUF key changes it); None: the graph was not checked for experts, so they are refused.
+    renormalises_top_k: bool | None = None
+    # Q, attn_q_norm and attn_k_norm are sized hidden_size (olmoe): one RMS over all heads' queries, and over the
+    # keys only when there are as many KV heads as query heads.
+    full_width_qk_norm: bool = False
+    # output.weight is required, without llama.cpp's fallback to token_embd (olmoe): written for tied embeddings too.
+    output_required: bool = False
+
+
+LLAMA_CPP_GRAPHS = {
+    "llama": LlamaCppGraph(renormalises_top_k=True),  # Mixtral
+    "qwen3moe": LlamaCppGraph(renormalises_top_k=True),
+    "olmoe": LlamaCppGraph(renormalises_top_k=False, full_width_qk_norm=True, output_required=True),
+}
+# Config values that change the forward and that no GGUF key written here states, with what they do.
+UNWRITTEN_CONFIG = {"clip_qkv": "clamps its queries, keys and values (olmoe's graph reads no clamp)"}
+
+
+@dataclass(frozen=True)
 class GGUFLayout:
     """What a GGUF export of a model writes: the llama.cpp architecture and the per-layer counts."""
 
@@ -39,6 +65,10 @@ class GGUFLayout:
     per_layer: bool
     shapes: tuple[LayerShape, ...]
     head_dim: int
+
+    @property
+    def graph(self) -> LlamaCppGraph:
+        return LLAMA_CPP_GRAPHS.get(self.arch, LlamaCppGraph())
 
 
 def gguf_spec(config: Any, recorded: GGUFSpec | None = None) -> GGUFSpec:
@@ -116,10 +146,13 @@ def plan_layout(structure: ModelStructure) -> GGUFLayout:
     """
     spec = gguf_spec(structure.config, structure.recipe.gguf)
     _check_removed_sublayers(spec, structure.removed_sublayers, structure.num_layers)
+    _check_unwritten_config(structure)
     shapes = tuple(structure.shapes())
     uniform = len(set(shapes)) == 1 and not structure.removed_sublayers
     if uniform:
-        return GGUFLayout(spec.arch, spec.permute_qk, False, shapes, structure.head_dim)
+        layout = GGUFLayout(spec.arch, spec.permute_qk, False, shapes, structure.head_dim)
+        _check_graph(structure, layout)
+        return layout
     if spec.per_layer_arch is None:
         why = spec.per_layer_missing or "no llama.cpp architecture is named for per-layer counts"
         raise ExportError(
@@ -128,6 +161,57 @@ def plan_layout(structure: ModelStructure) -> GGUFLayout:
             "export it as ONNX (--format onnx), whose graphs hold any layout."
         )
     return GGUFLayout(spec.per_layer_arch, spec.per_layer_permute_qk, True, shapes, structure.head_dim)
+
+
+def _check_unwritten_config(structure: ModelStructure) -> None:
+    """Refuse a config value that changes the forward where the file can state none (``UNWRITTEN_CONFIG``)."""
+    for attribute, what in UNWRITTEN_CONFIG.items():
+        value = getattr(structure.config, attribute, None)
+        if value is not None:
+            raise ExportError(
+                f"config {attribute}={value!r}: the model {what}, and the GGUF file cannot say so, so llama.cpp's "
+                "outputs would differ. Export it as ONNX (--format onnx)."
+            )
+
+
+def _check_graph(structure: ModelStructure, layout: GGUFLayout) -> None:
+    """Refuse a checkpoint whose forward the architecture's graph cannot reproduce (``LlamaCppGraph``)."""
+    graph, counts = layout.graph, layout.shapes[0].counts
+    if counts.get("experts"):
+        _check_routing(structure, layout.arch, graph)
+    config = structure.config
+    if graph.full_width_qk_norm:
+        heads, kv_heads, hidden = counts["heads"], counts["kv_heads"], int(config.hidden_size)
+        if heads * layout.head_dim != hidden or kv_heads != heads:
+            raise ExportError(
+                f"llama.cpp's '{layout.arch}' sizes Q and the q/k RMSNorm weights by hidden_size ({hidden}), but "
+                f"this checkpoint has {heads} query heads and {kv_heads} KV heads of {layout.head_dim} (config "
+                "num_key_value_heads must equal num_attention_heads, and heads x head size hidden_size). Export it "
+                "as ONNX (--format onnx)."
+            )
+
+
+def _check_routing(structure: ModelStructure, arch: str, graph: LlamaCppGraph) -> None:
+    """The model's top-k renormalisation is the one the architecture's graph hard-codes."""
+    if graph.renormalises_top_k is None:
+        raise ExportError(
+            f"hf_prune has not checked how llama.cpp's '{arch}' routes tokens to experts, so it exports no MoE "
+            "model to it. Export it as ONNX (--format onnx)."
+        )
+    experts = next(kind for kind in structure.kinds if isinstance(kind, Experts))
+    normalizes = experts.normalizes(structure)
+    if normalizes != graph.renormalises_top_k:
+        spec = structure.recipe.experts
+        assert spec is not None
+        rule = spec.normalize_top_k
+        setting = f"config {rule}={normalizes}" if isinstance(rule, str) else f"recipe '{structure.recipe.name}'"
+        weights = f"top-{experts.top_k(structure)} router weights"
+        model = f"renormalises its {weights} to sum to 1" if normalizes else f"uses its {weights} as they are"
+        runtime = "always renormalises them" if graph.renormalises_top_k else "never renormalises them"
+        raise ExportError(
+            f"{setting}: the model {model}, but llama.cpp's '{arch}' {runtime} (its graph does not read a key for "
+            "it), so llama.cpp's outputs would differ. Export it as ONNX (--format onnx)."
+        )
 
 
 def _rope(config: Any, head_dim: int) -> tuple[float, dict[str, Any], np.ndarray | None]:
@@ -222,7 +306,7 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
         raise ExportError(f"the gguf package knows no llama.cpp architecture '{layout.arch}'; upgrade gguf.")
     names = gguf.TensorNameMap(arch, len(layout.shapes))
     att = structure.recipe.attention
-    tied = bool(getattr(structure.config, "tie_word_embeddings", False))
+    tied = bool(getattr(structure.config, "tie_word_embeddings", False)) and not layout.graph.output_required
     head = model.get_output_embeddings()
     head_name = next(name for name, module in model.named_modules() if module is head) + ".weight"
     out: dict[str, torch.Tensor] = {}
@@ -284,6 +368,8 @@ def _write_plain(
             assert spec is not None
             writer.add_expert_count(shapes[0]["experts"])
             writer.add_expert_used_count(int(getattr(config, spec.top_k_attribute)))
+            # Each expert's width: 'llama' and 'olmoe' read feed_forward_length, 'qwen3moe' this key.
+            writer.add_expert_feed_forward_length(neurons[0])
         writer.add_key_length(layout.head_dim)
         writer.add_value_length(layout.head_dim)
         writer.add_rope_dimension_count(layout.head_dim)
