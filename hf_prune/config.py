@@ -18,6 +18,8 @@ from .schedule import Schedule
 
 #: The cost targets, each a fraction of that cost of the blocks (of the whole forward pass, for latency) to remove.
 COST_MEASURES = ("flops", "params", "latency")
+#: The shipped kinds' fractions, each a setting of its own (other kinds' are given in ``kinds``).
+KIND_FIELDS = ("heads", "neurons", "experts", "expert_neurons", "cross_heads")
 #: The depth targets: whole blocks, and the attention / MLP sublayer of a block on its own.
 DEPTH_FRACTIONS = ("layers", "attention_layers", "mlp_layers")
 
@@ -189,7 +191,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        fractions = ("heads", "neurons", "experts", "expert_neurons", "cross_heads", "flops", "params", "latency")
+        fractions = (*KIND_FIELDS, "flops", "params", "latency")
         for name in (*DEPTH_FRACTIONS, *fractions):
             value = getattr(self, name)
             if value is not None:
@@ -234,7 +236,7 @@ class PruningConfig:
             raise ValueError(
                 f"kinds maps kind names to fractions, e.g. {{'adapter_neurons': 0.5}}; got {self.kinds!r}."
             )
-        named = sorted(set(self.kinds) & {f.name for f in dataclasses.fields(self)})
+        named = sorted(set(self.kinds) & set(KIND_FIELDS))
         if named:
             raise ValueError(f"kinds={named} have settings of their own: set {named[0]}= directly, not in kinds=.")
         for name, value in self.kinds.items():
@@ -243,15 +245,14 @@ class PruningConfig:
     def fraction(self, kind: str) -> float | None:
         """The fraction of ``kind``'s units to remove that this config sets (its own field, else ``kinds``), or
         ``None`` where it leaves it to the recipe."""
-        if kind in {f.name for f in dataclasses.fields(self)}:
+        if kind in KIND_FIELDS:
             return getattr(self, kind)
         return (self.kinds or {}).get(kind)
 
     def with_fractions(self, fractions: dict[str, float]) -> PruningConfig:
         """A copy that sets these kinds' fractions (their own fields where they have one, else in ``kinds``)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        own = {name: value for name, value in fractions.items() if name in names}
-        other = {name: value for name, value in fractions.items() if name not in names}
+        own = {name: value for name, value in fractions.items() if name in KIND_FIELDS}
+        other = {name: value for name, value in fractions.items() if name not in KIND_FIELDS}
         return self.replace(**own, **({"kinds": {**(self.kinds or {}), **other}} if other else {}))
 
     @classmethod

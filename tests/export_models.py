@@ -76,11 +76,16 @@ def _prune(model: torch.nn.Module, ranking: str) -> None:
 
 
 def pruned_llama(
-    folder: Path, ranking: str = "global", config_cls: type = T.LlamaConfig, model_cls: type = T.LlamaForCausalLM
+    folder: Path,
+    ranking: str = "global",
+    config_cls: type = T.LlamaConfig,
+    model_cls: type = T.LlamaForCausalLM,
+    **extra: object,
 ) -> Path:
-    """A tiny Llama-family decoder pruned (half the heads, 40% of the neurons) and saved with its tokenizer."""
+    """A tiny Llama-family decoder pruned (half the heads, 40% of the neurons) and saved with its tokenizer; ``extra``
+    overrides :func:`tiny_llama`'s config."""
     tokenizer = bpe_tokenizer()
-    model = tiny_llama(len(tokenizer), config_cls, model_cls)
+    model = tiny_llama(len(tokenizer), config_cls, model_cls, **extra)
     _prune(model, ranking)
     hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
     return folder
@@ -114,10 +119,17 @@ _MOE = dict(hidden_size=64, num_hidden_layers=2, num_experts_per_tok=2, max_posi
 
 
 def pruned_moe(
-    folder: Path, config_cls: type, model_cls: type, ranking: str = "uniform", heads: float = 0.5, **config: object
+    folder: Path,
+    config_cls: type,
+    model_cls: type,
+    ranking: str = "uniform",
+    heads: float = 0.5,
+    neurons: float = 0.0,
+    **config: object,
 ) -> Path:
-    """A tiny MoE decoder with a third of its experts, a quarter of the neurons inside the rest and ``heads`` of its
-    query heads removed, saved with its tokenizer; "global" keeps layer 0 whole (the layers then differ)."""
+    """A tiny MoE decoder with a third of its experts, a quarter of the neurons inside the rest, ``heads`` of its
+    query heads and ``neurons`` of its dense MLP's (a shared expert's) removed, saved with its tokenizer; "global"
+    keeps layer 0 whole (the layers then differ)."""
     tokenizer = bpe_tokenizer()
     torch.manual_seed(0)
     model = model_cls(config_cls(vocab_size=len(tokenizer), **_MOE, **config)).eval()
@@ -126,7 +138,7 @@ def pruned_moe(
         warnings.simplefilter("ignore", UserWarning)  # magnitude scores on a causal LM: fine for shapes
         hf_prune.prune(
             model, heads=heads, experts=0.34, expert_neurons=0.25, ranking=ranking, protected_layers=protected,
-            **STRUCTURE_ONLY,
+            **({"neurons": neurons} if neurons else {}), **STRUCTURE_ONLY,
         )  # fmt: skip
     hf_prune.save_pretrained(model, folder, tokenizer=tokenizer)
     return folder
@@ -157,3 +169,14 @@ def pruned_olmoe(folder: Path, ranking: str = "uniform", **config: object) -> Pa
         intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_experts=6, norm_topk_prob=False
     )
     return pruned_moe(folder, T.OlmoeConfig, T.OlmoeForCausalLM, ranking, heads=0.0, **{**fields, **config})
+
+
+def pruned_qwen2_moe(folder: Path, ranking: str = "uniform", **config: object) -> Path:
+    """A tiny Qwen2-MoE (8 query heads of 8 in 4 KV groups, q/k/v biases, top-k weights as they are; a shared expert
+    of 96 neurons), pruned as :func:`pruned_moe` does, with a quarter of the shared expert's neurons; half its query
+    heads go in whole KV groups (no data), so 4 heads in 2 groups remain; ``config`` overrides its config."""
+    fields: dict[str, object] = dict(
+        num_attention_heads=8, num_key_value_heads=4, num_experts=6, moe_intermediate_size=64,
+        shared_expert_intermediate_size=96, norm_topk_prob=False,
+    )  # fmt: skip
+    return pruned_moe(folder, T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM, ranking, neurons=0.25, **{**fields, **config})

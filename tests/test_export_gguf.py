@@ -17,7 +17,14 @@ from hf_prune.export import ExportError, export_checkpoint, gguf_export
 from hf_prune.structure import ModelStructure
 
 from .cli_run import run_cli
-from .export_models import pruned_encoder, pruned_llama, pruned_mixtral, pruned_olmoe, pruned_qwen3_moe
+from .export_models import (
+    pruned_encoder,
+    pruned_llama,
+    pruned_mixtral,
+    pruned_olmoe,
+    pruned_qwen2_moe,
+    pruned_qwen3_moe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -411,9 +418,82 @@ def test_olmoe_exports_as_llama_cpp_olmoe(tmp_path: Path) -> None:
     _assert_experts_exported(tensors, hf_prune.from_pretrained(folder).model.layers[1].mlp.experts)
 
 
-def test_tied_olmoe_writes_the_output_tensor(tmp_path: Path) -> None:
-    """llama.cpp's 'olmoe' requires output.weight (no fallback to token_embd), so tied embeddings are written twice."""
-    folder = pruned_olmoe(tmp_path / "ckpt", tie_word_embeddings=True)
+def _query_heads_padded(exported: np.ndarray, kept: np.ndarray, axis: int, groups: int) -> None:
+    """``exported`` holds ``kept``'s query heads (along ``axis``) group by group, the rest of each KV group's share
+    of its slots zero."""
+    exported, kept = np.moveaxis(exported, axis, 0), np.moveaxis(kept, axis, 0)
+    per_group, share = len(kept) // groups, len(exported) // groups
+    for group in range(groups):
+        start = group * share
+        np.testing.assert_array_equal(
+            exported[start : start + per_group], kept[group * per_group : (group + 1) * per_group]
+        )
+        assert not exported[start + per_group : start + share].any()
+
+
+def test_qwen2_moe_exports_as_llama_cpp_qwen2moe(tmp_path: Path) -> None:
+    """Experts, the neurons inside them, the shared expert's neurons and half the query heads removed: 'qwen2moe'
+    reads each routed expert's width from expert_feed_forward_length and the shared one's from
+    expert_shared_feed_forward_length; its gate is a vector; Q and attn_output, sized hidden_size by llama.cpp,
+    carry the kept heads and zero heads (NeoX RoPE: rows otherwise as they are)."""
+    folder = pruned_qwen2_moe(tmp_path / "ckpt")
+    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == ("qwen2moe", "uniform")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(reader, "general.architecture") == "qwen2moe"
+    assert (_field(reader, "qwen2moe.expert_count"), _field(reader, "qwen2moe.expert_used_count")) == (4, 2)
+    assert _field(reader, "qwen2moe.expert_feed_forward_length") == 48  # each routed expert: 64, a quarter removed
+    assert _field(reader, "qwen2moe.expert_shared_feed_forward_length") == 72  # the shared expert: 96, a quarter
+    assert _field(reader, "qwen2moe.attention.head_count") == 8  # hidden_size / head size: 4 kept, 4 zero heads
+    assert _field(reader, "qwen2moe.attention.head_count_kv") == 2
+    assert _field(reader, "qwen2moe.attention.key_length") == 8
+    tensors = _tensors(reader)
+    assert tensors["blk.1.attn_q.weight"].shape.tolist() == [64, 64]
+    assert tensors["blk.1.attn_q.bias"].shape.tolist() == [64]
+    assert tensors["blk.1.attn_k.weight"].shape.tolist() == [64, 2 * 8]
+    assert tensors["blk.1.attn_k.bias"].shape.tolist() == [2 * 8]
+    assert tensors["blk.1.attn_output.weight"].shape.tolist() == [64, 64]
+    for name in ("ffn_gate_shexp", "ffn_up_shexp"):
+        assert tensors[f"blk.1.{name}.weight"].shape.tolist() == [64, 72]
+    assert tensors["blk.1.ffn_down_shexp.weight"].shape.tolist() == [72, 64]
+    gate = tensors["blk.1.ffn_gate_inp_shexp.weight"]
+    assert (gate.shape.tolist(), gate.tensor_type) == ([64], gguf.GGMLQuantizationType.F32)
+    assert "output.weight" in tensors
+    layer = hf_prune.from_pretrained(folder).model.layers[1]
+    attention = layer.self_attn
+    for name, kept, axis in (
+        ("attn_q.weight", attention.q_proj.weight, 0),
+        ("attn_q.bias", attention.q_proj.bias, 0),
+        ("attn_output.weight", attention.o_proj.weight, 1),
+    ):  # 2 heads in each of 2 KV groups, each group's 4 slots: [h0 h1 0 0 | h2 h3 0 0]
+        _query_heads_padded(np.asarray(tensors[f"blk.1.{name}"].data), kept.detach().numpy(), axis, 2)
+    np.testing.assert_array_equal(
+        np.asarray(gate.data), layer.mlp.shared_expert_gate.weight.detach().numpy().reshape(-1)
+    )
+    _assert_experts_exported(tensors, layer.mlp.experts)
+
+
+def test_qwen2_with_fewer_query_heads_than_hidden_size_pads_them(tmp_path: Path) -> None:
+    """llama.cpp's 'qwen2' sizes Q and attn_output by hidden_size too: 4 heads of 16 (hidden 64) pruned to 2 are
+    written as 4, the last two zero."""
+    folder = pruned_llama(tmp_path / "ckpt", "uniform", T.Qwen2Config, T.Qwen2ForCausalLM, num_attention_heads=4)
+    export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert (_field(reader, "qwen2.attention.head_count"), _field(reader, "qwen2.attention.head_count_kv")) == (4, 1)
+    tensors = _tensors(reader)
+    attention = hf_prune.from_pretrained(folder).model.layers[0].self_attn
+    assert attention.q_proj.weight.shape == (2 * 16, 64)
+    q = np.asarray(tensors["blk.0.attn_q.weight"].data)
+    _query_heads_padded(q, attention.q_proj.weight.detach().numpy(), 0, 1)
+    o = np.asarray(tensors["blk.0.attn_output.weight"].data)
+    _query_heads_padded(o, attention.o_proj.weight.detach().numpy(), 1, 1)
+
+
+@pytest.mark.parametrize("build", [pruned_olmoe, pruned_qwen2_moe], ids=["olmoe", "qwen2_moe"])
+def test_tied_moe_writes_the_output_tensor(tmp_path: Path, build: Callable[..., Path]) -> None:
+    """llama.cpp's 'olmoe' and 'qwen2moe' require output.weight (no fallback to token_embd), so tied embeddings are
+    written twice."""
+    folder = build(tmp_path / "ckpt", tie_word_embeddings=True)
     export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
     tensors = _tensors(gguf.GGUFReader(tmp_path / "m.gguf"))
     np.testing.assert_array_equal(
@@ -430,9 +510,15 @@ def test_tied_olmoe_writes_the_output_tensor(tmp_path: Path) -> None:
         (pruned_olmoe, {"norm_topk_prob": True}, r"config norm_topk_prob=True: .*'olmoe' never renormalises"),
         (pruned_olmoe, {"num_key_value_heads": 2}, r"'olmoe' sizes Q and the q/k RMSNorm weights by hidden_size"),
         (pruned_olmoe, {"clip_qkv": 8.0}, r"config clip_qkv=8\.0: the model clamps its queries, keys and values"),
+        (pruned_qwen2_moe, {"ranking": "global"}, "qwen2moe reads one expert count, one expert width, one shared"),
+        (pruned_qwen2_moe, {"norm_topk_prob": True}, r"config norm_topk_prob=True: .*'qwen2moe' never renormalises"),
+        (pruned_qwen2_moe, {"heads": 0.0, "head_dim": 16}, r"'qwen2moe' sizes Q and attn_output by hidden_size \(64\)"),
+        (pruned_qwen2_moe, {"use_sliding_window": True, "sliding_window": 8},
+         r"blocks \[0\] attend to the last 8 positions only \(sliding_window\)"),
     ],
     ids=["qwen3_moe-layers-differ", "olmoe-layers-differ", "qwen3_moe-unnormalised", "olmoe-normalised", "olmoe-gqa",
-         "olmoe-clip_qkv"],
+         "olmoe-clip_qkv", "qwen2_moe-layers-differ", "qwen2_moe-normalised", "qwen2_moe-heads-wider-than-hidden",
+         "qwen2_moe-sliding-window"],
 )  # fmt: skip
 def test_moe_llama_cpp_cannot_run_is_refused_with_the_reason(
     tmp_path: Path, build: Callable[..., Path], settings: dict[str, object], reason: str

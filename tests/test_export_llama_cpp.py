@@ -18,7 +18,7 @@ import transformers as T
 import hf_prune
 from hf_prune.export import export_checkpoint
 
-from .export_models import pruned_llama, pruned_mixtral, pruned_olmoe, pruned_qwen3_moe
+from .export_models import pruned_llama, pruned_mixtral, pruned_olmoe, pruned_qwen2_moe, pruned_qwen3_moe
 
 pytestmark = pytest.mark.slow
 
@@ -165,15 +165,23 @@ MOE_TOLERANCE = {"f32": 1e-3, "f16": 2e-3, "q8_0": 5e-2}
 @pytest.mark.parametrize("outtype", list(MOE_TOLERANCE))
 @pytest.mark.parametrize(
     ("build", "config"),
-    [(pruned_qwen3_moe, {}), (pruned_olmoe, {}), (pruned_olmoe, {"tie_word_embeddings": True})],
-    ids=["qwen3_moe", "olmoe", "olmoe-tied"],
+    [
+        (pruned_qwen3_moe, {}),
+        (pruned_olmoe, {}),
+        (pruned_olmoe, {"tie_word_embeddings": True}),
+        (pruned_qwen2_moe, {}),
+        (pruned_qwen2_moe, {"tie_word_embeddings": True}),
+    ],
+    ids=["qwen3_moe", "olmoe", "olmoe-tied", "qwen2_moe", "qwen2_moe-tied"],
 )
-def test_llama_cpp_runs_pruned_qwen3_moe_and_olmoe_as_pytorch_does(
+def test_llama_cpp_runs_pruned_moe_families_as_pytorch_does(
     tmp_path: Path, build: Callable[..., Path], config: dict[str, object], outtype: str
 ) -> None:
-    """Experts and the neurons inside them removed (and Qwen3-MoE's query heads): llama.cpp's qwen3moe (top-k
-    renormalised, per-head q/k norms) and olmoe (top-k as they are, full-width q/k norms; tied: output.weight
-    written) give PyTorch's logits (f32), or close to them (f16, q8_0)."""
+    """Experts and the neurons inside them removed (and the query heads of Qwen3-MoE and Qwen2-MoE, and Qwen2-MoE's
+    shared-expert neurons): llama.cpp's qwen3moe (top-k renormalised, per-head q/k norms), olmoe (top-k as they
+    are, full-width q/k norms; tied: output.weight written) and qwen2moe (top-k as they are, q/k/v biases, the
+    gated shared expert, zero heads filling Q to hidden_size; tied: output.weight written) give PyTorch's logits
+    (f32), or close to them (f16, q8_0)."""
     folder = build(tmp_path / "ckpt", **config)
     export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype=outtype)
     ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
@@ -182,3 +190,16 @@ def test_llama_cpp_runs_pruned_qwen3_moe_and_olmoe_as_pytorch_does(
         expected = model(torch.tensor([ids])).logits[0].numpy()
     got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
     assert np.abs(got - expected).max() < MOE_TOLERANCE[outtype] * max(1.0, float(np.abs(expected).max()))
+
+
+def test_llama_cpp_runs_qwen2_with_zero_query_heads(tmp_path: Path) -> None:
+    """llama.cpp's qwen2 sizes Q and attn_output by hidden_size: 4 heads of 16 (hidden 64) pruned to 2 run as 4, the
+    last two zero, and give PyTorch's logits."""
+    folder = pruned_llama(tmp_path / "ckpt", "uniform", T.Qwen2Config, T.Qwen2ForCausalLM, num_attention_heads=4)
+    export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +45,23 @@ class LlamaCppGraph:
     full_width_qk_norm: bool = False
     # output.weight is required, without llama.cpp's fallback to token_embd (olmoe): written for tied embeddings too.
     output_required: bool = False
+    # Q and attn_output are sized hidden_size whatever head_count says (qwen2, qwen2moe; olmoe refuses other
+    # widths, above): a checkpoint with fewer query heads is written with hidden_size / head size of them, the
+    # missing ones zero heads (_pad_query_heads), which add nothing to the output.
+    q_sized_hidden: bool = False
 
 
 LLAMA_CPP_GRAPHS = {
     "llama": LlamaCppGraph(renormalises_top_k=True),  # Mixtral
+    "qwen2": LlamaCppGraph(q_sized_hidden=True),
+    "qwen2moe": LlamaCppGraph(renormalises_top_k=False, output_required=True, q_sized_hidden=True),
     "qwen3moe": LlamaCppGraph(renormalises_top_k=True),
     "olmoe": LlamaCppGraph(renormalises_top_k=False, full_width_qk_norm=True, output_required=True),
 }
 # Config values that change the forward and that no GGUF key written here states, with what they do.
 UNWRITTEN_CONFIG = {"clip_qkv": "clamps its queries, keys and values (olmoe's graph reads no clamp)"}
+# Tensors transformers holds as [1, n] matrices and llama.cpp reads as vectors {n} (written f32, as vectors are).
+VECTOR_TENSORS = ("FFN_GATE_INP_SHEXP",)  # qwen2moe's shared-expert gate, Linear(hidden, 1)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class GGUFLayout:
     per_layer: bool
     shapes: tuple[LayerShape, ...]
     head_dim: int
+    # Query heads written where the graph sizes Q by hidden_size (q_sized_hidden), zero heads included; 0: as kept.
+    query_slots: int = 0
 
     @property
     def graph(self) -> LlamaCppGraph:
@@ -152,6 +162,8 @@ def plan_layout(structure: ModelStructure) -> GGUFLayout:
     if uniform:
         layout = GGUFLayout(spec.arch, spec.permute_qk, False, shapes, structure.head_dim)
         _check_graph(structure, layout)
+        if layout.graph.q_sized_hidden:
+            layout = replace(layout, query_slots=_query_slots(structure, layout))
         return layout
     if spec.per_layer_arch is None:
         why = spec.per_layer_missing or "no llama.cpp architecture is named for per-layer counts"
@@ -164,14 +176,25 @@ def plan_layout(structure: ModelStructure) -> GGUFLayout:
 
 
 def _check_unwritten_config(structure: ModelStructure) -> None:
-    """Refuse a config value that changes the forward where the file can state none (``UNWRITTEN_CONFIG``)."""
+    """Refuse a config value that changes the forward where the file can state none (``UNWRITTEN_CONFIG``, and
+    sliding-window layers: no architecture written here reads a window)."""
+    config = structure.config
     for attribute, what in UNWRITTEN_CONFIG.items():
-        value = getattr(structure.config, attribute, None)
+        value = getattr(config, attribute, None)
         if value is not None:
             raise ExportError(
                 f"config {attribute}={value!r}: the model {what}, and the GGUF file cannot say so, so llama.cpp's "
                 "outputs would differ. Export it as ONNX (--format onnx)."
             )
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in layer_types and window and window < int(config.max_position_embeddings):
+        sliding = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+        raise ExportError(
+            f"config layer_types: blocks {sliding} attend to the last {window} positions only (sliding_window), "
+            "and the llama.cpp architectures written here run full attention in every block, so llama.cpp's "
+            "outputs would differ beyond that length. Export it as ONNX (--format onnx)."
+        )
 
 
 def _check_graph(structure: ModelStructure, layout: GGUFLayout) -> None:
@@ -189,6 +212,40 @@ def _check_graph(structure: ModelStructure, layout: GGUFLayout) -> None:
                 "num_key_value_heads must equal num_attention_heads, and heads x head size hidden_size). Export it "
                 "as ONNX (--format onnx)."
             )
+
+
+def _query_slots(structure: ModelStructure, layout: GGUFLayout) -> int:
+    """The query heads llama.cpp runs where its graph sizes Q and attn_output by hidden_size: hidden_size / head
+    size, each KV group's share of them (``slots / kv_heads``) at least the query heads the group keeps."""
+    counts, hidden = layout.shapes[0].counts, int(structure.config.hidden_size)
+    heads, kv_heads = counts["heads"], counts["kv_heads"]
+    slots, rest = divmod(hidden, layout.head_dim)
+    if rest or heads > slots or slots % kv_heads:
+        raise ExportError(
+            f"llama.cpp's '{layout.arch}' sizes Q and attn_output by hidden_size ({hidden}), and this checkpoint's "
+            f"{heads} query heads of {layout.head_dim} in {kv_heads} KV groups do not fit it: llama.cpp runs "
+            "hidden_size / head size query heads (fewer are written with zero heads), so hidden_size must hold the "
+            "query heads and be a multiple of the head size times the KV heads. Export it as ONNX (--format onnx)."
+        )
+    return slots
+
+
+def _pad_query_heads(tensor: torch.Tensor, axis: int, layout: GGUFLayout, shape: LayerShape) -> torch.Tensor:
+    """Q's rows (weight and bias, ``axis`` 0) or attn_output's columns (``axis`` 1) with zero heads up to
+    ``layout.query_slots``, each KV group's kept heads first in its share of the slots: llama.cpp reads query head i
+    against KV head i // (slots / kv_heads), as transformers reads head i against i // (heads / kv_heads).
+
+    A zero head adds nothing: its query is zero (its bias too), so it weighs every position alike, and what it
+    returns meets zero columns of attn_output.
+    """
+    heads, kv_heads = shape["heads"], shape["kv_heads"]
+    if layout.query_slots <= heads:
+        return tensor
+    rows = tensor.movedim(axis, 0)
+    groups = rows.reshape(kv_heads, heads // kv_heads, layout.head_dim, *rows.shape[1:])
+    zeros = groups.new_zeros(kv_heads, (layout.query_slots - heads) // kv_heads, *groups.shape[2:])
+    padded = torch.cat([groups, zeros], dim=1).reshape(layout.query_slots * layout.head_dim, *rows.shape[1:])
+    return padded.movedim(0, axis)
 
 
 def _check_routing(structure: ModelStructure, arch: str, graph: LlamaCppGraph) -> None:
@@ -244,14 +301,19 @@ def _rope(config: Any, head_dim: int) -> tuple[float, dict[str, Any], np.ndarray
 
 
 def _ffn_width(shape: LayerShape) -> int:
-    """What llama.cpp's ``feed_forward_length`` holds for a block: its MLP's neurons, or each expert's width in an
-    MoE block (which runs its experts at that width)."""
+    """What llama.cpp's ``feed_forward_length`` holds for a block: its MLP's neurons (in Qwen2-MoE, the shared
+    expert's), or each expert's width in an MoE block without a dense MLP (which runs its experts at that width)."""
     counts = shape.counts
     if "neurons" in counts:
         return counts["neurons"]
     if "expert_neurons" in counts and counts["experts"]:
-        return counts["expert_neurons"] // counts["experts"]
+        return _expert_width(shape)
     raise ExportError("this checkpoint's blocks state no FFN width (no MLP neurons or expert widths) for llama.cpp.")
+
+
+def _expert_width(shape: LayerShape) -> int:
+    """Each routed expert's neurons in an MoE block (the same in every expert: surgery keeps them so)."""
+    return shape["expert_neurons"] // shape["experts"]
 
 
 def _permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -305,6 +367,7 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
     if arch is None:
         raise ExportError(f"the gguf package knows no llama.cpp architecture '{layout.arch}'; upgrade gguf.")
     names = gguf.TensorNameMap(arch, len(layout.shapes))
+    vectors = {getattr(gguf.MODEL_TENSOR, name) for name in VECTOR_TENSORS}
     att = structure.recipe.attention
     tied = bool(getattr(structure.config, "tie_word_embeddings", False)) and not layout.graph.output_required
     head = model.get_output_embeddings()
@@ -316,21 +379,29 @@ def _tensors(model: Any, layout: GGUFLayout, structure: ModelStructure) -> dict[
     for hf_name, tensor in state.items():
         if tied and hf_name == head_name:
             continue  # llama.cpp reuses token_embd when output.weight is absent
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
+        found = names.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if found is None:
             raise ExportError(
                 f"tensor '{hf_name}' has no name in llama.cpp's '{layout.arch}' architecture (gguf's tensor map); "
                 "this checkpoint holds something the architecture cannot represent."
             )
+        kind, gguf_name = found
         if not hf_name.endswith((".weight", ".bias")):
             gguf_name += ".weight"  # a bare parameter (an experts module's 3-D weights) is a weight to llama.cpp
         tensor = tensor.detach().to(torch.float32)
+        if kind in vectors:
+            tensor = tensor.reshape(-1)
         if layout.permute_qk:
             for role, count in ((att.q, "heads"), (att.k, "kv_heads")):
                 marker = f".{role}."
                 if marker in hf_name:
                     index = int(hf_name.split(f".{structure.recipe.layers[0]}.")[1].split(".")[0])
                     tensor = _permute(tensor, getattr(layout.shapes[index], count))
+        if layout.query_slots:  # uniform layouts only: every block's shape is shapes[0]
+            if f".{att.q}." in hf_name:
+                tensor = _pad_query_heads(tensor, 0, layout, layout.shapes[0])
+            elif f".{att.o}.weight" in hf_name:
+                tensor = _pad_query_heads(tensor, 1, layout, layout.shapes[0])
         out[gguf_name] = tensor
     return out
 
@@ -360,7 +431,7 @@ def _write_plain(
         heads, kv_heads = ([s[k] for s in shapes] for k in ("heads", "kv_heads"))
         neurons = [_ffn_width(s) for s in shapes]
         # llama.cpp reads each of these as one number or as an array of one per layer (get_key_or_arr).
-        writer.add_head_count(heads if layout.per_layer else heads[0])
+        writer.add_head_count(heads if layout.per_layer else layout.query_slots or heads[0])
         writer.add_head_count_kv(kv_heads if layout.per_layer else kv_heads[0])
         writer.add_feed_forward_length(neurons if layout.per_layer else neurons[0])
         if "experts" in shapes[0].counts:  # one count for all layers: plan_layout refused anything else
@@ -368,8 +439,10 @@ def _write_plain(
             assert spec is not None
             writer.add_expert_count(shapes[0]["experts"])
             writer.add_expert_used_count(int(getattr(config, spec.top_k_attribute)))
-            # Each expert's width: 'llama' and 'olmoe' read feed_forward_length, 'qwen3moe' this key.
-            writer.add_expert_feed_forward_length(neurons[0])
+            # Each expert's width: 'llama' and 'olmoe' read feed_forward_length, 'qwen3moe' and 'qwen2moe' this key.
+            writer.add_expert_feed_forward_length(_expert_width(shapes[0]))
+            if "neurons" in shapes[0].counts:  # a dense MLP next to the routed experts: Qwen2-MoE's shared expert
+                writer.add_expert_shared_feed_forward_length(shapes[0]["neurons"])
         writer.add_key_length(layout.head_dim)
         writer.add_value_length(layout.head_dim)
         writer.add_rope_dimension_count(layout.head_dim)
