@@ -87,8 +87,9 @@ class UnitKind:
     # -- where it lives ---------------------------------------------------------------------------------------
 
     def restorer(self) -> Restorer | None:
-        """The surgery that shrinks a dense-shaped block to recorded counts (leaders only; one of
-        ``surgery.RESTORERS``, which the loader without hf_prune runs)."""
+        """The surgery that shrinks a dense-shaped block to recorded counts (leaders only). :func:`register_kind`
+        adds it to ``surgery.RESTORERS``; the loader without hf_prune (``trust_remote_code``) runs only the shipped
+        kinds' steps, which live in ``surgery.py``, and refuses records of other kinds by name."""
         return None
 
     def applies(self, recipe: Recipe) -> bool:
