@@ -12,14 +12,14 @@ import yaml
 
 from .allocation import GQA_MODES, RANKINGS
 from .depth import DEPTH_CRITERIA
-from .recipe import check_fraction
+from .recipe import Targets, check_fraction
 from .reconstruct import REFITS
 from .schedule import Schedule
 
 #: The cost targets, each a fraction of that cost of the blocks (of the whole forward pass, for latency) to remove.
 COST_MEASURES = ("flops", "params", "latency")
-#: The shipped kinds' fractions, each a setting of its own (other kinds' are given in ``kinds``).
-KIND_FIELDS = ("heads", "neurons", "experts", "expert_neurons", "cross_heads")
+#: The shipped kinds' fractions, each a setting of its own as in a recipe's targets (other kinds' are in ``kinds``).
+KIND_FIELDS = Targets.named()
 #: The depth targets: whole blocks, and the attention / MLP sublayer of a block on its own.
 DEPTH_FRACTIONS = ("layers", "attention_layers", "mlp_layers")
 

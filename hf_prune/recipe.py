@@ -340,8 +340,13 @@ class Targets:
     cross_heads: float = 0.0
     kinds: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def named(cls) -> tuple[str, ...]:
+        """The kinds whose target is a field of its own (the shipped ones); other kinds' are in ``kinds``."""
+        return tuple(f.name for f in fields(cls) if f.name != "kinds")
+
     def __post_init__(self) -> None:
-        for name in ("heads", "neurons", "experts", "expert_neurons", "cross_heads"):
+        for name in self.named():
             check_fraction(name, getattr(self, name))
         registered = _registered_kinds()
         for name, value in self.kinds.items():
@@ -355,7 +360,7 @@ class Targets:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str) -> Targets:
         """Targets from a recipe's ``targets`` mapping: known fields, and other registered kinds by name."""
-        names = {f.name for f in fields(cls)} - {"kinds"}
+        names = set(cls.named())
         unknown = sorted(set(data) - names - _registered_kinds())
         if unknown:
             raise RecipeError(
@@ -367,7 +372,7 @@ class Targets:
 
     def fraction(self, kind: str) -> float:
         """The default fraction of ``kind``'s units to remove (0 for a kind the recipe gives none)."""
-        return getattr(self, kind) if kind in {f.name for f in fields(self)} - {"kinds"} else self.kinds.get(kind, 0.0)
+        return getattr(self, kind) if kind in self.named() else self.kinds.get(kind, 0.0)
 
 
 def _registered_kinds() -> set[str]:

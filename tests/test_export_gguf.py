@@ -376,15 +376,21 @@ def test_mixtral_with_layers_that_differ_is_refused_with_the_reason(tmp_path: Pa
     assert not (tmp_path / "m.gguf").exists()
 
 
+def _exported_moe(folder: Path, path: Path, arch: str) -> gguf.GGUFReader:
+    """Export a uniform tiny MoE (4 of 6 experts kept, top-2) at f32 and read it back: written as ``arch``."""
+    info = export_checkpoint(folder, path, "gguf", outtype="f32")
+    assert (info["arch"], info["layout"]) == (arch, "uniform")
+    reader = gguf.GGUFReader(path)
+    assert _field(reader, "general.architecture") == arch
+    assert (_field(reader, f"{arch}.expert_count"), _field(reader, f"{arch}.expert_used_count")) == (4, 2)
+    return reader
+
+
 def test_qwen3_moe_exports_as_llama_cpp_qwen3moe(tmp_path: Path) -> None:
     """Experts, the neurons inside them and half the query heads removed: 'qwen3moe' reads each expert's width from
     expert_feed_forward_length, per-head q/k norms, Q/K rows as transformers has them (NeoX RoPE)."""
     folder = pruned_qwen3_moe(tmp_path / "ckpt")
-    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
-    assert (info["arch"], info["layout"]) == ("qwen3moe", "uniform")
-    reader = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert _field(reader, "general.architecture") == "qwen3moe"
-    assert (_field(reader, "qwen3moe.expert_count"), _field(reader, "qwen3moe.expert_used_count")) == (4, 2)
+    reader = _exported_moe(folder, tmp_path / "m.gguf", "qwen3moe")
     assert _field(reader, "qwen3moe.expert_feed_forward_length") == 48  # each expert's width: 64, a quarter removed
     assert _field(reader, "qwen3moe.attention.head_count") == 4
     assert _field(reader, "qwen3moe.attention.head_count_kv") == 1
@@ -405,11 +411,7 @@ def test_olmoe_exports_as_llama_cpp_olmoe(tmp_path: Path) -> None:
     """Experts and the neurons inside them removed (OLMoE's heads stay): 'olmoe' reads each expert's width from
     feed_forward_length and q/k norms over the full width."""
     folder = pruned_olmoe(tmp_path / "ckpt")
-    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
-    assert (info["arch"], info["layout"]) == ("olmoe", "uniform")
-    reader = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert _field(reader, "general.architecture") == "olmoe"
-    assert (_field(reader, "olmoe.expert_count"), _field(reader, "olmoe.expert_used_count")) == (4, 2)
+    reader = _exported_moe(folder, tmp_path / "m.gguf", "olmoe")
     assert _field(reader, "olmoe.feed_forward_length") == 48
     assert _field(reader, "olmoe.attention.head_count") == _field(reader, "olmoe.attention.head_count_kv") == 4
     tensors = _tensors(reader)
@@ -437,11 +439,7 @@ def test_qwen2_moe_exports_as_llama_cpp_qwen2moe(tmp_path: Path) -> None:
     expert_shared_feed_forward_length; its gate is a vector; Q and attn_output, sized hidden_size by llama.cpp,
     carry the kept heads and zero heads (NeoX RoPE: rows otherwise as they are)."""
     folder = pruned_qwen2_moe(tmp_path / "ckpt")
-    info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
-    assert (info["arch"], info["layout"]) == ("qwen2moe", "uniform")
-    reader = gguf.GGUFReader(tmp_path / "m.gguf")
-    assert _field(reader, "general.architecture") == "qwen2moe"
-    assert (_field(reader, "qwen2moe.expert_count"), _field(reader, "qwen2moe.expert_used_count")) == (4, 2)
+    reader = _exported_moe(folder, tmp_path / "m.gguf", "qwen2moe")
     assert _field(reader, "qwen2moe.expert_feed_forward_length") == 48  # each routed expert: 64, a quarter removed
     assert _field(reader, "qwen2moe.expert_shared_feed_forward_length") == 72  # the shared expert: 96, a quarter
     assert _field(reader, "qwen2moe.attention.head_count") == 8  # hidden_size / head size: 4 kept, 4 zero heads

@@ -53,6 +53,17 @@ def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
     return np.asarray(llm.scores[: len(ids)])
 
 
+def _difference_from_pytorch(folder: Path, path: Path) -> tuple[float, float]:
+    """(largest difference between llama.cpp's logits from the GGUF file ``path`` and PyTorch's from ``folder`` on
+    the same 12 token ids, max(1, largest PyTorch logit)): tolerances scale with the second."""
+    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
+    model = hf_prune.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_cpp_logits(path, ids)
+    return float(np.abs(got - expected).max()), max(1.0, float(np.abs(expected).max()))
+
+
 @pytest.mark.parametrize(
     ("ranking", "config_cls", "model_cls", "arch"),
     [
@@ -70,12 +81,8 @@ def test_llama_cpp_logits_equal_pytorch(
     folder = pruned_llama(tmp_path / "ckpt", ranking, config_cls, model_cls)
     info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
     assert info["arch"] == arch
-    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
-    model = hf_prune.from_pretrained(folder).eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
-    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+    difference, scale = _difference_from_pytorch(folder, tmp_path / "m.gguf")
+    assert difference < 1e-3 * scale
 
 
 @pytest.mark.real_model
@@ -135,12 +142,8 @@ def test_llama_cpp_runs_blocks_without_attention_or_ffn(tmp_path: Path, remove: 
     folder = llama_without_sublayers(tmp_path / "ckpt", remove)
     info = export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
     assert info["arch"] == "deci"
-    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
-    model = hf_prune.from_pretrained(folder).eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
-    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+    difference, scale = _difference_from_pytorch(folder, tmp_path / "m.gguf")
+    assert difference < 1e-3 * scale
 
 
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
@@ -149,13 +152,8 @@ def test_llama_cpp_runs_a_pruned_mixtral_as_pytorch_does(tmp_path: Path, outtype
     the kept experts, top-2 renormalised) gives PyTorch's logits (f32), or close to them (q8_0)."""
     folder = pruned_mixtral(tmp_path / "ckpt")
     export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype=outtype)
-    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
-    model = hf_prune.from_pretrained(folder).eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(got - expected).max() < (1e-3 if outtype == "f32" else 5e-2) * scale
+    difference, scale = _difference_from_pytorch(folder, tmp_path / "m.gguf")
+    assert difference < (1e-3 if outtype == "f32" else 5e-2) * scale
 
 
 # Largest logit difference allowed, times max(1, largest logit): f16 and q8_0 round the weights.
@@ -184,12 +182,8 @@ def test_llama_cpp_runs_pruned_moe_families_as_pytorch_does(
     (f32), or close to them (f16, q8_0)."""
     folder = build(tmp_path / "ckpt", **config)
     export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype=outtype)
-    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
-    model = hf_prune.from_pretrained(folder).eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
-    assert np.abs(got - expected).max() < MOE_TOLERANCE[outtype] * max(1.0, float(np.abs(expected).max()))
+    difference, scale = _difference_from_pytorch(folder, tmp_path / "m.gguf")
+    assert difference < MOE_TOLERANCE[outtype] * scale
 
 
 def test_llama_cpp_runs_qwen2_with_zero_query_heads(tmp_path: Path) -> None:
@@ -197,9 +191,5 @@ def test_llama_cpp_runs_qwen2_with_zero_query_heads(tmp_path: Path) -> None:
     last two zero, and give PyTorch's logits."""
     folder = pruned_llama(tmp_path / "ckpt", "uniform", T.Qwen2Config, T.Qwen2ForCausalLM, num_attention_heads=4)
     export_checkpoint(folder, tmp_path / "m.gguf", "gguf", outtype="f32")
-    ids = [int(i) for i in torch.randint(1, 300, (12,), generator=torch.Generator().manual_seed(0))]
-    model = hf_prune.from_pretrained(folder).eval()
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    got = _llama_cpp_logits(tmp_path / "m.gguf", ids)
-    assert np.abs(got - expected).max() < 1e-3 * max(1.0, float(np.abs(expected).max()))
+    difference, scale = _difference_from_pytorch(folder, tmp_path / "m.gguf")
+    assert difference < 1e-3 * scale

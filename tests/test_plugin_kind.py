@@ -17,7 +17,6 @@ import pytest
 import torch
 import transformers as T
 import yaml
-from datasets import Dataset
 
 import hf_prune
 from hf_prune import surgery
@@ -29,6 +28,7 @@ from hf_prune.structure import ModelStructure
 from . import plugin_kind
 from .architectures import CASES_BY_NAME, STRUCTURE_ONLY
 from .test_architectures import ATOL, _assert_same_generation
+from .test_callback import _args, _dataset
 
 NAME = plugin_kind.NAME
 
@@ -142,20 +142,9 @@ def test_cli_takes_the_kind_s_fraction(recipe: dict[str, object], tmp_path: Path
 
 def test_trainer_callback_masks_and_removes_the_kind(recipe: dict[str, object], tmp_path: Path) -> None:
     model = _llama()
-    ids = torch.randint(3, 96, (48, 12), generator=torch.Generator().manual_seed(0)).tolist()
     config = hf_prune.PruningConfig(recipe=recipe, kinds={NAME: 0.5}, importance="taylor", end=0.75, update_every=3)
-    args = T.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=12,
-        per_device_train_batch_size=8,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    dataset = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[hf_prune.PruningCallback(config)]).train()
+    args = _args(tmp_path, max_steps=12)
+    T.Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[hf_prune.PruningCallback(config)]).train()
     assert [shape[NAME] for shape in ModelStructure(model, recipe).shapes()] == [48] * 3
 
 
