@@ -65,6 +65,7 @@ from .prune import (
     resolve_targets,
     stack_block_names,
 )
+from .sharding import gather_fsdp2, is_sharded
 from .structure import LayerShape, ModelStructure
 
 logger = logging.get_logger(__name__)
@@ -278,28 +279,44 @@ class PruningCallback(TrainerCallback, ExportableState):
         model.register_load_state_dict_pre_hook(hook)
         model._hf_prune_shrinks_on_load = True
 
-    @staticmethod
-    def _check_sharding(args: TrainingArguments, model: torch.nn.Module) -> None:
-        """Refuse sharded weights before the first step: structure, scores and masks read whole weights."""
-        from torch.distributed.tensor import DTensor
+    def _check_sharding(self, wrapped: torch.nn.Module, model: torch.nn.Module) -> None:
+        """Refuse, before the first step, sharding whose weights cannot be read: FSDP1's flat parameters, ZeRO-3's
+        placeholders. FSDP2 shards (DTensor) are read shard-wise (:mod:`hf_prune.sharding`)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp._flat_param import FlatParameter  # the one way to recognise FSDP1's weights
 
         parameters = list(model.parameters())
-        if getattr(args, "fsdp", None) or any(isinstance(p, DTensor) for p in parameters):
+        fsdp1 = isinstance(wrapped, FullyShardedDataParallel) or any(
+            isinstance(m, FullyShardedDataParallel) for m in model.modules()
+        )
+        if fsdp1 or any(isinstance(p, FlatParameter) for p in parameters):
             raise ValueError(
-                "PruningCallback under FSDP is not supported yet: FSDP shards every weight (DTensor), and the "
-                "per-head and per-neuron scores, the masks and the final surgery read whole weights. Run the callback "
-                "under DDP (torchrun / accelerate launch without FSDP), or fine-tune with FSDP and prune the saved "
-                "model one-shot (hf_prune.prune / hf-prune prune)."
+                "PruningCallback under FSDP1 is not supported: it flattens every block's weights into one "
+                "FlatParameter, from which no head or neuron can be read. Use FSDP2 (accelerate: fsdp_version: 2; "
+                "TrainingArguments(fsdp_config={'fsdp_version': 2}); or torch's fully_shard), or DDP."
             )
         if any(hasattr(p, "ds_numel") and p.numel() != p.ds_numel for p in parameters):
             raise ValueError(
                 "PruningCallback under DeepSpeed ZeRO-3 is not supported: ZeRO-3 replaces every weight by an empty "
-                "placeholder, from which no head or neuron can be read. Use ZeRO stage 1 or 2, or DDP."
+                "placeholder, from which no head or neuron can be read. Use ZeRO stage 1 or 2, DDP, or FSDP2."
             )
+        if is_sharded(model):
+            unsupported = [
+                ("compact=True", self.config.compact),
+                ("latency=", self.config.latency is not None),
+                ("layers=", bool(self.config.layers)),
+            ]
+            names = [name for name, used in unsupported if used]
+            if names:
+                raise ValueError(
+                    f"under FSDP2 PruningCallback masks heads, neurons and experts and removes them at the end; "
+                    f"{' and '.join(names)} would change or time sharded blocks during training, which it does not "
+                    "do yet. Drop them (compact=False), or train under DDP."
+                )
 
     def _check_compaction(self, args: TrainingArguments, optimizer: Any) -> None:
         """Refuse, before training, what compaction cannot do yet, naming the alternative."""
-        # FSDP and ZeRO-3 never get here (_check_sharding refuses them for masking too).
+        # FSDP and ZeRO-3 never get here (_check_sharding refuses them).
         where = "several processes (DDP)" if _distributed() else "DeepSpeed" if args.deepspeed else None
         if where:
             raise ValueError(
@@ -319,8 +336,8 @@ class PruningCallback(TrainerCallback, ExportableState):
     ) -> None:
         if model is None:
             raise ValueError("PruningCallback needs the Trainer's model; use it with transformers.Trainer.")
-        model = _unwrap(model)
-        self._check_sharding(args, model)
+        wrapped, model = model, _unwrap(model)
+        self._check_sharding(wrapped, model)
         if self.config.compact:
             self._check_compaction(args, kwargs.get("optimizer"))
             self._shrink_on_load(model)  # a later resume in this process
@@ -609,6 +626,9 @@ class PruningCallback(TrainerCallback, ExportableState):
             )
         self.masks.detach()
         self.importance.detach()
+        if is_sharded(self.structure.model):  # FSDP2: whole weights on every process, then surgery as in one
+            gather_fsdp2(self.structure.model)
+            self.structure = ModelStructure(self.structure.model, self.config.recipe)
         plans = self.masks.to_plan()
         # Surgery works in the live model's numbering; the report keeps the original one.
         live_plans = plans if self.live is None else self.live.live_plans(plans)

@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from . import __version__, surgery
 from .kinds import UnitKind, UnitParameter, registered_kinds
 from .recipe import Recipe, RecipeError, SharedHeadTensor, recipes_for_model_type, resolve_recipe
+from .sharding import full
 
 
 @dataclass(frozen=True, eq=True)
@@ -493,13 +494,14 @@ class ModelStructure:
                 computed[role] = None if raw is None else _as_out_in(module, raw).float()
             return computed[role]
 
+        # Under FSDP2 ``v`` is a shard (DTensor): sum on the shards, then gather only the per-unit vector.
         def rows(role: str) -> torch.Tensor | None:
             v = value(role)
-            return None if v is None else v.flatten(1).sum(dim=1)  # a 3-D unit parameter: one value per unit
+            return None if v is None else full(v.flatten(1).sum(dim=1))  # a 3-D unit parameter: one value per unit
 
         def cols(role: str) -> torch.Tensor | None:
             v = value(role)
-            return None if v is None else v.sum(dim=0)
+            return None if v is None else full(v.sum(dim=0))
 
         counts = self.shape(index).counts
         return {kind.name: kind.group_sum(self, index, counts, rows, cols) for kind in self.kinds}

@@ -651,8 +651,16 @@ def test_zero3_partitioned_weights_are_refused_by_name() -> None:
     weight = model.model.layers[0].mlp.down_proj.weight
     weight.ds_numel = weight.numel()
     weight.data = torch.empty(0)
-    args = types.SimpleNamespace(fsdp="")
+    callback = hf_prune.PruningCallback(heads=0.5)
     with pytest.raises(ValueError, match=r"ZeRO-3.*ZeRO stage 1 or 2"):
-        hf_prune.PruningCallback._check_sharding(args, model)
-    with pytest.raises(ValueError, match=r"under FSDP.*DDP"):
-        hf_prune.PruningCallback._check_sharding(types.SimpleNamespace(fsdp="full_shard"), model)
+        callback._check_sharding(model, model)
+
+
+def test_fsdp1_flat_parameters_are_refused_by_name() -> None:
+    """FSDP1 flattens a block's weights into one FlatParameter: refused before training, pointing at FSDP2."""
+    from torch.distributed.fsdp._flat_param import FlatParameter
+
+    model = CASES_BY_NAME["llama"].build()
+    model.model.layers[0].flat_param = FlatParameter(torch.zeros(8), requires_grad=True)
+    with pytest.raises(ValueError, match=r"FSDP1.*FlatParameter.*fsdp_version: 2"):
+        hf_prune.PruningCallback(heads=0.5)._check_sharding(model, model)

@@ -21,6 +21,7 @@ from .architectures import CASES_BY_NAME
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 DEPTH_WORKER = Path(__file__).resolve().parent / "distributed_depth_worker.py"
+FSDP_WORKER = Path(__file__).resolve().parent / "distributed_fsdp_worker.py"
 
 
 def _free_port() -> int:
@@ -105,3 +106,51 @@ def test_two_processes_skip_the_same_blocks_from_summed_block_influence(tmp_path
     assert first["kept"] == second["kept"]
     saved = hf_prune.from_pretrained(tmp_path / "final")
     assert ModelStructure(saved).num_layers == 2 and saved.config.num_hidden_layers == 2
+
+
+def test_fsdp2_scores_from_shards_masks_and_final_model_match_a_single_process(tmp_path: Path) -> None:
+    """Every weight a DTensor shard (fully_shard on each block and the root): scores summed on the shards equal
+    the plain model's, both ranks mask alike, and the end of training leaves a plain pruned model that saves."""
+    from tests.distributed_fsdp_worker import CONFIG, PROBE
+
+    _torchrun(FSDP_WORKER, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == 2
+    for rank in ranks:
+        scores = rank["scores"]
+        assert scores["weights_sharded"]
+        for criterion in ("taylor", "magnitude"):
+            for kind, plain in scores["plain"][criterion].items():
+                for got, expected in zip(scores["sharded"][criterion][kind], plain, strict=True):
+                    assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-8), (
+                        f"{criterion} {kind} scores from shards differ from the plain model's"
+                    )
+        assert all(rank["sharded_during_training"]) and len(rank["sharded_during_training"]) == 16
+        assert not rank["sharded_after"] and rank["class"] == "LlamaForCausalLM"
+        assert rank["accelerate_state_matches"], "the full state dict accelerate saves under FSDP2 differs"
+
+        assert "under FSDP2" in rank["refusal"] and "compact=True" in rank["refusal"]
+
+    first, second = ranks[0]["records"], ranks[1]["records"]
+    assert len(first) == len(second) >= 3
+    for a, b in zip(first, second, strict=True):
+        assert a["step"] == b["step"] and a["masks"] == b["masks"], f"ranks disagree at step {a['step']}"
+    assert ranks[0]["kept"] == ranks[1]["kept"] and ranks[0]["logits"] == ranks[1]["logits"]
+
+    structure = ModelStructure(CASES_BY_NAME["llama"].build())
+    plans = plan_for(
+        structure,
+        Scores([torch.tensor(h) for h in first[-1]["heads"]], [torch.tensor(n) for n in first[-1]["neurons"]]),
+        hf_prune.PruningConfig(**CONFIG),
+        progress=1.0,
+        masked={kind: [~unpack_mask(m) for m in first[-2]["masks"][kind]] for kind in ("heads", "neurons")},
+    )
+    assert [p.keep_heads for p in plans] == [k["keep_heads"] for k in ranks[0]["kept"]]
+    assert [p.keep_neurons for p in plans] == [k["keep_neurons"] for k in ranks[0]["kept"]]
+
+    saved = hf_prune.from_pretrained(tmp_path / "final")
+    assert [s.heads for s in ModelStructure(saved).shapes()] == [len(p.keep_heads) for p in plans]
+    assert [s.neurons for s in ModelStructure(saved).shapes()] == [len(p.keep_neurons) for p in plans]
+    with torch.no_grad():
+        logits = saved(input_ids=PROBE).logits
+    assert torch.allclose(logits, torch.tensor(ranks[0]["logits"]), atol=1e-5)
