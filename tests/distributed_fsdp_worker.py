@@ -26,13 +26,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 import hf_prune
-from hf_prune import callback as callback_module
 from hf_prune.importance import MagnitudeImportance, TaylorImportance
 from hf_prune.sharding import is_sharded
 from hf_prune.structure import ModelStructure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.architectures import CASES_BY_NAME
+from tests.distributed_worker import record_updates
 
 CONFIG = {
     "heads": 0.5,
@@ -94,24 +94,7 @@ def train(output: Path) -> dict:
         disable_tqdm=True,
     )
     callback = hf_prune.PruningCallback(hf_prune.PruningConfig(**CONFIG))
-    records: list[dict] = []
-    reduce = callback_module._reduce_scores
-
-    def recording_reduce(scores: hf_prune.importance.Scores) -> hf_prune.importance.Scores:
-        reduced = reduce(scores)
-        records.append(_lists(reduced))
-        return reduced
-
-    callback_module._reduce_scores = recording_reduce
-    original_update = callback._update
-
-    def update(step: int) -> None:
-        original_update(step)
-        if records and "masks" not in records[-1]:
-            records[-1]["step"] = step
-            records[-1]["masks"] = callback.masks.state_dict()
-
-    callback._update = update
+    records = record_updates(callback, lambda local, reduced: _lists(reduced))
     trainer = T.Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
     prepare_model = trainer.accelerator.prepare_model
     trainer.accelerator.prepare_model = lambda m, *a, **k: m if is_sharded(m) else prepare_model(m, *a, **k)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,30 +49,14 @@ def main(output: Path) -> None:
         heads=0.5, neurons=0.5, importance="fisher", ranking="global", end=0.75, update_every=3, neuron_multiple=1
     )
     callback = hf_prune.PruningCallback(config)
-    records: list[dict] = []
-    reduce = callback_module._reduce_scores
-
-    def recording_reduce(scores: hf_prune.importance.Scores) -> hf_prune.importance.Scores:
-        reduced = reduce(scores)
-        records.append(
-            {
-                "local_heads": [s.tolist() for s in scores.heads],
-                "heads": [s.tolist() for s in reduced.heads],
-                "neurons": [s.tolist() for s in reduced.neurons],
-            }
-        )
-        return reduced
-
-    callback_module._reduce_scores = recording_reduce
-    original_update = callback._update
-
-    def update(step: int) -> None:
-        original_update(step)
-        if records and "masks" not in records[-1]:
-            records[-1]["step"] = step
-            records[-1]["masks"] = callback.masks.state_dict()
-
-    callback._update = update
+    records = record_updates(
+        callback,
+        lambda local, reduced: {
+            "local_heads": [s.tolist() for s in local.heads],
+            "heads": [s.tolist() for s in reduced.heads],
+            "neurons": [s.tolist() for s in reduced.neurons],
+        },
+    )
     writes: list[str] = []
     write = callback_module.atomic_write_text
 
@@ -100,6 +85,33 @@ def main(output: Path) -> None:
     # running (the other rank still saving) was killed by "terminate called without an active exception".
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def record_updates(
+    callback: hf_prune.PruningCallback,
+    describe: Callable[[hf_prune.importance.Scores, hf_prune.importance.Scores], dict],
+) -> list[dict]:
+    """The list to which every mask update of ``callback`` appends ``describe(local scores, reduced scores)``, with
+    the update's step and the masks it chose (the cross-rank reduction and the update are wrapped)."""
+    records: list[dict] = []
+    reduce = callback_module._reduce_scores
+
+    def recording_reduce(scores: hf_prune.importance.Scores) -> hf_prune.importance.Scores:
+        reduced = reduce(scores)
+        records.append(describe(scores, reduced))
+        return reduced
+
+    callback_module._reduce_scores = recording_reduce
+    original_update = callback._update
+
+    def update(step: int) -> None:
+        original_update(step)
+        if records and "masks" not in records[-1]:
+            records[-1]["step"] = step
+            records[-1]["masks"] = callback.masks.state_dict()
+
+    callback._update = update
+    return records
 
 
 if __name__ == "__main__":
